@@ -1,0 +1,49 @@
+"""The generator's input: one-hot label maps (+ a dontcare channel) (+ instance boundaries),
+as the original `Pix2PixModel.preprocess_input` builds them."""
+import numpy as np
+
+from jspade.runtime import jt
+
+
+def instance_edges(instance):
+    """1 where a pixel's instance id differs from a 4-neighbour's (both pixels of each differing
+    pair are marked), 0 elsewhere. `instance`: [B,1,H,W] ints. Returns float32 [B,1,H,W]."""
+    t = instance
+    edge = jt.zeros(t.shape, dtype="bool")
+    dw = t[:, :, :, 1:] != t[:, :, :, :-1]
+    dh = t[:, :, 1:, :] != t[:, :, :-1, :]
+    zw = jt.zeros((t.shape[0], t.shape[1], t.shape[2], 1), dtype="bool")
+    zh = jt.zeros((t.shape[0], t.shape[1], 1, t.shape[3]), dtype="bool")
+    edge = jt.concat([dw, zw], dim=3) | jt.concat([zw, dw], dim=3)
+    edge = edge | jt.concat([dh, zh], dim=2) | jt.concat([zh, dh], dim=2)
+    return edge.float32()
+
+
+def one_hot(label, num_channels):
+    """[B,1,H,W] int ids -> [B,num_channels,H,W] float32."""
+    ids = jt.arange(num_channels).reshape(1, num_channels, 1, 1)
+    return (label.int32() == ids.int32()).float32()
+
+
+def make_semantics(label, num_classes_with_dontcare, instance=None):
+    """One-hot of `label` over `label_nc (+1 if dontcare)` channels, with the instance-edge channel
+    appended when `instance` is given (the original's `no_instance=False`)."""
+    sem = one_hot(label, num_classes_with_dontcare)
+    if instance is not None:
+        sem = jt.concat([sem, instance_edges(instance)], dim=1)
+    return sem
+
+
+def semantics_for(opt, label, instance=None):
+    """`make_semantics` with the channel count and instance use taken from a ModelConfig."""
+    n = opt.label_nc + int(opt.contain_dontcare_label)
+    return make_semantics(label, n, None if opt.no_instance else instance)
+
+
+def check_label_ids(label: np.ndarray, opt, where="label"):
+    """Raise a ValueError naming `where` and the offending id when a label holds an id the model cannot take."""
+    n = opt.label_nc + int(opt.contain_dontcare_label)
+    bad = np.unique(label[(label < 0) | (label >= n)])
+    if bad.size:
+        raise ValueError(f"{where}: label id {int(bad[0])} is out of range 0..{n - 1}"
+                         + (f" (also {', '.join(map(str, bad[1:6]))})" if bad.size > 1 else ""))

@@ -1,0 +1,89 @@
+"""The SPADE generator (Park et al., Fig. 4 and Appendix A)."""
+from jspade.runtime import jt
+from jittor import nn
+
+from jspade.models.base import BaseNetwork
+from jspade.models.normalization import SPADE, conv2d
+from jspade.models.resize import resize_nearest, upsample2x
+
+
+class SPADEResnetBlock(nn.Module):
+    """Residual block whose every normalisation is SPADE; a learned 1x1 shortcut when fin != fout."""
+
+    def __init__(self, fin, fout, norm_G, semantic_nc):
+        self.learned_shortcut = fin != fout
+        fmiddle = min(fin, fout)
+        spectral = "spectral" in norm_G
+        self.conv_0 = conv2d(fin, fmiddle, 3, padding=1, spectral=spectral)
+        self.conv_1 = conv2d(fmiddle, fout, 3, padding=1, spectral=spectral)
+        if self.learned_shortcut:
+            self.conv_s = conv2d(fin, fout, 1, bias=False, spectral=spectral)
+        spade_config = norm_G.replace("spectral", "")
+        self.norm_0 = SPADE(spade_config, fin, semantic_nc)
+        self.norm_1 = SPADE(spade_config, fmiddle, semantic_nc)
+        if self.learned_shortcut:
+            self.norm_s = SPADE(spade_config, fin, semantic_nc)
+
+    def execute(self, x, seg):
+        x_s = self.conv_s(self.norm_s(x, seg)) if self.learned_shortcut else x
+        dx = self.conv_0(nn.leaky_relu(self.norm_0(x, seg), 0.2))
+        dx = self.conv_1(nn.leaky_relu(self.norm_1(dx, seg), 0.2))
+        return x_s + dx
+
+
+def latent_size(crop_size, aspect_ratio, num_upsampling_layers):
+    """(sw, sh): the spatial size the generator starts from."""
+    num_up = {"normal": 5, "more": 6, "most": 7}[num_upsampling_layers]
+    sw = crop_size // (2 ** num_up)
+    return sw, round(sw / aspect_ratio)
+
+
+class SPADEGenerator(BaseNetwork):
+    def __init__(self, opt):
+        self.opt = opt
+        nf = opt.ngf
+        if opt.num_upsampling_layers not in ("normal", "more", "most"):
+            raise ValueError(f"num_upsampling_layers {opt.num_upsampling_layers!r} not recognized")
+        self.sw, self.sh = latent_size(opt.crop_size, opt.aspect_ratio, opt.num_upsampling_layers)
+        if self.sw < 1 or self.sh < 1:
+            raise ValueError(f"crop_size {opt.crop_size} is too small for '{opt.num_upsampling_layers}' upsampling")
+        if opt.use_vae:
+            # z -> a 16nf x sh x sw tensor
+            self.fc = nn.Linear(opt.z_dim, 16 * nf * self.sw * self.sh)
+        else:
+            # the downsampled segmentation map -> the first feature map
+            self.fc = nn.Conv2d(opt.semantic_nc, 16 * nf, 3, padding=1)
+        block = lambda fin, fout: SPADEResnetBlock(fin, fout, opt.norm_G, opt.semantic_nc)
+        self.head_0 = block(16 * nf, 16 * nf)
+        self.G_middle_0 = block(16 * nf, 16 * nf)
+        self.G_middle_1 = block(16 * nf, 16 * nf)
+        self.up_0 = block(16 * nf, 8 * nf)
+        self.up_1 = block(8 * nf, 4 * nf)
+        self.up_2 = block(4 * nf, 2 * nf)
+        self.up_3 = block(2 * nf, 1 * nf)
+        final_nc = nf
+        if opt.num_upsampling_layers == "most":
+            self.up_4 = block(1 * nf, nf // 2)
+            final_nc = nf // 2
+        self.conv_img = nn.Conv2d(final_nc, 3, 3, padding=1)
+
+    def execute(self, seg, z=None):
+        opt = self.opt
+        if opt.use_vae:
+            if z is None:
+                z = jt.randn(seg.shape[0], opt.z_dim)
+            x = self.fc(z).reshape(-1, 16 * opt.ngf, self.sh, self.sw)
+        else:
+            x = self.fc(resize_nearest(seg, (self.sh, self.sw)))
+        x = self.head_0(x, seg)
+        x = upsample2x(x)
+        x = self.G_middle_0(x, seg)
+        if opt.num_upsampling_layers in ("more", "most"):
+            x = upsample2x(x)
+        x = self.G_middle_1(x, seg)
+        for up in (self.up_0, self.up_1, self.up_2, self.up_3):
+            x = up(upsample2x(x), seg)
+        if opt.num_upsampling_layers == "most":
+            x = self.up_4(upsample2x(x), seg)
+        x = self.conv_img(nn.leaky_relu(x, 0.2))
+        return jt.tanh(x)

@@ -1,0 +1,238 @@
+"""Normalisation layers with the original PyTorch semantics.
+
+- Spectral normalisation as `torch.nn.utils.spectral_norm`: the layer keeps `weight_orig`, `weight_u`,
+  `weight_v`; in training mode one power iteration per forward updates u and v (no gradient), and the
+  gradient flows through sigma = u^T W v with u, v held constant; in eval mode the stored u, v are used.
+- Batch norm synchronised over MPI ranks (statistics of the union batch), with PyTorch's running
+  statistics (momentum 0.1, *unbiased* running variance); Jittor's own BatchNorm keeps the biased one and
+  computes the variance in one pass, which the reference fixtures detect.
+- Instance norm, and SPADE itself (Park et al., Sec. 3): a parameter-free normalisation modulated by
+  gamma/beta predicted from the segmentation map.
+"""
+import re
+
+import numpy as np
+
+from jspade.runtime import jt
+from jittor import nn
+
+from jspade.models.resize import resize_nearest
+
+
+def l2_normalize(v, eps=1e-12):
+    return v / jt.maximum(jt.sqrt((v * v).sum()), eps)
+
+
+class _SpectralNorm(nn.Module):
+    """Shared power-iteration logic; subclasses hold `weight_orig` and apply the normalised weight."""
+
+    n_power_iterations = 1
+
+    def _init_uv(self):
+        h = self.weight_orig.shape[0]
+        w = int(np.prod(self.weight_orig.shape[1:]))
+        self.weight_u = l2_normalize(jt.randn(h)).stop_grad()
+        self.weight_v = l2_normalize(jt.randn(w)).stop_grad()
+
+    def normalized_weight(self):
+        w_mat = self.weight_orig.reshape(self.weight_orig.shape[0], -1)
+        u, v = self.weight_u, self.weight_v
+        if self.is_training():
+            w_const = w_mat.detach()
+            for _ in range(self.n_power_iterations):
+                v = l2_normalize(jt.matmul(u.reshape(1, -1), w_const).reshape(-1))
+                u = l2_normalize(jt.matmul(w_const, v.reshape(-1, 1)).reshape(-1))
+            self.weight_u.update(u)
+            self.weight_v.update(v)
+            u, v = u.detach(), v.detach()
+        sigma = (u * jt.matmul(w_mat, v.reshape(-1, 1)).reshape(-1)).sum()
+        return self.weight_orig / sigma
+
+
+class SpectralConv2d(_SpectralNorm):
+    """`spectral_norm(nn.Conv2d(...))` with the same state names."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+        conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
+        self.weight_orig = conv.weight
+        self.bias = conv.bias
+        self.stride, self.padding = stride, padding
+        self._init_uv()
+
+    def execute(self, x):
+        return nn.conv2d(x, self.normalized_weight(), self.bias, self.stride, self.padding)
+
+
+class SpectralLinear(_SpectralNorm):
+    """`spectral_norm(nn.Linear(...))` with the same state names."""
+
+    def __init__(self, in_features, out_features, bias=True):
+        lin = nn.Linear(in_features, out_features, bias=bias)
+        self.weight_orig = lin.weight
+        self.bias = lin.bias
+        self._init_uv()
+
+    def execute(self, x):
+        y = jt.matmul(x, self.normalized_weight().transpose())
+        return y + self.bias if self.bias is not None else y
+
+
+def spectral_v_from_weight(weight_orig, weight, u):
+    """Recover `weight_v` for a checkpoint saved before PyTorch stored it (it kept `weight` instead):
+    solve u = normalize(W v) with u^T W v = sigma, as PyTorch's load hook does (via a pseudo-inverse)."""
+    w_mat = weight_orig.reshape(weight_orig.shape[0], -1).astype(np.float64)
+    sigma = float(np.mean(weight_orig / weight))
+    v = np.linalg.pinv(w_mat.T @ w_mat) @ w_mat.T @ u.astype(np.float64)
+    v *= sigma / float(u @ (w_mat @ v))
+    return v.astype(np.float32)
+
+
+def _sum_nhw(x):
+    """Per-channel sum over N, H, W accumulated in float64 (PyTorch's CPU batch norm accumulates in
+    double; matching it keeps our rounding close to the original's, which gradients are sensitive to)."""
+    return x.float64().sum(dims=(0, 2, 3))
+
+
+class _BatchNormFunction(jt.Function):
+    """y = x * alpha + beta with alpha = invstd * w, beta = b - mean * alpha, and PyTorch's analytic
+    backward dx = (dy - mean(dy) - (x - mean) * k) * invstd * w, k = mean(dy * (x - mean)) * invstd^2.
+    `mean`/`invstd` are the batch statistics (constants here; the formula accounts for them). Under MPI
+    the two backward sums are all-reduced, so every rank gets the gradient of the union batch."""
+
+    def execute(self, x, mean, invstd, weight, bias, count, synced):
+        c = x.shape[1]
+        self.saved = (x, mean, invstd, weight, count, synced)
+        alpha = invstd * weight
+        beta = bias - mean * alpha
+        return x * alpha.reshape(1, c, 1, 1) + beta.reshape(1, c, 1, 1)
+
+    def grad(self, dy):
+        x, mean, invstd, weight, count, synced = self.saved
+        c = x.shape[1]
+        xmu = x - mean.reshape(1, c, 1, 1)
+        sum_dy = _sum_nhw(dy)
+        dotp = _sum_nhw(xmu * dy)
+        if synced:
+            sum_dy, dotp = sum_dy.mpi_all_reduce("add"), dotp.mpi_all_reduce("add")
+        k = dotp.float32() * invstd * invstd / count
+        grad_mean = (sum_dy / count).float32()
+        dx = (dy - grad_mean.reshape(1, c, 1, 1) - xmu * k.reshape(1, c, 1, 1)) \
+            * (invstd * weight).reshape(1, c, 1, 1)
+        return dx, None, None, (dotp.float32() * invstd), sum_dy.float32(), None, None
+
+
+def batch_norm_train(x, weight=None, bias=None, eps=1e-5, synced=False):
+    """Batch-statistics normalisation of NCHW `x`, as PyTorch's CPU kernel computes it.
+    Returns (output, batch mean, biased variance, element count per channel)."""
+    c = x.shape[1]
+    count = x.numel() // c
+    with jt.no_grad():
+        total = _sum_nhw(x)
+        if synced:
+            total = total.mpi_all_reduce("add")
+            count *= jt.world_size
+        mean = (total / count).float32()
+        centered = x - mean.reshape(1, c, 1, 1)
+        var_sum = _sum_nhw(centered * centered)
+        if synced:
+            var_sum = var_sum.mpi_all_reduce("add")
+        var = var_sum.float32().float64() / count
+        invstd = (1.0 / jt.sqrt(var + eps)).float32()
+    weight = jt.ones(c) if weight is None else weight
+    bias = jt.zeros(c) if bias is None else bias
+    out = _BatchNormFunction.apply(x, mean.detach(), invstd.detach(), weight, bias, count, synced)
+    return out, mean.detach(), var.float32().detach(), count
+
+
+class SyncBatchNorm(nn.Module):
+    """BatchNorm2d whose statistics are those of the batch across all MPI ranks (SPADE's
+    `SynchronizedBatchNorm2d`). Running statistics as PyTorch: momentum 0.1, *unbiased* running
+    variance (Jittor's own BatchNorm keeps the biased one)."""
+
+    def __init__(self, num_features, affine=True, eps=1e-5, momentum=0.1, sync=True):
+        self.num_features, self.eps, self.momentum, self.sync = num_features, eps, momentum, sync
+        self.weight = jt.ones(num_features) if affine else None
+        self.bias = jt.zeros(num_features) if affine else None
+        self.running_mean = jt.zeros(num_features).stop_grad()
+        self.running_var = jt.ones(num_features).stop_grad()
+
+    def execute(self, x):
+        c = self.num_features
+        if self.is_training():
+            out, mean, var, n = batch_norm_train(x, self.weight, self.bias, self.eps,
+                                                 synced=self.sync and jt.in_mpi)
+            m = self.momentum
+            self.running_mean.update(self.running_mean * (1 - m) + mean * m)
+            self.running_var.update(self.running_var * (1 - m) + var * (m * n / max(n - 1, 1)))
+            return out
+        alpha = 1.0 / jt.sqrt(self.running_var + self.eps)
+        if self.weight is not None:
+            alpha = alpha * self.weight
+        beta = -self.running_mean * alpha
+        if self.bias is not None:
+            beta = beta + self.bias
+        return x * alpha.reshape(1, c, 1, 1) + beta.reshape(1, c, 1, 1)
+
+
+class InstanceNorm2d(nn.Module):
+    """Parameter-free instance norm (PyTorch's default InstanceNorm2d: affine=False, no running
+    stats), computed as PyTorch does: batch norm over a (1, N*C, H, W) view."""
+
+    def __init__(self, num_features, eps=1e-5):
+        self.num_features, self.eps = num_features, eps
+
+    def execute(self, x):
+        n, c, h, w = x.shape
+        out, _, _, _ = batch_norm_train(x.reshape(1, n * c, h, w), eps=self.eps)
+        return out.reshape(n, c, h, w)
+
+
+def conv2d(in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, spectral=False):
+    cls = SpectralConv2d if spectral else nn.Conv2d
+    return cls(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
+
+
+def nonspade_norm_conv(norm_type, in_channels, out_channels, kernel_size, stride=1, padding=0):
+    """A convolution followed by the normalisation `norm_type` names ('spectralinstance',
+    'spectralsyncbatch', 'batch', 'none', ...), as the original `get_nonspade_norm_layer` builds it:
+    the convolution loses its bias when a norm follows."""
+    spectral = norm_type.startswith("spectral")
+    sub = norm_type[len("spectral"):] if spectral else norm_type
+    if sub in ("", "none"):
+        return conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=True, spectral=spectral)
+    conv = conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False, spectral=spectral)
+    if sub == "instance":
+        norm = InstanceNorm2d(out_channels)
+    elif sub in ("batch", "sync_batch", "syncbatch"):
+        norm = SyncBatchNorm(out_channels, affine=True, sync=sub != "batch")
+    else:
+        raise ValueError(f"normalization layer {sub!r} is not recognized (norm type {norm_type!r})")
+    return nn.Sequential(conv, norm)
+
+
+class SPADE(nn.Module):
+    """Spatially-adaptive normalisation. `config_text` is e.g. 'spadesyncbatch3x3' or 'spadeinstance5x5'."""
+
+    nhidden = 128
+
+    def __init__(self, config_text, norm_nc, label_nc):
+        parsed = re.fullmatch(r"spade(\D+)(\d)x\d", config_text)
+        if parsed is None:
+            raise ValueError(f"{config_text!r} is not a SPADE norm (expected e.g. 'spadesyncbatch3x3')")
+        param_free_norm_type, ks = parsed.group(1), int(parsed.group(2))
+        if param_free_norm_type == "instance":
+            self.param_free_norm = InstanceNorm2d(norm_nc)
+        elif param_free_norm_type in ("syncbatch", "batch"):
+            self.param_free_norm = SyncBatchNorm(norm_nc, affine=False, sync=param_free_norm_type == "syncbatch")
+        else:
+            raise ValueError(f"{param_free_norm_type!r} is not a recognized param-free norm type in SPADE")
+        pw = ks // 2
+        self.mlp_shared = nn.Sequential(nn.Conv2d(label_nc, self.nhidden, ks, padding=pw), nn.ReLU())
+        self.mlp_gamma = nn.Conv2d(self.nhidden, norm_nc, ks, padding=pw)
+        self.mlp_beta = nn.Conv2d(self.nhidden, norm_nc, ks, padding=pw)
+
+    def execute(self, x, segmap):
+        normalized = self.param_free_norm(x)
+        segmap = resize_nearest(segmap, x.shape[2:])
+        actv = self.mlp_shared(segmap)
+        return normalized * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)

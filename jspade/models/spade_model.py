@@ -1,0 +1,88 @@
+"""The SPADE model as trained: generator, multiscale discriminator, optional encoder, VGG, and
+the generator/discriminator objectives in the original `Pix2PixModel`'s order."""
+from jspade.runtime import jt
+
+from jspade import losses
+from jspade.models.discriminator import MultiscaleDiscriminator
+from jspade.models.encoder import ConvEncoder, reparameterize
+from jspade.models.generator import SPADEGenerator
+from jspade.models.vgg import VGG19
+
+
+class SPADEModel:
+    """Holds netG, netD, netE (VAE mode) and the VGG. Not a Module: each network is saved and
+    optimised on its own, like the original's checkpoints (`latest_net_G.pth`, ...)."""
+
+    def __init__(self, opt, with_discriminator=True, with_vgg=None):
+        self.opt = opt
+        self.netG = SPADEGenerator(opt).init_weights(opt.init_type, opt.init_variance)
+        self.netD = MultiscaleDiscriminator(opt).init_weights(opt.init_type, opt.init_variance) \
+            if with_discriminator else None
+        self.netE = ConvEncoder(opt).init_weights(opt.init_type, opt.init_variance) if opt.use_vae else None
+        if with_vgg is None:
+            with_vgg = with_discriminator and not opt.no_vgg_loss
+        self.vgg = VGG19() if with_vgg else None
+
+    def networks(self):
+        nets = {"G": self.netG, "D": self.netD, "E": self.netE}
+        return {k: v for k, v in nets.items() if v is not None}
+
+    def train(self):
+        for net in self.networks().values():
+            net.train()
+        if self.vgg is not None:
+            self.vgg.eval()  # no batch norm inside; eval() keeps its weights frozen
+
+    def eval(self):
+        for net in self.networks().values():
+            net.eval()
+
+    # --- the pieces of Pix2PixModel ---
+    def encode_z(self, real_image, eps=None):
+        mu, logvar = self.netE(real_image)
+        return reparameterize(mu, logvar, eps), mu, logvar
+
+    def generate_fake(self, semantics, real_image=None, z=None, eps=None, compute_kld=False):
+        """Fake images; in VAE mode z comes from `real_image` through the encoder unless given."""
+        kld = None
+        if self.opt.use_vae and z is None and real_image is not None:
+            z, mu, logvar = self.encode_z(real_image, eps)
+            if compute_kld:
+                kld = losses.kld_loss(mu, logvar) * self.opt.lambda_kld
+        return self.netG(semantics, z=z), kld
+
+    def discriminate(self, semantics, fake_image, real_image):
+        """D on fake and real in one batch (so that batch-norm statistics cover both)."""
+        fake_concat = jt.concat([semantics, fake_image], dim=1)
+        real_concat = jt.concat([semantics, real_image], dim=1)
+        out = self.netD(jt.concat([fake_concat, real_concat], dim=0))
+        n = fake_image.shape[0]
+        pred_fake = [[f[:n] for f in scale] for scale in out]
+        pred_real = [[f[n:] for f in scale] for scale in out]
+        return pred_fake, pred_real
+
+    def generator_losses(self, semantics, real_image, eps=None):
+        """(losses dict, fake). `eps` fixes the VAE noise (tests); random otherwise."""
+        opt = self.opt
+        g_losses = {}
+        fake, kld = self.generate_fake(semantics, real_image, eps=eps, compute_kld=opt.use_vae)
+        if kld is not None:
+            g_losses["KLD"] = kld
+        pred_fake, pred_real = self.discriminate(semantics, fake, real_image)
+        g_losses["GAN"] = losses.gan_loss(pred_fake, True, for_discriminator=False, gan_mode=opt.gan_mode)
+        if not opt.no_ganFeat_loss:
+            g_losses["GAN_Feat"] = losses.feature_matching_loss(pred_fake, pred_real, opt.lambda_feat)
+        if not opt.no_vgg_loss:
+            g_losses["VGG"] = losses.vgg_loss(self.vgg, fake, real_image) * opt.lambda_vgg
+        return g_losses, fake
+
+    def discriminator_losses(self, semantics, real_image, z=None, eps=None):
+        """The D objective on a fresh fake made without gradient (the original regenerates it)."""
+        with jt.no_grad():
+            fake, _ = self.generate_fake(semantics, real_image, z=z, eps=eps)
+        fake = fake.detach()
+        pred_fake, pred_real = self.discriminate(semantics, fake, real_image)
+        return {
+            "D_Fake": losses.gan_loss(pred_fake, False, for_discriminator=True, gan_mode=self.opt.gan_mode),
+            "D_real": losses.gan_loss(pred_real, True, for_discriminator=True, gan_mode=self.opt.gan_mode),
+        }

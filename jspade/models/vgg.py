@@ -1,0 +1,64 @@
+"""VGG19 feature slices for the perceptual loss (relu1_1 ... relu5_1, torchvision layer indices)."""
+from pathlib import Path
+
+import numpy as np
+
+from jspade.runtime import jt
+from jittor import nn
+
+# torchvision's `vgg19().features` up to relu5_1: conv indices and where each slice ends.
+_VGG19_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512]
+SLICE_ENDS = (2, 7, 12, 21, 30)  # features[0:2] -> relu1_1, [2:7] -> relu2_1, ...
+
+
+class VGG19(nn.Module):
+    """Features at relu1_1..relu5_1. The input is used as given (SPADE feeds [-1, 1] images with no
+    ImageNet normalisation). Weights never train (all stop-grad)."""
+
+    def __init__(self):
+        layers, c = [], 3
+        for v in _VGG19_CFG:
+            if v == "M":
+                layers.append(nn.Pool(2, stride=2, op="maximum"))
+            else:
+                layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU()]
+                c = v
+        self.features = nn.Sequential(*layers[: SLICE_ENDS[-1]])
+        self.pretrained = False
+        for p in self.parameters():
+            p.stop_grad()
+
+    def execute(self, x):
+        out = []
+        start = 0
+        for end in SLICE_ENDS:
+            for i in range(start, end):
+                x = self.features[i](x)
+            out.append(x)
+            start = end
+        return out
+
+    def load_weights(self, path):
+        """Load ImageNet weights from torchvision's `vgg19-*.pth` or Jittor's `vgg19.pkl`."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"VGG19 weights not found at {path}")
+        state = jt.load(str(path))
+        wanted = {k: v for k, v in self.state_dict().items()}
+        missing = []
+        for name, var in wanted.items():
+            src = state.get(name)
+            if src is None:
+                missing.append(name)
+                continue
+            arr = np.asarray(src.numpy() if isinstance(src, jt.Var) else src, dtype=np.float32)
+            if tuple(arr.shape) != tuple(var.shape):
+                raise ValueError(f"{path}: {name} has shape {arr.shape}, expected {tuple(var.shape)}")
+            var.update(jt.array(arr))
+        if missing:
+            raise ValueError(f"{path} is not a VGG19 state dict: missing {', '.join(missing[:6])}"
+                             + (" ..." if len(missing) > 6 else ""))
+        for p in self.parameters():
+            p.stop_grad()
+        self.pretrained = True
+        return self

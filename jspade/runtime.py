@@ -1,0 +1,38 @@
+"""Import Jittor the right way for this machine: CUDA when a GPU is usable, CPU otherwise.
+
+Jittor compiles CUDA kernels whenever it finds `nvcc`, and then fails at run time on a machine that
+has the compiler but no driver or device. We probe the driver first and, when no device answers,
+hide nvcc (`nvcc_path=""`) before Jittor is imported. `JSPADE_DEVICE=cpu` forces the CPU path.
+"""
+import ctypes
+import os
+import sys
+
+
+def cuda_device_count() -> int:
+    """Number of CUDA devices the driver reports (0 when there is no driver or no device)."""
+    if os.environ.get("JSPADE_DEVICE", "").lower() == "cpu":
+        return 0
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
+def import_jittor():
+    """Return the `jittor` module, configured for the available device."""
+    if "jittor" not in sys.modules:
+        if cuda_device_count() == 0:
+            os.environ["nvcc_path"] = ""
+    import jittor
+
+    if jittor.has_cuda and cuda_device_count() > 0:
+        jittor.flags.use_cuda = 1
+    return jittor
+
+
+jt = import_jittor()

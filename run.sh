@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# jspade entry point.
+#   bash run.sh train [train.py flags]   set up, then train (no flags: the CPU demo on synthetic data)
+#   bash run.sh test  [pytest flags]     set up, then run the test suite
+#   bash run.sh setup                    only create/update the virtual environment
+# Under mpirun every rank runs this script: set up once beforehand (`bash run.sh setup`).
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${JSPADE_VENV:-.venv}
+PY="$VENV/bin/python"
+
+setup() {
+  if [ -n "${OMPI_COMM_WORLD_SIZE:-}${PMI_SIZE:-}" ]; then
+    [ -x "$PY" ] || { echo "run 'bash run.sh setup' once before mpirun" >&2; exit 1; }
+    return
+  fi
+  [ -x "$PY" ] || python3 -m venv "$VENV"
+  local stamp="$VENV/.requirements.sha1" want
+  want=$(cat requirements.txt scripts/setup_extras.sh | sha1sum | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    "$PY" -m pip install -q --upgrade pip
+    "$PY" -m pip install -q -r requirements.txt
+    VENV="$VENV" bash scripts/setup_extras.sh
+    echo "$want" >"$stamp"
+  fi
+  # The first import compiles Jittor's core (~2.5 min, cached in ~/.cache/jittor).
+  "$PY" -c "import jspade" >/dev/null
+}
+
+cmd=${1:-help}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  setup) setup ;;
+  train) setup; exec "$PY" scripts/train.py "$@" ;;
+  test)  setup; exec "$PY" -m pytest -q tests "$@" ;;
+  *) sed -n '2,6p' "$0"; [ "$cmd" = help ] || exit 2 ;;
+esac

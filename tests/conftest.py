@@ -1,0 +1,47 @@
+"""Shared test fixtures. Real sample data and reference vectors live in ../shared beside the
+project (never copied into it); tests that need them skip, saying why, where it is absent."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("JSPADE_DEVICE", "cpu")  # tests are sized for CPU
+
+import jspade  # noqa: E402,F401  (configures Jittor before any test imports it)
+
+SHARED = Path(os.environ.get("JSPADE_SHARED", ROOT.parent / "shared"))
+
+
+def _shared(*parts):
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent: the shared sample data/fixtures are only on project machines")
+    return path
+
+
+@pytest.fixture
+def shared_dir():
+    return _shared()
+
+
+@pytest.fixture
+def landscape_sample():
+    return _shared("data", "landscape_sample")
+
+
+@pytest.fixture
+def coco_sample():
+    return _shared("data", "coco_stuff_sample")
+
+
+@pytest.fixture
+def reference_fixture():
+    return _shared("fixtures", "spade_reference", "spade_landscape_vae.npz")
+
+
+@pytest.fixture
+def nvlabs_checkpoint_dir():
+    return _shared("fixtures", "spade_reference", "nvlabs_checkpoint")
