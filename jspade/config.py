@@ -32,6 +32,10 @@ class ModelConfig:
     init_variance: float = 0.02
 
     @property
+    def use_vgg(self) -> bool:
+        return not self.no_vgg_loss and self.lambda_vgg > 0
+
+    @property
     def semantic_nc(self) -> int:
         """Generator input channels: one-hot classes (+ dontcare) (+ instance edges)."""
         return self.label_nc + int(self.contain_dontcare_label) + int(not self.no_instance)
@@ -44,3 +48,154 @@ class ModelConfig:
         if "lambda_vgg" in d and not d["lambda_vgg"]:
             cfg.no_vgg_loss = True  # the reference fixtures say "lambda_vgg 0 means no VGG term"
         return cfg
+
+
+@dataclass
+class DataConfig:
+    """Where the training pairs come from and how they are preprocessed (original option names)."""
+    dataset: str = "landscape"  # landscape | coco_stuff | ade20k | cityscapes | folder | synthetic
+    root: str = ""  # dataset folder (for 'synthetic': where the generated set is cached)
+    load_size: int = 0  # 0: the dataset's default
+    preprocess_mode: str = ""  # '': the dataset's default (landscape: fixed)
+    no_flip: bool = False
+    num_workers: int = 0
+    validate: bool = True  # scan the whole dataset for broken pairs/ids before training
+    synthetic_n: int = 512  # for dataset = 'synthetic'
+    synthetic_seed: int = 0
+
+
+@dataclass
+class Phase:
+    """One stage of the schedule: `epochs` over the dataset (or the stems of `subset`)."""
+    epochs: int = 1
+    batch_size: int = 1
+    lr: float = 2e-4
+    subset: str = ""  # a text file of stems ('' = all data); relative paths are relative to data.root
+    decay_epochs: int = 0  # linear decay of lr to 0 over this phase's last N epochs (the original's niter_decay)
+
+
+@dataclass
+class TrainConfig:
+    name: str = ""  # run folder name under output_dir ('' = <preset>-<date>-<time>)
+    output_dir: str = "results"
+    seed: int = 0
+    beta1: float = 0.0  # used only with no_ttur (TTUR fixes betas to 0, 0.9)
+    beta2: float = 0.9
+    no_ttur: bool = False  # TTUR: G lr = lr/2, D lr = 2*lr, betas (0, 0.9)
+    max_iters: int = 0  # stop after this many iterations in total (0 = run every phase to the end)
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this much wall time (0 = no limit)
+    save_every: int = 1000  # iterations between numbered checkpoints (latest is refreshed at each)
+    sample_every: int = 500  # iterations between sample grids
+    log_every: int = 10
+    num_samples: int = 4  # rows in a sample grid
+    vgg_weights: str = ""  # torchvision vgg19-*.pth or Jittor vgg19.pkl; '' = random VGG (loud warning)
+    amp: bool = False  # mixed precision on CUDA (ignored on CPU)
+
+
+@dataclass
+class Config:
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig
+    phases: list
+
+    SECTIONS = ("model", "data", "train")
+
+    @classmethod
+    def default(cls):
+        return cls(ModelConfig(), DataConfig(), TrainConfig(), [Phase()])
+
+    def to_dict(self):
+        out = {s: {f.name: getattr(getattr(self, s), f.name) for f in fields(getattr(self, s))}
+               for s in self.SECTIONS}
+        out["phases"] = [{f.name: getattr(p, f.name) for f in fields(Phase)} for p in self.phases]
+        return out
+
+    @classmethod
+    def from_dict(cls, d):
+        cfg = cls.default()
+        for section in cls.SECTIONS:
+            target = getattr(cfg, section)
+            known = {f.name for f in fields(target)}
+            for k, v in d.get(section, {}).items():
+                if k not in known:
+                    raise ValueError(f"unknown option [{section}] {k}")
+                setattr(target, k, v)
+        if "phases" in d:
+            cfg.phases = [Phase(**p) for p in d["phases"]]
+        return cfg
+
+
+def load_config(path):
+    """A TOML preset (sections [model], [data], [train] and [[phases]]) over the defaults."""
+    import tomllib
+    with open(path, "rb") as f:
+        return Config.from_dict(tomllib.load(f))
+
+
+def to_toml(cfg: Config) -> str:
+    """The config as TOML (written into every run folder, so a run says how it was made)."""
+    def value(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return repr(v)
+
+    d = cfg.to_dict()
+    lines = []
+    for section in Config.SECTIONS:
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {value(v)}" for k, v in d[section].items()]
+        lines.append("")
+    for p in d["phases"]:
+        lines.append("[[phases]]")
+        lines += [f"{k} = {value(v)}" for k, v in p.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def add_config_arguments(parser):
+    """One `--section.field` flag for every config field (e.g. --model.ngf 32, --train.save_every 200)."""
+    defaults = Config.default()
+    for section in Config.SECTIONS:
+        group = parser.add_argument_group(f"[{section}] options (override the preset)")
+        for f in fields(getattr(defaults, section)):
+            default = getattr(getattr(defaults, section), f.name)
+            kind = type(default)
+            if kind is bool:
+                conv = _parse_bool
+            else:
+                conv = kind
+            group.add_argument(f"--{section}.{f.name}", dest=f"{section}.{f.name}", type=conv, default=None,
+                               metavar=kind.__name__.upper(), help=f"(default {default!r})")
+    parser.add_argument("--phases", default=None, metavar="SPEC",
+                        help="replace the preset's phases: 'EPOCHS:BATCH:LR[:SUBSET[:DECAY]],...'")
+
+
+def _parse_bool(s):
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {s!r}")
+
+
+def apply_overrides(cfg: Config, args) -> Config:
+    for key, v in vars(args).items():
+        if v is None or "." not in key:
+            continue
+        section, name = key.split(".", 1)
+        if section in Config.SECTIONS:
+            setattr(getattr(cfg, section), name, v)
+    if getattr(args, "phases", None):
+        cfg.phases = [parse_phase(s) for s in args.phases.split(",")]
+    return cfg
+
+
+def parse_phase(spec: str) -> Phase:
+    parts = spec.split(":")
+    if len(parts) < 3:
+        raise ValueError(f"phase {spec!r}: expected EPOCHS:BATCH:LR[:SUBSET[:DECAY]]")
+    return Phase(epochs=int(parts[0]), batch_size=int(parts[1]), lr=float(parts[2]),
+                 subset=parts[3] if len(parts) > 3 else "", decay_epochs=int(parts[4]) if len(parts) > 4 else 0)

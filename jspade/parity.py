@@ -73,7 +73,7 @@ class ParityRun:
     def fresh_model(self):
         """A model holding the archive's init.* weights, in training mode."""
         opt = self.ref.opt
-        model = SPADEModel(opt, with_discriminator=True, with_vgg=not opt.no_vgg_loss)
+        model = SPADEModel(opt, with_discriminator=True, with_vgg=opt.use_vgg)
         for name, net in model.networks().items():
             load_state_strict(net, self.ref.group(f"init.{name}"), source=f"{self.ref.path} init.{name}")
         if model.vgg is not None:
@@ -158,13 +158,8 @@ class ParityRun:
             value = total if name == "total" else g_losses.get(name)
             self.compare(f"G_step.loss.{name}", value if value is not None else np.nan, expected)
         self._compare_grads("expected.G_step.grad", total, model)
-        # The discriminator step regenerates the fake in training mode with the same z.
-        z = None
-        if r.opt.use_vae:
-            with jt.no_grad():
-                mu, logvar = model.netE(real) if False else (None, None)
-            z = self._g_step_z.detach() if hasattr(self, "_g_step_z") else None
-        d_losses = model.discriminator_losses(sem, real, z=z, eps=eps)
+        # The discriminator step regenerates the fake in training mode: z from the encoder with the same eps.
+        d_losses = model.discriminator_losses(sem, real, eps=eps)
         d_total = sum(d_losses.values())
         for name, expected in r.group("expected.D_step.loss").items():
             self.compare(f"D_step.loss.{name}", d_losses.get(name, np.nan), expected)

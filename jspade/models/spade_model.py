@@ -20,7 +20,7 @@ class SPADEModel:
             if with_discriminator else None
         self.netE = ConvEncoder(opt).init_weights(opt.init_type, opt.init_variance) if opt.use_vae else None
         if with_vgg is None:
-            with_vgg = with_discriminator and not opt.no_vgg_loss
+            with_vgg = with_discriminator and opt.use_vgg
         self.vgg = VGG19() if with_vgg else None
 
     def networks(self):
@@ -72,7 +72,7 @@ class SPADEModel:
         g_losses["GAN"] = losses.gan_loss(pred_fake, True, for_discriminator=False, gan_mode=opt.gan_mode)
         if not opt.no_ganFeat_loss:
             g_losses["GAN_Feat"] = losses.feature_matching_loss(pred_fake, pred_real, opt.lambda_feat)
-        if not opt.no_vgg_loss:
+        if opt.use_vgg:
             g_losses["VGG"] = losses.vgg_loss(self.vgg, fake, real_image) * opt.lambda_vgg
         return g_losses, fake
 
