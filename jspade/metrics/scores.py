@@ -146,30 +146,49 @@ def mean_iou(confusion):
 
 
 class SegmenterUnavailable(RuntimeError):
-    """Mask accuracy needs a trained segmentation network, which the project does not have yet."""
+    """Mask accuracy needs a trained segmentation network checkpoint, and none was found."""
 
 
 def load_segmenter(checkpoint):
-    """Plug-in point: return a callable (H x W x 3 uint8 RGB -> H x W class ids) from `checkpoint`."""
-    raise SegmenterUnavailable(
-        "mask accuracy needs a segmentation network checkpoint, and jspade has no segmenter yet "
-        f"(got {checkpoint}); scores that need mask accuracy are unavailable")
+    """The segmentation network of a `scripts/train_segmenter.py` checkpoint, as a
+    `jspade.models.segmenter.Segmenter`: callable on one H x W x 3 uint8 RGB image -> H x W class ids
+    (and `.predict` on N x 3 x H x W batches in [-1, 1]). Raises SegmenterUnavailable when there is
+    no such file, `jspade.checkpoint.CheckpointError` when the file is not a (matching) segmenter."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise SegmenterUnavailable(
+            f"no segmentation network checkpoint at {checkpoint} (train one with "
+            "scripts/train_segmenter.py); scores that need mask accuracy are unavailable")
+    from jspade.models.segmenter import Segmenter  # imports Jittor: only when a segmenter is used
+    return Segmenter.load(path)
 
 
 def mask_accuracy(fake_dir, label_dir, segmenter, num_classes=29, with_miou=False):
     """Pixel accuracy of `segmenter`'s predictions on the outputs against the input label maps
-    (matched by stem; a prediction of another size is resized, nearest, to the label's size).
-    With `with_miou`, returns (pixel accuracy, mIoU) from the same confusion matrix."""
+    (matched by stem), compared at the LABEL's resolution as the contest does: an output whose size
+    differs from its label is first resized (bilinear) to the label's size, then segmented.
+    `segmenter` is a callable H x W x 3 uint8 RGB -> H x W class ids (e.g. `load_segmenter(ckpt)`);
+    a prediction of another size is resized (nearest) to the label's. Label pixels outside
+    [0, num_classes) are ignored. With `with_miou`, returns (pixel accuracy, mIoU) from the same
+    confusion matrix."""
     labels = {path.stem: path for path in Path(label_dir).glob("*.png")}
     confusion = np.zeros((num_classes, num_classes), np.int64)
-    for stem, output in sorted(_images_by_stem(fake_dir).items()):
+    outputs = sorted(_images_by_stem(fake_dir).items())
+    if not outputs:
+        raise FileNotFoundError(f"no images in {fake_dir}")
+    for stem, output in outputs:
         if stem not in labels:
             raise FileNotFoundError(f"no label map {stem}.png in {label_dir} for {output.name}")
         with Image.open(labels[stem]) as label_image:
             label = np.asarray(label_image)  # keeps 16-bit labels 16-bit
-        prediction = np.asarray(segmenter(_read_rgb(output)))
+        size = (label.shape[1], label.shape[0])
+        with Image.open(output) as image:
+            image = image.convert("RGB")
+            if image.size != size:
+                image = image.resize(size, Image.BILINEAR)
+            rgb = np.asarray(image)
+        prediction = np.asarray(segmenter(rgb))
         if prediction.shape != label.shape:
-            size = (label.shape[1], label.shape[0])
             prediction = np.asarray(Image.fromarray(prediction.astype(np.int32)).resize(size, Image.NEAREST))
         confusion += confusion_matrix(prediction, label, num_classes)
     accuracy = pixel_accuracy(confusion)

@@ -38,6 +38,19 @@ def latent_size(crop_size, aspect_ratio, num_upsampling_layers):
     return sw, round(sw / aspect_ratio)
 
 
+def check_output_size(crop_size, aspect_ratio, num_upsampling_layers):
+    """The generator's output must have the data's size (crop_size x round(crop_size / aspect_ratio));
+    with some sizes the original's rounding of the latent height breaks that (crop 64 at 4:3 gives
+    64x64 fakes for 64x48 photos). Raise a clear error instead of a shape mismatch mid-training."""
+    sw, sh = latent_size(crop_size, aspect_ratio, num_upsampling_layers)
+    scale = 2 ** {"normal": 5, "more": 6, "most": 7}[num_upsampling_layers]
+    want = (round(crop_size / aspect_ratio), crop_size)
+    if (sh * scale, sw * scale) != want:
+        raise ValueError(f"crop_size {crop_size} with aspect_ratio {aspect_ratio:.4g} makes {sw * scale}x{sh * scale} "
+                         f"images but the data is {want[1]}x{want[0]}: use a crop_size that is a multiple of "
+                         f"{scale} whose height crop_size/aspect_ratio is one too (e.g. 128, 256, 512 at 4:3)")
+
+
 class SPADEGenerator(BaseNetwork):
     def __init__(self, opt):
         self.opt = opt

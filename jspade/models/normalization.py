@@ -112,13 +112,16 @@ class _BatchNormFunction(jt.Function):
         xmu = x - mean.reshape(1, c, 1, 1)
         sum_dy = _sum_nhw(dy)
         dotp = _sum_nhw(xmu * dy)
+        # weight/bias gradients are this rank's share (the optimiser averages them like any other
+        # parameter's); the input gradient needs the sums over the union batch.
+        grad_weight, grad_bias = dotp.float32() * invstd, sum_dy.float32()
         if synced:
             sum_dy, dotp = sum_dy.mpi_all_reduce("add"), dotp.mpi_all_reduce("add")
         k = dotp.float32() * invstd * invstd / count
         grad_mean = (sum_dy / count).float32()
         dx = (dy - grad_mean.reshape(1, c, 1, 1) - xmu * k.reshape(1, c, 1, 1)) \
             * (invstd * weight).reshape(1, c, 1, 1)
-        return dx, None, None, (dotp.float32() * invstd), sum_dy.float32(), None, None
+        return dx, None, None, grad_weight, grad_bias, None, None
 
 
 def batch_norm_train(x, weight=None, bias=None, eps=1e-5, synced=False):

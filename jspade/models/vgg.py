@@ -27,6 +27,9 @@ class VGG19(nn.Module):
         self.pretrained = False
         for p in self.parameters():
             p.stop_grad()
+        # Jittor draws random numbers when an op runs, not when it is created: materialise the
+        # random weights now, so they depend only on the seed set before construction.
+        jt.sync(self.parameters())
 
     def execute(self, x):
         out = []

@@ -16,11 +16,18 @@ class Adam:
         self.m = [jt.zeros(p.shape, p.dtype).stop_grad() for p in self.params]
         self.v = [jt.zeros(p.shape, p.dtype).stop_grad() for p in self.params]
 
-    def step(self, loss, fetch=()):
-        """One update from the gradient of `loss`; `fetch` vars (e.g. loss terms) are computed in the same run."""
+    def gradients(self, loss):
+        """d loss / d params, averaged over MPI ranks (each rank's loss is the mean over its shard)."""
         grads = jt.grad(loss, self.params)
         if jt.in_mpi:
             grads = [g.mpi_all_reduce("mean") for g in grads]
+        return grads
+
+    def step(self, loss, fetch=()):
+        """One update from the gradient of `loss`; `fetch` vars (e.g. loss terms) are computed in the same run."""
+        self.apply(self.gradients(loss), fetch)
+
+    def apply(self, grads, fetch=()):
         self.step_count += 1
         b1, b2 = self.betas
         bc1 = 1 - b1 ** self.step_count

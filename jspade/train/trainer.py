@@ -30,6 +30,7 @@ from jspade.data.synthetic import write_synthetic_dataset
 from jspade.data.validate import validate_dataset
 from jspade.io import save_image_atomic, write_bytes_atomic
 from jspade.models.base import trainable_parameters
+from jspade.models.generator import check_output_size
 from jspade.models.spade_model import SPADEModel
 from jspade.train.optim import Adam
 
@@ -104,6 +105,7 @@ def to_uint8_images(x):
 class Trainer:
     def __init__(self, cfg: Config, resume=False, overwrite=False, preset_name="run", progress=True):
         self.cfg = cfg
+        check_output_size(cfg.model.crop_size, cfg.model.aspect_ratio, cfg.model.num_upsampling_layers)
         self.progress = progress and is_main_rank()
         self.run_dir = self._prepare_run_dir(resume, overwrite, preset_name)
         self.ckpt_dir = self.run_dir / "checkpoints"

@@ -1,0 +1,113 @@
+"""Training behaviour a user relies on: it learns, it resumes exactly, it refuses to clobber runs,
+and it writes what it promises (checkpoints, samples, log)."""
+import json
+
+import numpy as np
+import pytest
+
+from jspade.checkpoint import read_checkpoint
+from jspade.data.semantics import semantics_for
+from jspade.runtime import jt
+from jspade.train.trainer import RunFolderError, Trainer, phase_lr
+from jspade.config import Phase
+
+from train_utils import tiny_config
+
+
+def g_weights(trainer):
+    return {k: v.numpy().copy() for k, v in trainer.model.netG.state_dict().items()}
+
+
+def test_overfit_fixed_batch_lowers_reconstruction_error(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, tmp_path / "data"), progress=False)
+    ds = trainer.build_phase_dataset(0)
+    batch = next(iter(ds))
+    sem, real = trainer.inputs(batch)
+    trainer._set_lr(1e-3)
+
+    def l1():
+        trainer.model.eval()
+        with jt.no_grad():
+            err = float(jt.abs(trainer.model.netG(sem) - real).mean().item())
+        trainer.model.train()
+        return err
+
+    before = l1()
+    for _ in range(40):
+        losses = trainer.train_step(sem, real)
+    after = l1()
+    assert np.isfinite(list(losses.values())).all()
+    assert after < 0.75 * before, (before, after)
+
+
+def test_resume_equals_uninterrupted_training(tmp_path):
+    data = tmp_path / "data"
+    straight = Trainer(tiny_config(tmp_path / "a", data, max_iters=6), progress=False)
+    straight.train()
+
+    first = Trainer(tiny_config(tmp_path / "b", data, max_iters=3), progress=False)
+    first.train()  # stops mid-epoch (8 batches per epoch) with a checkpoint
+    resumed = Trainer(tiny_config(tmp_path / "b", data, max_iters=6), resume=True, progress=False)
+    assert resumed.pos.iteration == 3 and resumed.pos.batch == 3
+    resumed.train()
+
+    a, b = g_weights(straight), g_weights(resumed)
+    worst = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+    assert worst < 1e-5, worst
+    for opt_a, opt_b in ((straight.opt_G, resumed.opt_G), (straight.opt_D, resumed.opt_D)):
+        assert opt_a.step_count == opt_b.step_count == 6
+
+
+def test_run_folder_is_never_clobbered(tmp_path):
+    data = tmp_path / "data"
+    Trainer(tiny_config(tmp_path, data, max_iters=1), progress=False).train()
+    with pytest.raises(RunFolderError, match="--resume"):
+        Trainer(tiny_config(tmp_path, data, max_iters=1), progress=False)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    cfg = tiny_config(tmp_path, data, max_iters=1)
+    cfg.train.name = "foreign"
+    with pytest.raises(RunFolderError, match="not created by jspade"):
+        Trainer(cfg, resume=True, progress=False)
+
+
+def test_run_writes_checkpoints_samples_and_log(tmp_path):
+    cfg = tiny_config(tmp_path, tmp_path / "data", max_iters=4, save_every=2, sample_every=2)
+    run_dir = Trainer(cfg, progress=False).train()
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert ckpts == ["iter_0000002.pkl", "iter_0000004.pkl", "latest.pkl"]
+    payload = read_checkpoint(run_dir / "checkpoints" / "latest.pkl")
+    assert payload["position"]["iteration"] == 4 and set(payload["networks"]) == {"G", "D"}
+    assert payload["vgg_pretrained"] is False  # the run says it trained with random VGG features
+    samples = sorted((run_dir / "samples").glob("*.jpg"))
+    assert [p.name for p in samples] == ["iter_0000002.jpg", "iter_0000004.jpg"]
+    from PIL import Image
+    grid = Image.open(samples[-1])
+    assert grid.size == (3 * 64, 2 * 32)  # label | fake | real, two rows
+    lines = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [x["iter"] for x in lines] == [1, 2, 3, 4]
+    assert {"GAN", "GAN_Feat", "VGG", "D_Fake", "D_real"} <= set(lines[-1]["losses"])
+    assert (run_dir / "config.toml").read_text().count("[[phases]]") == 1
+
+
+def test_phase_lr_decays_linearly_to_near_zero():
+    p = Phase(epochs=10, batch_size=1, lr=1.0, decay_epochs=4)
+    lrs = [phase_lr(p, e) for e in range(10)]
+    assert lrs[:6] == [1.0] * 6
+    assert np.allclose(lrs[6:], [0.8, 0.6, 0.4, 0.2])
+
+
+def test_data_with_a_bad_label_is_refused_before_training(tmp_path):
+    from PIL import Image
+    from jspade.data.synthetic import write_synthetic_dataset
+    root = tmp_path / "land"
+    write_synthetic_dataset(root, 4, size=(64, 32))
+    bad = next((root / "labels").glob("*.png"))
+    arr = np.array(Image.open(bad))
+    arr[0, 0] = 41
+    Image.fromarray(arr).save(bad)
+    cfg = tiny_config(tmp_path / "out", root, max_iters=1)
+    cfg.data.dataset = "landscape"
+    with pytest.raises(ValueError, match=rf"{bad.name}.*41|41.*{bad.name}"):
+        Trainer(cfg, progress=False).train()
