@@ -76,6 +76,14 @@ def main(argv=None):
     result = {"config": {k: getattr(args, k) for k in ("ngf", "ndf", "crop_size", "aspect_ratio", "batch_size",
                                                        "label_nc", "use_vae")},
               "vgg": not args.no_vgg, "device": "cuda" if jt.flags.use_cuda else "cpu"}
+    model.eval()
+
+    def infer():
+        with jt.no_grad():
+            model.netG(sem).sync()
+
+    result["infer_img_per_s"] = args.batch_size / timed(infer, args.iters)
+    model.train()
     result["train_iter_s"] = timed(train_iter, args.iters)
 
     if args.breakdown:
@@ -93,13 +101,6 @@ def main(argv=None):
                                                   args.iters)
         result["breakdown_s"] = parts
 
-    model.eval()
-
-    def infer():
-        with jt.no_grad():
-            model.netG(sem).sync()
-
-    result["infer_img_per_s"] = args.batch_size / timed(infer, args.iters)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.json:
         print(json.dumps(result))

