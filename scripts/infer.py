@@ -1,0 +1,105 @@
+"""Render a submission: one <stem>.jpg per test label map.
+
+  python scripts/infer.py --labels test/labels --checkpoint results/myrun --out submission
+  python scripts/infer.py ... --label-to-img label_to_img.json --style-root train/imgs   # 2023 track
+  python scripts/infer.py ... --checkpoint checkpoints/landscape   # the original's latest_net_G.pth
+
+Every label is read and checked first; if any is unreadable or holds an id the model does not know,
+nothing is written and each bad file is listed. Outputs are deterministic for a --seed.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def parse_size(text):
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+        return w, h
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 512x384, got {text!r}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--labels", required=True, type=Path, help="folder of label maps (<stem>.png, 8- or 16-bit)")
+    ap.add_argument("--checkpoint", required=True,
+                    help="a jspade run folder (uses checkpoints/latest.pkl), a jspade .pkl checkpoint, or an "
+                         "original SPADE checkpoint folder / latest_net_G.pth")
+    ap.add_argument("--out", required=True, type=Path, help="output folder (must be empty unless --overwrite)")
+    ap.add_argument("--size", type=parse_size, default=(512, 384),
+                    help="output WIDTHxHEIGHT, resized from the model's size with bicubic (default 512x384)")
+    ap.add_argument("--batch-size", type=int, default=4, help="labels rendered at once")
+    ap.add_argument("--seed", type=int, default=0, help="noise seed; the same seed gives the same images")
+    ap.add_argument("--samples", type=int, default=1,
+                    help="variations per label: 1 writes <stem>.jpg, K>1 writes <stem>_0.jpg .. <stem>_{K-1}.jpg")
+    style = ap.add_mutually_exclusive_group()
+    style.add_argument("--style-dir", type=Path, help="reference photos named like the labels (<stem>.jpg)")
+    style.add_argument("--label-to-img", type=Path, help="JSON map label file -> reference image (2023 track)")
+    ap.add_argument("--style-root", type=Path, help="folder the --label-to-img image names are relative to")
+    ap.add_argument("--quality", type=int, default=95, help="JPEG quality")
+    ap.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="set a model option for an original PyTorch checkpoint without opt.txt (e.g. ngf=64)")
+    args = ap.parse_args(argv)
+
+    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
+        ap.error(f"{args.out} is not empty; pass --overwrite to write into it")
+
+    from PIL import Image
+    from tqdm import tqdm
+
+    from jspade.config import ModelConfig
+    from jspade.data.io import DataError
+    from jspade.inference import check_labels, list_labels, load_generator, render, style_references
+    from jspade.io import save_image_atomic
+
+    overrides = {}
+    for item in args.model_option:
+        key, _, value = item.partition("=")
+        default = getattr(ModelConfig(), key, None)
+        if default is None:
+            ap.error(f"unknown model option {key!r}")
+        overrides[key] = (value.lower() in ("1", "true")) if isinstance(default, bool) else type(default)(value)
+
+    model, opt = load_generator(args.checkpoint, overrides)
+    paths = list_labels(args.labels)
+    if not paths:
+        ap.error(f"no .png label maps in {args.labels}")
+    labels, problems = check_labels(paths, opt)
+    if problems:
+        print(f"refusing to render: {len(problems)} bad label file(s), nothing was written:", file=sys.stderr)
+        for p, reason in problems:
+            print(f"  {p}: {reason}", file=sys.stderr)
+        return 1
+    try:
+        refs = style_references(paths, args.style_dir, args.label_to_img, args.style_root)
+    except DataError as e:
+        print(f"refusing to render: {e}", file=sys.stderr)
+        return 1
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(paths) * args.samples, desc="render", unit="img", disable=args.no_progress)
+    for start in range(0, len(paths), args.batch_size):
+        chunk = paths[start:start + args.batch_size]
+        for k in range(args.samples):
+            images = render(model, opt, [labels[p] for p in chunk], seed=args.seed,
+                            indices=list(range(start, start + len(chunk))), sample=k,
+                            references=[refs[p] for p in chunk] if refs else None)
+            for p, img in zip(chunk, images):
+                name = f"{p.stem}.jpg" if args.samples == 1 else f"{p.stem}_{k}.jpg"
+                out = Image.fromarray(img)
+                if out.size != args.size:
+                    out = out.resize(args.size, Image.BICUBIC)
+                save_image_atomic(args.out / name, out, quality=args.quality)
+                bar.update(1)
+    bar.close()
+    print(f"wrote {len(paths) * args.samples} image(s) to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""scripts/average_checkpoints.py: the mean of several generators, usable for inference."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jspade.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from jspade.config import Config, ModelConfig
+from jspade.models.spade_model import SPADEModel
+from jspade.runtime import jt
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import average_checkpoints  # noqa: E402
+
+
+def test_average_of_two_checkpoints(tmp_path):
+    cfg = Config.default()
+    cfg.model = ModelConfig(label_nc=29, crop_size=64, aspect_ratio=2.0, ngf=4, use_vae=False)
+    paths = []
+    for seed in (1, 2):
+        jt.set_global_seed(seed)
+        paths.append(save_checkpoint(tmp_path / f"{seed}.pkl", SPADEModel(cfg.model, with_vgg=False),
+                                     {"config": cfg.to_dict()}))
+    out = tmp_path / "avg.pkl"
+    assert average_checkpoints.main([str(p) for p in paths] + ["--out", str(out)]) == 0
+    a, b = (read_checkpoint(p)["networks"]["G"] for p in paths)
+    avg = read_checkpoint(out)["networks"]["G"]
+    for k in ("fc.weight", "head_0.conv_0.weight_orig", "up_0.norm_0.param_free_norm.running_var"):
+        assert np.allclose(avg[k], (a[k] + b[k]) / 2, atol=1e-7)
+    # u, v belong to the averaged weight: sigma = u^T W v is its largest singular value
+    w = avg["up_1.conv_0.weight_orig"].reshape(avg["up_1.conv_0.weight_orig"].shape[0], -1)
+    sigma = avg["up_1.conv_0.weight_u"] @ w @ avg["up_1.conv_0.weight_v"]
+    assert sigma == pytest.approx(np.linalg.svd(w, compute_uv=False)[0], rel=1e-3)
+    model = SPADEModel(cfg.model, with_discriminator=False, with_vgg=False)
+    load_checkpoint(out, model, networks=("G",))  # loads strictly
+    with pytest.raises(SystemExit):  # never overwrites silently
+        average_checkpoints.main([str(p) for p in paths] + ["--out", str(out)])
