@@ -14,8 +14,9 @@ from jspade.metrics import fid as fid_metrics
 from jspade.metrics.torchscript import (
     fid_inception_state_dict_from_torchscript, installed_fid_helper_weights, load_torch_zip,
     read_tensors, torchscript_layer_name)
-from jspade.models.inception import (
-    FIDInceptionV3, avg_pool_3x3_exclude_pad, bilinear_resize_matrix, max_pool_3x3_same, resize_bilinear)
+from jspade.models.inception import FIDInceptionV3, max_pool_3x3_same
+from jspade.models.resize import avg_pool3x3_exclude_pad, resize_bilinear
+from jspade.models.resize import bilinear_matrix as bilinear_resize_matrix
 from jspade.runtime import jt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +104,7 @@ def test_load_weights_lists_missing_unexpected_and_mismatched():
         model.load_weights(state)
     message = str(error.value)
     assert "Mixed_5b.branch1x1.conv.weight" in message and "Mixed_5b.extra.weight" in message
-    assert "Conv2d_1a_3x3.bn.bias: model (32,), weights (5,)" in message
+    assert "Conv2d_1a_3x3.bn.bias: (5,) in FID Inception weights, (32,) in the model" in message
     assert "fc.weight" not in message
 
 
@@ -111,7 +112,7 @@ def test_load_weights_lists_missing_unexpected_and_mismatched():
 
 def test_avg_pool_excludes_padding_at_the_border():
     x = np.arange(12, dtype=np.float32).reshape(1, 1, 3, 4)  # [[0..3], [4..7], [8..11]]
-    pooled = avg_pool_3x3_exclude_pad(jt.array(x)).numpy()[0, 0]
+    pooled = avg_pool3x3_exclude_pad(jt.array(x), 1).numpy()[0, 0]
     assert pooled[0, 0] == pytest.approx((0 + 1 + 4 + 5) / 4)  # corner: 4 pixels
     assert pooled[0, 1] == pytest.approx((0 + 1 + 2 + 4 + 5 + 6) / 6)  # edge: 6 pixels
     assert pooled[1, 1] == pytest.approx((0 + 1 + 2 + 4 + 5 + 6 + 8 + 9 + 10) / 9)  # interior

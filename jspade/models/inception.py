@@ -23,39 +23,10 @@ import numpy as np
 from jspade.runtime import jt
 from jittor import nn
 
+from jspade.models.resize import avg_pool3x3_exclude_pad, resize_bilinear
+
 FID_INPUT_SIZE = 299
 FEATURE_DIM = 2048
-
-
-def bilinear_resize_matrix(in_size, out_size):
-    """(out_size x in_size) matrix M with `M @ signal` = PyTorch's 1-d bilinear resize
-    (align_corners=False, no antialias): source coordinate (i + 0.5) * in/out - 0.5, clamped at 0;
-    the upper neighbour index is clamped to the last sample. The coordinates are computed in float32
-    like PyTorch's CPU kernel: in float64 the resize differs from torch by up to 2e-5 at some sizes,
-    in float32 by ~2e-6."""
-    f32 = np.float32
-    scale = f32(in_size) / f32(out_size)
-    matrix = np.zeros((out_size, in_size), np.float32)
-    for i in range(out_size):
-        source = max(scale * (f32(i) + f32(0.5)) - f32(0.5), f32(0.0))
-        low = min(int(source), in_size - 1)
-        high = min(low + 1, in_size - 1)
-        weight_high = f32(source - f32(low))
-        matrix[i, low] += f32(1.0) - weight_high
-        matrix[i, high] += weight_high
-    return matrix
-
-
-def resize_bilinear(images, size):
-    """Resize N x C x H x W `images` to `size` = (height, width) like PyTorch's
-    `F.interpolate(mode="bilinear", align_corners=False)`. Done as two matrix products, which is
-    exact and does not depend on Jittor's own interpolate semantics."""
-    height, width = images.shape[2], images.shape[3]
-    if (height, width) == tuple(size):
-        return images
-    rows = jt.array(bilinear_resize_matrix(height, size[0]))  # (H', H)
-    cols = jt.array(bilinear_resize_matrix(width, size[1]).T.copy())  # (W, W')
-    return jt.matmul(rows, jt.matmul(images, cols))
 
 
 def _shifted_3x3_windows(x, pad_value):
@@ -63,25 +34,6 @@ def _shifted_3x3_windows(x, pad_value):
     height, width = x.shape[2], x.shape[3]
     padded = nn.pad(x, [1, 1, 1, 1], mode="constant", value=pad_value)
     return [padded[:, :, dy:dy + height, dx:dx + width] for dy in range(3) for dx in range(3)]
-
-
-def _valid_count_3x3(size):
-    """How many of the 3 window positions along an axis of length `size` fall inside it."""
-    count = np.full(size, 3.0, np.float32)
-    count[0] -= 1
-    count[-1] -= 1
-    return count
-
-
-def avg_pool_3x3_exclude_pad(x):
-    """`F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)`: the mean over the
-    in-image part of each window. Written out because Jittor's pool ignores count_include_pad=False."""
-    windows = _shifted_3x3_windows(x, 0.0)
-    total = windows[0]
-    for window in windows[1:]:
-        total = total + window
-    count = np.outer(_valid_count_3x3(x.shape[2]), _valid_count_3x3(x.shape[3]))
-    return total / jt.array(count)
 
 
 def max_pool_3x3_same(x):
@@ -124,7 +76,7 @@ class FIDInceptionA(nn.Module):
     def execute(self, x):
         branch5x5 = self.branch5x5_2(self.branch5x5_1(x))
         branch3x3dbl = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-        branch_pool = self.branch_pool(avg_pool_3x3_exclude_pad(x))
+        branch_pool = self.branch_pool(avg_pool3x3_exclude_pad(x, 1))
         return jt.concat([self.branch1x1(x), branch5x5, branch3x3dbl, branch_pool], dim=1)
 
 
@@ -162,7 +114,7 @@ class FIDInceptionC(nn.Module):
         for layer in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3,
                       self.branch7x7dbl_4, self.branch7x7dbl_5):
             branch7x7dbl = layer(branch7x7dbl)
-        branch_pool = self.branch_pool(avg_pool_3x3_exclude_pad(x))
+        branch_pool = self.branch_pool(avg_pool3x3_exclude_pad(x, 1))
         return jt.concat([self.branch1x1(x), branch7x7, branch7x7dbl, branch_pool], dim=1)
 
 
@@ -204,7 +156,7 @@ class FIDInceptionE(nn.Module):
     def execute(self, x):
         branch3x3 = self.branch3x3_1(x)
         branch3x3dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-        pooled = max_pool_3x3_same(x) if self.max_pool else avg_pool_3x3_exclude_pad(x)
+        pooled = max_pool_3x3_same(x) if self.max_pool else avg_pool3x3_exclude_pad(x, 1)
         return jt.concat([
             self.branch1x1(x),
             self.branch3x3_2a(branch3x3), self.branch3x3_2b(branch3x3),
@@ -262,23 +214,10 @@ class FIDInceptionV3(nn.Module):
         return self.pool3(self.preprocess(images))
 
     def load_weights(self, state_dict):
-        """Load a pytorch-fid-named {name: array} dict, strictly: raise listing every missing,
-        unexpected or wrongly shaped entry (Jittor's `load_parameters` would only log them).
-        `fc.*` and BatchNorm `num_batches_tracked` entries are accepted and ignored."""
-        own = self.state_dict()
-        given = {name: np.asarray(value) for name, value in state_dict.items()
-                 if name not in UNUSED_CHECKPOINT_KEYS and not name.endswith("num_batches_tracked")}
-        missing = sorted(set(own) - set(given))
-        unexpected = sorted(set(given) - set(own))
-        mismatched = sorted(f"{name}: model {tuple(own[name].shape)}, weights {given[name].shape}"
-                            for name in set(own) & set(given)
-                            if tuple(own[name].shape) != given[name].shape)
-        if missing or unexpected or mismatched:
-            raise ValueError("FID Inception weights do not fit the model:\n"
-                             f"  missing ({len(missing)}): {missing}\n"
-                             f"  unexpected ({len(unexpected)}): {unexpected}\n"
-                             f"  mismatched shapes ({len(mismatched)}): {mismatched}")
-        for name, value in own.items():
-            value.assign(jt.array(given[name].astype(np.float32)))
+        """Load a pytorch-fid-named {name: array} dict strictly (every missing, unexpected or wrongly
+        shaped entry is listed in the error); the classifier `fc.*` is accepted and ignored."""
+        from jspade.checkpoint import load_state_strict
+        given = {name: value for name, value in state_dict.items() if name not in UNUSED_CHECKPOINT_KEYS}
+        load_state_strict(self, given, source="FID Inception weights")
         self.eval()
         return self

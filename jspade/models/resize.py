@@ -32,8 +32,10 @@ def upsample2x(x):
     return resize_nearest(x, (x.shape[2] * 2, x.shape[3] * 2))
 
 
-def _bilinear_matrix(in_size, out_size):
-    # PyTorch bilinear, align_corners=False: src = max((dst + 0.5) * in/out - 0.5, 0).
+def bilinear_matrix(in_size, out_size):
+    """(out x in) matrix M with M @ signal = PyTorch's 1-d bilinear resize (align_corners=False):
+    src = max((dst + 0.5) * in/out - 0.5, 0) in float32 like PyTorch's CPU kernel (in float64 the
+    result differs from torch by up to 2e-5 at some sizes)."""
     scale = np.float32(in_size) / np.float32(out_size)
     src = np.maximum((np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5), 0)
     i0 = np.floor(src).astype(np.int64)
@@ -52,24 +54,30 @@ def resize_bilinear(x, size):
     h, w = x.shape[2], x.shape[3]
     if (h, w) == (oh, ow):
         return x
-    mh = jt.array(_bilinear_matrix(h, oh))
-    mw_t = jt.array(_bilinear_matrix(w, ow).T.copy())
+    mh = jt.array(bilinear_matrix(h, oh))
+    mw_t = jt.array(bilinear_matrix(w, ow).T.copy())
     y = jt.matmul(x, mw_t)  # N,C,H,ow
     return jt.matmul(mh, y)  # N,C,oh,ow
 
 
-def avg_pool3x3_s2_exclude_pad(x):
-    """F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False): the multiscale
-    discriminator's downsampling. Jittor's pool ignores count_include_pad, so the border
-    windows are rescaled by their true pixel counts here."""
+def avg_pool3x3_exclude_pad(x, stride):
+    """F.avg_pool2d(x, 3, stride, padding=1, count_include_pad=False): each window averages only
+    its in-image pixels. Jittor's pool ignores count_include_pad, so the zero-padded mean is
+    rescaled by the true pixel counts. Stride 2 is the multiscale discriminator's downsampling,
+    stride 1 the FID Inception's pooling branches."""
     h, w = x.shape[2], x.shape[3]
     padded = jt.nn.pad(x, (1, 1, 1, 1))
-    mean9 = jt.nn.pool(padded, 3, "mean", padding=0, stride=2)
+    mean9 = jt.nn.pool(padded, 3, "mean", padding=0, stride=stride)
 
     def counts(n):
-        out = (n + 2 - 3) // 2 + 1
-        starts = np.arange(out) * 2 - 1
+        out = (n + 2 - 3) // stride + 1
+        starts = np.arange(out) * stride - 1
         return (np.minimum(starts + 3, n) - np.maximum(starts, 0)).astype(np.float32)
 
     scale = 9.0 / np.outer(counts(h), counts(w))
     return mean9 * jt.array(scale.astype(np.float32)).reshape(1, 1, *scale.shape)
+
+
+def avg_pool3x3_s2_exclude_pad(x):
+    """The multiscale discriminator's downsampling between scales."""
+    return avg_pool3x3_exclude_pad(x, 2)
