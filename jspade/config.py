@@ -89,7 +89,7 @@ class TrainConfig:
     log_every: int = 10
     num_samples: int = 4  # rows in a sample grid
     vgg_weights: str = ""  # torchvision vgg19-*.pth or Jittor vgg19.pkl; '' = random VGG (loud warning)
-    amp: bool = False  # mixed precision on CUDA (ignored on CPU)
+    amp: bool = False  # mixed precision on CUDA via Jittor's auto_mixed_precision_level (ignored on CPU)
 
 
 @dataclass

@@ -119,6 +119,13 @@ class Trainer:
             for net in self.model.networks().values():
                 net.mpi_param_broadcast(0)
         self.vgg_pretrained = self._load_vgg()
+        if cfg.train.amp:
+            if jt.flags.use_cuda:
+                # Jittor's automatic mixed precision: fp16 where safe, fp32 for reductions/exp.
+                jt.flags.auto_mixed_precision_level = 4
+                log("mixed precision on (Jittor auto_mixed_precision_level=4)")
+            else:
+                log("--train.amp ignored: mixed precision needs a CUDA device")
         g_params = trainable_parameters(self.model.netG)
         if self.model.netE is not None:
             g_params += trainable_parameters(self.model.netE)
@@ -304,6 +311,9 @@ class Trainer:
         bar = tqdm(total=total, initial=min(self.pos.iteration, total), desc="train", unit="it",
                    disable=not self.progress, dynamic_ncols=True)
         started = time.time()
+        limits = [f"{t.max_iters} iterations" if t.max_iters else "", f"{t.max_minutes:g} minutes" if t.max_minutes else ""]
+        log(f"training {self.run_dir}: {total} iterations over {len(self.cfg.phases)} phase(s)"
+            + (f", stopping after {' or '.join(x for x in limits if x)}" if any(limits) else ""))
         self.model.train()
         log_file = open(self.run_dir / "log.jsonl", "a") if is_main_rank() else None
         stop_reason = None
