@@ -9,7 +9,6 @@ def instance_edges(instance):
     """1 where a pixel's instance id differs from a 4-neighbour's (both pixels of each differing
     pair are marked), 0 elsewhere. `instance`: [B,1,H,W] ints. Returns float32 [B,1,H,W]."""
     t = instance
-    edge = jt.zeros(t.shape, dtype="bool")
     dw = t[:, :, :, 1:] != t[:, :, :, :-1]
     dh = t[:, :, 1:, :] != t[:, :, :-1, :]
     zw = jt.zeros((t.shape[0], t.shape[1], t.shape[2], 1), dtype="bool")

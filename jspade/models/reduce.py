@@ -2,7 +2,7 @@
 
 Jittor's CPU reduce accumulates a whole reduction sequentially: the mean of 6M floats comes out
 ~2e-3 off (measured), enough to break parity with PyTorch's pairwise sums. Reducing one axis at a
-time keeps each partial sum short (~1e-7 relative). Used by the norms and the losses."""
+time keeps each partial sum short (~1e-7 relative). Used by the losses."""
 
 
 def mean(x, dims=None, keepdims=False):
@@ -15,13 +15,3 @@ def mean(x, dims=None, keepdims=False):
         x = x.reshape(keep) if keep else x.sum()  # a one-element sum gives a scalar
     return x
 
-
-def expand(v, shape):
-    """Broadcast `v` (same ndim, size-1 axes) to `shape` one axis at a time, so that the backward
-    pass — a sum over each broadcast axis — is staged as in `mean` rather than one long sum."""
-    cur = list(v.shape)
-    for d in reversed(range(len(shape))):
-        if cur[d] != shape[d]:
-            cur[d] = shape[d]
-            v = v.broadcast(tuple(cur))
-    return v
