@@ -2,6 +2,7 @@
 # jspade entry point.
 #   bash run.sh train [train.py flags]   set up, then train (no flags: the CPU demo on synthetic data)
 #   bash run.sh test  [pytest flags]     set up, then run the test suite
+#   bash run.sh paint [--checkpoint RUN_OR_FILE] [--port P]   the interactive painter (a local web page)
 #   bash run.sh setup                    only create/update the virtual environment
 # Under mpirun every rank runs this script: set up once beforehand (`bash run.sh setup`).
 set -euo pipefail
@@ -33,5 +34,6 @@ case "$cmd" in
   setup) setup ;;
   train) setup; exec "$PY" scripts/train.py "$@" ;;
   test)  setup; exec "$PY" -m pytest -q tests "$@" ;;
-  *) sed -n '2,6p' "$0"; [ "$cmd" = help ] || exit 2 ;;
+  paint) setup; exec "$PY" scripts/paint.py "$@" ;;
+  *) sed -n '2,7p' "$0"; [ "$cmd" = help ] || exit 2 ;;
 esac

@@ -7,24 +7,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jspade.checkpoint import save_checkpoint
-from jspade.config import Config, ModelConfig
-from jspade.models.spade_model import SPADEModel
-from jspade.runtime import jt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import infer  # noqa: E402
+from tiny_models import tiny_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def vae_checkpoint(tmp_path_factory):
-    cfg = Config.default()
-    cfg.model = ModelConfig(label_nc=29, crop_size=64, aspect_ratio=2.0, ngf=8, ndf=8, use_vae=True)
-    jt.set_global_seed(1)
-    model = SPADEModel(cfg.model, with_discriminator=False, with_vgg=False)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pkl"
-    save_checkpoint(path, model, {"config": cfg.to_dict()})
-    return path
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pkl")
 
 
 def write_refs(folder, stems, colors):

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 
 from jspade.checkpoint import read_checkpoint
-from jspade.data.semantics import semantics_for
 from jspade.runtime import jt
 from jspade.train.trainer import RunFolderError, Trainer, phase_lr
 from jspade.config import Phase
 
-from train_utils import tiny_config
+from tiny_models import tiny_config
 
 
 def g_weights(trainer):

@@ -18,7 +18,6 @@ from `F.interpolate` by <= 3e-6. (torch is not a dependency; the check is not pa
 Jittor's own `nn.interpolate(mode="bilinear", align_corners=False)` agreed within 3.4e-6 at the
 sizes tried, but the explicit resize is kept so the semantics cannot drift with Jittor versions.
 """
-import numpy as np
 
 from jspade.runtime import jt
 from jittor import nn

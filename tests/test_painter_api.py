@@ -1,0 +1,308 @@
+"""The painter's HTTP API (jspade/painter/server.py) against a tiny random VAE checkpoint: what it
+serves, that renders are deterministic and follow seed and style, that every kind of bad input is
+a 4xx with a message (never a 500), and that parallel renders are serialised."""
+import base64
+import http.client
+import io
+import json
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jspade.config import ModelConfig
+from jspade.models.spade_model import SPADEModel
+from jspade.painter import PainterApp, make_server
+
+from tiny_models import tiny_checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import paint  # noqa: E402
+
+W, H = 64, 32  # the tiny model's size
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pkl")
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint):
+    app = PainterApp.from_checkpoint(checkpoint, warmup=True)
+    srv = make_server(app, "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+    thread.join(5)
+
+
+def request(srv, method, path, body=None, headers=None):
+    """(status, headers, body bytes); `body` may be a dict (sent as JSON) or raw bytes."""
+    host, port = srv.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    hdrs = dict(headers or {})
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body).encode()
+        hdrs.setdefault("Content-Type", "application/json")
+    try:
+        conn.request(method, path, body=body, headers=hdrs)
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+def png_b64(array, mode=None):
+    buf = io.BytesIO()
+    Image.fromarray(array, mode).save(buf, format="PNG") if mode else Image.fromarray(array).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def jpeg_b64(array):
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="JPEG", quality=90)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def scene(h=H, w=W):
+    label = np.full((h, w), 1, np.uint8)  # sky
+    label[h // 2:] = 12                      # grass
+    label[h // 4: h // 2, : w // 2] = 0     # mountain
+    return label
+
+
+def style_photo(seed=0):
+    rng = np.random.default_rng(seed)
+    img = np.zeros((60, 80, 3), np.uint8)
+    img[:] = rng.integers(0, 256, 3)
+    img[30:] = rng.integers(0, 256, 3)
+    return img
+
+
+def render(srv, **body):
+    status, headers, data = request(srv, "POST", "/api/render", body)
+    assert status == 200, data
+    return headers, data
+
+
+def error_of(srv, path, body, headers=None, method="POST"):
+    status, hdrs, data = request(srv, method, path, body, headers)
+    assert hdrs.get("Content-Type", "").startswith("application/json"), (status, data[:200])
+    msg = json.loads(data)
+    assert isinstance(msg.get("error"), str) and msg["error"]
+    return status, msg
+
+
+def test_info(server):
+    status, headers, data = request(server, "GET", "/api/info")
+    assert status == 200 and headers["Content-Type"].startswith("application/json")
+    info = json.loads(data)
+    assert info["checkpoint"] == "tiny.pkl"
+    assert info["model_size"] == {"width": W, "height": H}
+    assert info["style_supported"] is True
+    assert len(info["classes"]) == 29 == info["num_ids"]
+    assert info["classes"][0] == {"id": 0, "name": "mountain", "color": [118, 104, 130]}
+    assert info["classes"][1]["name"] == "sky" and info["background_class"] == 1
+    assert all(len(c["color"]) == 3 for c in info["classes"])
+    assert info["timing"]["warmup_ms"] > 0 and info["timing"]["median_ms"] is not None
+
+
+def test_page_and_static_files(server):
+    status, headers, data = request(server, "GET", "/")
+    assert status == 200 and b"painter.js" in data
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
+    for path, kind in (("/painter.js", "text/javascript"), ("/painter.css", "text/css")):
+        status, headers, data = request(server, "GET", path)
+        assert status == 200 and headers["Content-Type"].startswith(kind) and data
+    for path in ("/", "/painter.js", "/painter.css"):  # nothing is loaded from elsewhere
+        assert b"://" not in request(server, "GET", path)[2]
+
+
+def test_render_is_a_png_of_the_model_size_and_deterministic(server):
+    headers, a = render(server, label=png_b64(scene()), seed=3)
+    assert headers["Content-Type"] == "image/png" and float(headers["X-Render-Ms"]) > 0
+    image = Image.open(io.BytesIO(a))
+    assert image.size == (W, H) and image.mode == "RGB"
+    _, b = render(server, label=png_b64(scene()), seed=3)
+    assert a == b
+    _, c = render(server, label=png_b64(scene()), seed=4)
+    assert c != a
+    other = scene()
+    other[:, W // 2:] = 5  # tree
+    _, d = render(server, label=png_b64(other), seed=3)
+    assert d != a
+
+
+def test_label_of_any_size_and_bit_depth_is_resized_nearest(server):
+    small = scene()
+    big = np.repeat(np.repeat(small, 4, axis=0), 4, axis=1)  # 256x128, same ids
+    _, a = render(server, label=png_b64(small), seed=1)
+    _, b = render(server, label=png_b64(big.astype(np.uint16)), seed=1)  # 16-bit PNG
+    assert a == b
+    assert render(server, label="data:image/png;base64," + png_b64(small), seed=1)[1] == a
+
+
+def test_style_image_changes_output_and_same_style_same_output(server):
+    label = png_b64(scene())
+    _, plain = render(server, label=label, seed=2)
+    headers, styled = render(server, label=label, seed=2, style_image=jpeg_b64(style_photo(0)))
+    assert styled != plain
+    style_id = headers["X-Style-Id"]
+    assert render(server, label=label, seed=2, style_image=jpeg_b64(style_photo(0)))[1] == styled
+    assert render(server, label=label, seed=2, style_id=style_id)[1] == styled
+    _, other = render(server, label=label, seed=2, style_image=png_b64(style_photo(1)))
+    assert other not in (styled, plain)
+
+    status, headers, data = request(server, "POST", "/api/style", {"image": png_b64(style_photo(1))})
+    assert status == 200
+    out = json.loads(data)
+    assert (out["width"], out["height"]) == (80, 60)
+    assert render(server, label=label, seed=2, style_id=out["style_id"])[1] == other
+
+
+def test_style_matches_inference_render_with_a_reference(server, tmp_path):
+    from jspade.inference import render as library_render
+
+    ref = tmp_path / "ref.png"
+    Image.fromarray(style_photo(3)).save(ref)
+    app = server.app
+    with app._model_lock:
+        want = library_render(app.model, app.opt, [scene().astype(np.int32)], seed=5, indices=[0],
+                              references=[ref])[0]
+    _, got = render(server, label=png_b64(scene()), seed=5, style_image=png_b64(style_photo(3)))
+    diff = np.abs(np.asarray(Image.open(io.BytesIO(got)), np.int16) - want.astype(np.int16))
+    assert diff.max() <= 1
+
+
+def test_label_import_normalises_to_8bit(server):
+    label = scene(100, 150).astype(np.uint16)
+    status, _, data = request(server, "POST", "/api/label/import", {"label": png_b64(label)})
+    assert status == 200
+    out = json.loads(data)
+    assert (out["width"], out["height"], out["dtype"]) == (150, 100, "uint8")
+    assert out["classes"] == [0, 1, 12]
+    ids = np.frombuffer(base64.b64decode(out["ids"]), np.uint8).reshape(100, 150)
+    assert np.array_equal(ids, label)
+    png = Image.open(io.BytesIO(base64.b64decode(out["png"])))
+    assert png.mode == "L" and np.array_equal(np.asarray(png), label)
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"label": jpeg_b64(np.zeros((32, 64, 3), np.uint8))}, 415, ["PNG", "JPEG"]),
+    ({"label": base64.b64encode(b"GIF89a" + bytes(40)).decode()}, 415, ["GIF"]),
+    ({"label": base64.b64encode(b"just some text").decode()}, 415, ["text"]),
+    ({"label": png_b64(np.zeros((32, 64, 3), np.uint8))}, 400, ["RGB", "single-channel"]),
+    ({"label": png_b64(np.zeros((32, 64, 4), np.uint8))}, 400, ["RGBA", "alpha"]),
+    ({"label": png_b64(np.where(np.arange(64)[None] < 10, 41, 1).repeat(32, 0).astype(np.uint16))}, 400,
+     ["41", "0..28"]),
+    ({"label": png_b64(np.full((4, 3000), 1, np.uint8))}, 400, ["3000x4", "2048"]),
+    ({"label": "not base64 at all!"}, 400, ["base64"]),
+    ({"label": ""}, 400, ["empty"]),
+    ({"label": base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(30)).decode()}, 400, ["readable"]),
+    ({"label": 12}, 400, ["'label'", "base64 string"]),
+    ({"label": png_b64(scene()), "seed": "7"}, 400, ["'seed'", "integer"]),
+    ({"label": png_b64(scene()), "seed": True}, 400, ["'seed'", "integer"]),
+    ({"label": png_b64(scene()), "seed": -1}, 400, ["'seed'", "within"]),
+    ({"label": png_b64(scene()), "seed": 1.5}, 400, ["'seed'"]),
+    ({"label": png_b64(scene()), "style_id": 3}, 400, ["style_id"]),
+    ({"label": png_b64(scene()), "style_id": "feedbeef"}, 400, ["unknown style"]),
+    ({"label": png_b64(scene()), "style_image": base64.b64encode(b"GIF89a" + bytes(40)).decode()}, 415,
+     ["PNG or JPEG", "GIF"]),
+    ({"label": png_b64(scene()), "style_image": png_b64(scene()), "style_id": "x"}, 400, ["not both"]),
+    ({"label": png_b64(scene()), "colour": 1}, 400, ["unknown field", "colour"]),
+    ({"seed": 1}, 400, ["missing", "label"]),
+    ([1, 2], 400, ["object"]),
+])
+def test_bad_render_requests_are_4xx_with_a_message(server, body, status, words):
+    got, msg = error_of(server, "/api/render", body)
+    assert got == status, msg
+    for w in words:
+        assert w in msg["error"], msg
+
+
+def test_bad_requests_at_the_http_level(server):
+    status, msg = error_of(server, "/api/render", b'{"label": "abc", ', {"Content-Type": "application/json"})
+    assert status == 400 and "malformed JSON" in msg["error"]
+    status, msg = error_of(server, "/api/render", b"\xff\xfe", {"Content-Type": "application/json"})
+    assert status == 400 and "malformed JSON" in msg["error"]
+    status, msg = error_of(server, "/api/render", json.dumps({"label": png_b64(scene())}).encode(),
+                           {"Content-Type": "text/plain"})
+    assert status == 415 and "application/json" in msg["error"]
+    big = b'{"label": "' + b"A" * (9 * 1024 * 1024) + b'"}'
+    status, msg = error_of(server, "/api/render", big, {"Content-Type": "application/json"})
+    assert status == 413 and "8.0 MB" in msg["error"]
+    status, msg = error_of(server, "/api/nope", None, method="GET")
+    assert status == 404 and "/api/nope" in msg["error"]
+    status, msg = error_of(server, "/etc/passwd", None, method="GET")
+    assert status == 404
+    status, msg = error_of(server, "/api/render", None, method="GET")
+    assert status == 405 and "POST" in msg["error"]
+    status, msg = error_of(server, "/api/info", {"x": 1}, method="PUT")
+    assert status == 405
+    status, msg = error_of(server, "/api/render", None, {"Origin": "http://evil.example"}, method="OPTIONS")
+    assert status == 405
+    status, msg = error_of(server, "/api/render", None, method="BREW")
+    assert status == 405 and "BREW" in msg["error"]
+    status, msg = error_of(server, "/api/render", b"{}", {"Content-Type": "application/json",
+                                                         "Content-Length": "x"})
+    assert status == 400 and "Content-Length" in msg["error"]
+    status, msg = error_of(server, "/api/info", None, {"Host": "evil.example:80"}, method="GET")
+    assert status == 403 and "Host" in msg["error"]
+    status, msg = error_of(server, "/api/render", {"label": png_b64(scene())}, {"Origin": "http://evil.example"})
+    assert status == 403
+    status, msg = error_of(server, "/api/style", {"image": png_b64(np.zeros((5000, 2, 3), np.uint8))})
+    assert status == 400 and "4096" in msg["error"]
+    status, msg = error_of(server, "/api/label/import", {"label": png_b64(np.zeros((8, 8, 3), np.uint8))})
+    assert status == 400 and "RGB" in msg["error"]
+    # The server still answers normally afterwards.
+    assert request(server, "GET", "/api/info")[0] == 200
+
+
+def test_parallel_renders_all_succeed_one_at_a_time(server):
+    app = server.app
+    active, peak, lock = [0], [0], threading.Lock()
+    original = app._generate
+
+    def counting(*args):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            return original(*args)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    app._generate = counting
+    try:
+        label = png_b64(scene())
+        with ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(lambda i: request(server, "POST", "/api/render",
+                                                      {"label": label, "seed": i % 2}), range(6)))
+    finally:
+        del app._generate
+    assert [r[0] for r in results] == [200] * 6
+    assert peak[0] == 1
+    assert results[0][2] == results[2][2] == results[4][2] != results[1][2] == results[3][2]
+
+
+def test_model_without_vae_refuses_styles():
+    opt = ModelConfig(label_nc=29, crop_size=64, aspect_ratio=2.0, ngf=8, ndf=8, use_vae=False)
+    app = PainterApp(SPADEModel(opt, with_discriminator=False, with_vgg=False), opt, "plain")
+    assert app.info()["style_supported"] is False
+    from jspade.painter import ApiError
+
+    with pytest.raises(ApiError, match="no style encoder"):
+        app.add_style(style_photo(), "abc")
+
+
+def test_cli_without_checkpoint_says_to_train_first(tmp_path, capsys):
+    assert paint.main(["--results", str(tmp_path)]) == 1
+    assert "bash run.sh train" in capsys.readouterr().err

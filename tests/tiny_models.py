@@ -1,0 +1,49 @@
+"""Tiny models for tests (CPU, seconds): a training config and a label-reactive VAE checkpoint."""
+import numpy as np
+
+from jspade.checkpoint import save_checkpoint
+from jspade.config import Config, DataConfig, ModelConfig, Phase, TrainConfig
+from jspade.data.semantics import semantics_for
+from jspade.inference import label_tensor
+from jspade.models.normalization import SyncBatchNorm
+from jspade.models.spade_model import SPADEModel
+from jspade.runtime import jt
+
+
+def tiny_config(output_dir, data_root, **train):
+    model = ModelConfig(label_nc=29, crop_size=64, aspect_ratio=2.0, ngf=8, ndf=8, num_D=2, n_layers_D=3,
+                        use_vae=False)
+    data = DataConfig(dataset="synthetic", root=str(data_root), synthetic_n=16, preprocess_mode="fixed")
+    options = dict(output_dir=str(output_dir), name="run", save_every=0, sample_every=0, log_every=1, num_samples=2)
+    t = TrainConfig(**{**options, **train})
+    return Config(model, data, t, [Phase(epochs=2, batch_size=2, lr=4e-4)])
+
+
+def tiny_checkpoint(path):
+    """A random 64x32 VAE model that reacts visibly to its label: with the default init (gain 0.02) and
+    untouched batch-norm statistics a random generator's output barely depends on the label, so the
+    weights use gain 1 and the running statistics are set from one batch of random scenes."""
+    cfg = Config.default()
+    cfg.model = ModelConfig(label_nc=29, crop_size=64, aspect_ratio=2.0, ngf=8, ndf=8, use_vae=True,
+                            init_variance=1.0)
+    jt.set_global_seed(1)
+    model = SPADEModel(cfg.model, with_discriminator=False, with_vgg=False)
+    norms = [m for m in model.netG.modules() if isinstance(m, SyncBatchNorm)]
+    rng = np.random.default_rng(0)
+    labels = []
+    for _ in range(8):
+        label = np.full((32, 64), rng.integers(29), np.int32)
+        for _ in range(6):
+            y, x = rng.integers(32), rng.integers(64)
+            label[y:y + rng.integers(4, 16), x:x + rng.integers(4, 30)] = rng.integers(29)
+        labels.append(label)
+    for m in norms:
+        m.momentum = 1.0
+    model.netG.train()
+    with jt.no_grad():
+        model.netG(semantics_for(cfg.model, label_tensor(labels, (64, 32))), z=jt.randn(8, cfg.model.z_dim)).sync()
+    for m in norms:
+        m.momentum = 0.1
+    model.eval()
+    save_checkpoint(path, model, {"config": cfg.to_dict()})
+    return path
