@@ -22,7 +22,7 @@ Stages (each a small function below, each with a progress bar):
                    and MAD of exposure-invariant chromaticity r, g plus brightness), then the
                    fraction of each class's pixels far from its model
   5. near-dups  -- label maps with >= `near_dup_similarity` pixel agreement, found without comparing
-                   all pairs: a k-d tree on class histograms and a block-histogram bound (both
+                   all pairs: a sort-and-sweep on class histograms and a block-histogram bound (both
                    lossless: pixel agreement a implies an L1 histogram distance <= 2(1 - a)) select
                    the candidates; exact agreement decides; groups are stars around a centre
                    (greedy, most-connected first), so similarity cannot chain through a group
@@ -380,18 +380,41 @@ def block_histograms(labels, label_nc, blocks=(4, 3)):
     return np.bincount(index.ravel(), minlength=n * nb * label_nc).reshape(n, nb * label_nc).astype(np.int32)
 
 
+def pairs_within_l1(points, budget):
+    """All pairs (i < j) of rows with L1 distance <= budget, as an (M, 2) int array. Exact: two
+    such rows are also within `budget` on any single coordinate, so sorting on the coordinate with
+    the largest spread and sweeping a window of that width yields every candidate. (scipy's
+    cKDTree.query_pairs did this too, but crashed the process after Jittor had run in it.)"""
+    points = np.asarray(points, np.float64)
+    n = len(points)
+    if n < 2:
+        return np.zeros((0, 2), np.int64)
+    axis = int(np.argmax(points.var(axis=0)))
+    order = np.argsort(points[:, axis], kind="stable")
+    keys = points[order, axis]
+    ends = np.searchsorted(keys, keys + budget, side="right")
+    found = []
+    for a in range(n):
+        window = order[a + 1:ends[a]]
+        if len(window) == 0:
+            continue
+        i = order[a]
+        near = window[np.abs(points[window] - points[i]).sum(axis=1) <= budget]
+        if len(near):
+            found.append(np.stack([np.minimum(near, i), np.maximum(near, i)], axis=1))
+    return np.concatenate(found).astype(np.int64) if found else np.zeros((0, 2), np.int64)
+
+
 def find_near_duplicate_groups(labels, similarity=0.95, label_nc=29, chunk=4096, progress=False):
     """Groups of label maps with pixel agreement >= `similarity` to the group's centre (the first
     index of each group; see `groups_around_centres`), ordered by centre.
 
     labels: (N, H, W) uint8, all the same size. Not all N^2 pairs are compared: a pixel agreement
     a implies an L1 distance <= 2 (1 - a) * H * W between the class counts of any block of the two
-    maps, so a k-d tree on the whole-map class histograms and then 4x3 block histograms select the
+    maps, so a sort-and-sweep on the whole-map class histograms and then 4x3 block histograms select the
     candidates without losing any similar pair; only those are compared pixel by pixel.
     Returns (groups, stats).
     """
-    from scipy.spatial import cKDTree
-
     labels = np.asarray(labels)
     n = len(labels)
     stats = {"images": n, "candidate_pairs": 0, "block_filtered_pairs": 0, "similar_pairs": 0}
@@ -401,7 +424,7 @@ def find_near_duplicate_groups(labels, similarity=0.95, label_nc=29, chunk=4096,
     budget = 2.0 * (1.0 - similarity) * pixels + 1e-6  # in pixel counts
     blocks = block_histograms(labels, label_nc)
     whole = blocks.reshape(n, -1, label_nc).sum(axis=1).astype(np.float64)
-    pairs = cKDTree(whole).query_pairs(budget, p=1, output_type="ndarray")
+    pairs = pairs_within_l1(whole, budget)
     if len(pairs):
         pairs = np.sort(pairs, axis=1)
         pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
