@@ -33,7 +33,7 @@ cmd=${1:-help}
 case "$cmd" in
   setup) setup ;;
   train) setup; exec "$PY" scripts/train.py "$@" ;;
-  test)  setup; exec "$PY" -m pytest -q tests "$@" ;;
+  test)  setup; VENV="$VENV" bash scripts/setup_extras.sh --test-tools; exec "$PY" -m pytest -q tests "$@" ;;
   paint) setup; exec "$PY" scripts/paint.py "$@" ;;
   *) sed -n '2,7p' "$0"; [ "$cmd" = help ] || exit 2 ;;
 esac
