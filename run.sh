@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # jspade entry point.
 #   bash run.sh train [train.py flags]   set up, then train (no flags: the CPU demo on synthetic data)
-#   bash run.sh test  [pytest flags]     set up, then run the test suite
+#   bash run.sh test  [pytest args]      set up, then run the test suite (with args: pytest on them)
 #   bash run.sh paint [--checkpoint RUN_OR_FILE] [--port P]   the interactive painter (a local web page)
 #   bash run.sh setup                    only create/update the virtual environment
 # Under mpirun every rank runs this script: set up once beforehand (`bash run.sh setup`).
@@ -33,7 +33,10 @@ cmd=${1:-help}
 case "$cmd" in
   setup) setup ;;
   train) setup; exec "$PY" scripts/train.py "$@" ;;
-  test)  setup; VENV="$VENV" bash scripts/setup_extras.sh --test-tools; exec "$PY" -m pytest -q tests "$@" ;;
+  test)  setup; VENV="$VENV" bash scripts/setup_extras.sh --test-tools
+         # each test file in its own process (see tests/run_isolated.py); with arguments, plain pytest
+         if [ $# -gt 0 ]; then exec "$PY" -m pytest -q "$@"; fi
+         exec "$PY" tests/run_isolated.py ;;
   paint) setup; exec "$PY" scripts/paint.py "$@" ;;
   *) sed -n '2,7p' "$0"; [ "$cmd" = help ] || exit 2 ;;
 esac
