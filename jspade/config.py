@@ -173,6 +173,22 @@ def add_config_arguments(parser):
                         help="replace the preset's phases: 'EPOCHS:BATCH:LR[:SUBSET[:DECAY]],...'")
 
 
+def size_argument(minimum=1):
+    """An argparse type for 'WIDTHxHEIGHT' (e.g. 512x384) -> (width, height), each at least `minimum`."""
+    import argparse
+
+    def parse(text):
+        try:
+            width, height = (int(v) for v in text.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"size must look like 512x384 (WIDTHxHEIGHT), not {text!r}")
+        if width < minimum or height < minimum:
+            raise argparse.ArgumentTypeError(f"width and height must be at least {minimum}")
+        return width, height
+
+    return parse
+
+
 def _parse_bool(s):
     if s.lower() in ("1", "true", "yes", "on"):
         return True

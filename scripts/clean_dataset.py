@@ -15,19 +15,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jspade.config import size_argument  # noqa: E402
+
 import jspade  # noqa: E402,F401  (configures Jittor first)
 from jspade.data.curation import CurationOptions, curate  # noqa: E402
 from jspade.data.io import DataError  # noqa: E402
 
 
-def parse_size(text):
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 128x96 (WIDTHxHEIGHT), not {text!r}")
-    if width < 8 or height < 8:
-        raise argparse.ArgumentTypeError("width and height must be at least 8")
-    return width, height
 
 
 def build_parser():
@@ -61,7 +55,7 @@ def build_parser():
                    help="label maps with this pixel agreement are near-duplicates (default %(default)s)")
     g.add_argument("--near-dup-keep", type=int, default=d.near_dup_keep,
                    help="near-duplicates kept per group in Selection II (default %(default)s)")
-    g.add_argument("--work-size", type=parse_size, default=d.work_size,
+    g.add_argument("--work-size", type=size_argument(8), default=d.work_size,
                    help="size of the downsized copies the statistics use (default 128x96)")
     return ap
 

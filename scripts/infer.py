@@ -13,13 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jspade.config import size_argument  # noqa: E402
 
-def parse_size(text):
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-        return w, h
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 512x384, got {text!r}")
+
 
 
 def main(argv=None):
@@ -29,7 +25,7 @@ def main(argv=None):
                     help="a jspade run folder (uses checkpoints/latest.pkl), a jspade .pkl checkpoint, or an "
                          "original SPADE checkpoint folder / latest_net_G.pth")
     ap.add_argument("--out", required=True, type=Path, help="output folder (must be empty unless --overwrite)")
-    ap.add_argument("--size", type=parse_size, default=(512, 384),
+    ap.add_argument("--size", type=size_argument(), default=(512, 384),
                     help="output WIDTHxHEIGHT, resized from the model's size with bicubic (default 512x384)")
     ap.add_argument("--batch-size", type=int, default=4, help="labels rendered at once")
     ap.add_argument("--seed", type=int, default=0, help="noise seed; the same seed gives the same images")

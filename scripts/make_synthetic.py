@@ -13,6 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jspade.config import size_argument  # noqa: E402
+
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -20,21 +22,13 @@ from jspade.data.synthetic import generate_scene, preview_grid, scene_rng, write
 from jspade.io import save_image_atomic  # noqa: E402
 
 
-def parse_size(text):
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 128x96, not {text!r}")
-    if width < 16 or height < 16:
-        raise argparse.ArgumentTypeError("width and height must be at least 16")
-    return width, height
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, help="dataset folder to write (gets imgs/ and labels/)")
     ap.add_argument("--n", type=int, default=1000, help="number of scenes")
-    ap.add_argument("--size", type=parse_size, default=(128, 96), help="WIDTHxHEIGHT (default 128x96)")
+    ap.add_argument("--size", type=size_argument(16), default=(128, 96), help="WIDTHxHEIGHT (default 128x96)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--preview", type=Path, help="also write a grid of the first scenes to this PNG")
     ap.add_argument("--preview-n", type=int, default=16, help="scenes in the preview")

@@ -25,6 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jspade.config import size_argument  # noqa: E402
+
 import jspade  # noqa: E402,F401  (configures Jittor first)
 from jspade.data.datasets import DATASETS, build_dataset  # noqa: E402
 from jspade.metrics import scores  # noqa: E402
@@ -37,14 +39,6 @@ class TrainError(RuntimeError):
     pass
 
 
-def parse_size(text):
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 256x192 (WIDTHxHEIGHT), not {text!r}")
-    if width < 8 or height < 8:
-        raise argparse.ArgumentTypeError("width and height must be at least 8")
-    return width, height
 
 
 def make_dataset(dataset, root, phase, size, label_nc=None, label_dir="labels", image_dir="imgs", seed=0):
@@ -172,7 +166,7 @@ def build_parser():
                     help="--dataset folder only: label folder, relative to --data/--val (default: %(default)s)")
     ap.add_argument("--image-dir", default="imgs",
                     help="--dataset folder only: photo folder, relative to --data/--val (default: %(default)s)")
-    ap.add_argument("--size", type=parse_size, default=(256, 192), metavar="WxH",
+    ap.add_argument("--size", type=size_argument(8), default=(256, 192), metavar="WxH",
                     help="training resolution WIDTHxHEIGHT; prediction resizes any input to it and back "
                          "(default: 256x192)")
     ap.add_argument("--epochs", type=int, default=10, help="passes over the training data (default: %(default)s)")
