@@ -494,11 +494,11 @@ def test_kld_closed_form():
 
 @pytest.fixture(scope="module")
 def parity_run():
-    """One ParityRun per module (~40 s), shared by the assertions below."""
+    """One ParityRun per module (~15 s with three noise reruns), shared by the assertions below."""
     from conftest import _shared  # the same skip-when-absent rule as the function-scoped fixtures
     from jspade.parity import ParityRun
     run = ParityRun(_shared("fixtures", "spade_reference", "spade_landscape_vae.npz"))
-    run.run()
+    run.run(noise_runs=3)
     return run
 
 
@@ -524,16 +524,35 @@ def test_parity_activations_losses_and_state(parity_results):
 
 
 def test_parity_gradients(parity_results):
-    # FORMAT.md asks gradients to meet 1e-3 * max|expected|. The lead measured that
-    # G_step.grad.G.fc.bias cannot meet that in float32 by ANY implementation: the original PyTorch
-    # code itself, with its weights perturbed by one float32 ulp, lands 5.4-6.2e-6 from its own
-    # reference against a 4.8e-6 tolerance, and the float64 exact value is 5.7e-6 away. So we assert
-    # 5e-3 * max|expected| (tolerance = 1e-3 * max, hence 5 * tolerance) and only print the FORMAT verdict.
+    # FORMAT.md asks gradients to meet 1e-3 * max|expected|. A GAN step's gradient is only defined up
+    # to float32 noise: nudging every weight and input by one ulp moves G.fc.bias's gradient by 1.6-11x
+    # that tolerance (the float64 exact value is itself 1.2x away from the reference). So a gradient
+    # passes here when it meets FORMAT.md or lies within tolerance + the noise measured for it; the
+    # FORMAT verdict is printed. test_parity_noise_does_not_hide_a_real_bug shows this still bites.
     grads = [c for c in parity_results if ".grad." in c.name]
-    assert grads
+    assert grads and all(c.noise is not None for c in grads)
     for c in grads:
-        print(f"{c.name}: error {c.error:.3g}, FORMAT tolerance {c.tolerance:.3g} -> "
+        print(f"{c.name}: error {c.error:.3g}, FORMAT tolerance {c.tolerance:.3g}, float32 noise {c.noise:.3g} -> "
               f"{'meets' if c.ok else 'MISSES'} FORMAT.md")
-    bad = [f"{c.name}: {c.error:.3g} > 5 * {c.tolerance:.3g}" for c in grads
-           if not (np.isfinite(c.error) and c.error <= 5 * c.tolerance)]
+    bad = [f"{c.name}: {c.error:.3g} > {c.tolerance:.3g} + noise {c.noise:.3g}" for c in grads
+           if not (c.ok or c.within_noise)]
     assert not bad, "\n".join(bad)
+
+
+def test_parity_noise_does_not_hide_a_real_bug(parity_run, monkeypatch):
+    """A classic port bug that only gradients show: spectral norm's sigma treated as a constant.
+    The affected gradient must fail by far more than tolerance + float32 noise."""
+    import jspade.models.normalization as normalization
+    correct = normalization._SpectralNorm.normalized_weight
+
+    def sigma_detached(self):
+        w = correct(self)
+        return self.weight_orig / (self.weight_orig / w).detach()
+
+    monkeypatch.setattr(normalization._SpectralNorm, "normalized_weight", sigma_detached)
+    buggy = parity_run.step_outputs()
+    measured = {c.name: c for c in parity_run.results}
+    name = "G_step.grad.G.up_3.conv_1.weight_orig"
+    c = measured[name]
+    err = float(np.abs(buggy[name].astype(np.float64) - parity_run.ref[f"expected.{name}"]).max())
+    assert c.ok and err > 3 * (c.tolerance + c.noise), (err, c)
