@@ -183,14 +183,15 @@ class ParityRun:
             eps = ulp_nudge(eps, nudge) if eps is not None else None
         real, eps = jt.array(real), jt.array(eps) if eps is not None else None
         out = {}
-        g_losses, fake = model.generator_losses(sem, real, eps=eps)
+        g_losses, fake, z = model.generator_losses(sem, real, eps=eps)
         total = sum(g_losses.values())
         out["G_step.fake"] = fake
         for name in r.group("expected.G_step.loss"):
             out[f"G_step.loss.{name}"] = total if name == "total" else g_losses.get(name, np.nan)
         out.update(self._gradients("expected.G_step.grad", total, model))
-        # The discriminator step regenerates the fake in training mode: z from the encoder with the same eps.
-        d_losses = model.discriminator_losses(sem, real, eps=eps)
+        # The discriminator step regenerates the fake in training mode from the same z (FORMAT.md): the
+        # encoder does not run again, so its u/v get no second power iteration.
+        d_losses = model.discriminator_losses(sem, real, z=z.detach() if z is not None else None)
         for name in r.group("expected.D_step.loss"):
             out[f"D_step.loss.{name}"] = d_losses.get(name, np.nan)
         out.update(self._gradients("expected.D_step.grad", sum(d_losses.values()), model))

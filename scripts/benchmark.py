@@ -58,7 +58,7 @@ def main(argv=None):
     jt.sync_all()
 
     def train_iter():
-        g_losses, _ = model.generator_losses(sem, real)
+        g_losses, _, _ = model.generator_losses(sem, real)
         opt_G.step(sum(g_losses.values()), fetch=list(g_losses.values()))
         d_losses = model.discriminator_losses(sem, real)
         opt_D.step(sum(d_losses.values()), fetch=list(d_losses.values()))

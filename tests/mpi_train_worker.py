@@ -36,7 +36,7 @@ real = jt.array(image[shard])
 
 names = {id(v): f"{net}.{k}" for net, m in (("G", model.netG), ("D", model.netD)) for k, v in m.state_dict().items()}
 arrays = {}
-g_losses, _ = model.generator_losses(sem, real)
+g_losses, _, _ = model.generator_losses(sem, real)
 grads = opt_G.gradients(sum(g_losses.values()))
 arrays.update({f"grad.{names[id(p)]}": g.numpy() for p, g in zip(opt_G.params, grads)})
 opt_G.apply(grads)

@@ -490,6 +490,29 @@ def test_kld_closed_form():
     assert got == pytest.approx(expected, rel=1e-5)
 
 
+def test_discriminator_step_can_reuse_the_generator_steps_latent():
+    """FORMAT.md's discriminator step regenerates the fake from the generator step's z: the encoder
+    must not run again (a second run moves E's spectral u/v and hence z)."""
+    from jspade.models.spade_model import SPADEModel
+    opt = ModelConfig(label_nc=5, crop_size=64, aspect_ratio=2.0, ngf=8, ndf=8, use_vae=True, lambda_vgg=0)
+    jt.set_global_seed(3)
+    model = SPADEModel(opt, with_discriminator=True, with_vgg=False)
+    model.train()
+    label = jt.array(np.random.default_rng(0).integers(0, 5, (2, 1, 32, 64)))
+    sem = jt.nn.one_hot(label.reshape(2, 32, 64), 5).permute(0, 3, 1, 2).float32()
+    real = jt.array(np.random.default_rng(1).uniform(-1, 1, (2, 3, 32, 64)).astype(np.float32))
+    eps = jt.array(np.random.default_rng(2).standard_normal((2, opt.z_dim)).astype(np.float32))
+    _, fake, z = model.generator_losses(sem, real, eps=eps)
+    assert z is not None and tuple(z.shape) == (2, opt.z_dim)
+    u_before = model.netE.layer1[0].weight_u.numpy().copy()
+    d_losses = model.discriminator_losses(sem, real, z=z.detach())
+    assert set(d_losses) == {"D_Fake", "D_real"}
+    np.testing.assert_array_equal(model.netE.layer1[0].weight_u.numpy(), u_before)
+    # re-encoding (what training does, with fresh noise) runs E: its u moves
+    model.discriminator_losses(sem, real, eps=eps)
+    assert np.abs(model.netE.layer1[0].weight_u.numpy() - u_before).max() > 0
+
+
 # ---- parity with the original PyTorch SPADE ----------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -43,13 +43,13 @@ class SPADEModel:
         return reparameterize(mu, logvar, eps), mu, logvar
 
     def generate_fake(self, semantics, real_image=None, z=None, eps=None, compute_kld=False):
-        """Fake images; in VAE mode z comes from `real_image` through the encoder unless given."""
+        """(fake, kld, z). In VAE mode z comes from `real_image` through the encoder unless given."""
         kld = None
         if self.opt.use_vae and z is None and real_image is not None:
             z, mu, logvar = self.encode_z(real_image, eps)
             if compute_kld:
                 kld = losses.kld_loss(mu, logvar) * self.opt.lambda_kld
-        return self.netG(semantics, z=z), kld
+        return self.netG(semantics, z=z), kld, z
 
     def discriminate(self, semantics, fake_image, real_image):
         """D on fake and real in one batch (so that batch-norm statistics cover both)."""
@@ -62,10 +62,11 @@ class SPADEModel:
         return pred_fake, pred_real
 
     def generator_losses(self, semantics, real_image, eps=None):
-        """(losses dict, fake). `eps` fixes the VAE noise (tests); random otherwise."""
+        """(losses dict, fake, z): z is the latent the fake came from (None without VAE). `eps` fixes
+        the VAE noise (tests); random otherwise."""
         opt = self.opt
         g_losses = {}
-        fake, kld = self.generate_fake(semantics, real_image, eps=eps, compute_kld=opt.use_vae)
+        fake, kld, z = self.generate_fake(semantics, real_image, eps=eps, compute_kld=opt.use_vae)
         if kld is not None:
             g_losses["KLD"] = kld
         pred_fake, pred_real = self.discriminate(semantics, fake, real_image)
@@ -74,12 +75,12 @@ class SPADEModel:
             g_losses["GAN_Feat"] = losses.feature_matching_loss(pred_fake, pred_real, opt.lambda_feat)
         if opt.use_vgg:
             g_losses["VGG"] = losses.vgg_loss(self.vgg, fake, real_image) * opt.lambda_vgg
-        return g_losses, fake
+        return g_losses, fake, z
 
     def discriminator_losses(self, semantics, real_image, z=None, eps=None):
         """The D objective on a fresh fake made without gradient (the original regenerates it)."""
         with jt.no_grad():
-            fake, _ = self.generate_fake(semantics, real_image, z=z, eps=eps)
+            fake, _, _ = self.generate_fake(semantics, real_image, z=z, eps=eps)
         fake = fake.detach()
         pred_fake, pred_real = self.discriminate(semantics, fake, real_image)
         return {

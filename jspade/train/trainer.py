@@ -265,7 +265,7 @@ class Trainer:
 
     def train_step(self, sem, real):
         """One generator step, then one discriminator step on a fresh fake. Returns float losses."""
-        g_losses, _ = self.model.generator_losses(sem, real)
+        g_losses, _, _ = self.model.generator_losses(sem, real)
         g_total = sum(g_losses.values())
         self.opt_G.step(g_total, fetch=list(g_losses.values()))
         d_losses = self.model.discriminator_losses(sem, real)
