@@ -75,6 +75,7 @@ class ParityRun:
     def __init__(self, archive_path):
         self.ref = ReferenceArchive(archive_path)
         self.results: list[Comparison] = []
+        self._step_baseline = None  # step_outputs() of check_steps, reused by measure_noise
 
     # --- helpers ---
     def compare(self, name, actual, expected, gradient=False):
@@ -209,7 +210,7 @@ class ParityRun:
             return {}
         nets = model.networks()
         names = list(entries)
-        params = [nets[key.split(".", 1)[0]].state_dict()[key.split(".", 1)[1]] for key in names]
+        params = [nets[net].state_dict()[param] for net, param in (key.split(".", 1) for key in names)]
         grads = jt.grad(loss, params)
         return {f"{prefix[len('expected.'):]}.{key}": g for key, g in zip(names, grads)}
 
@@ -219,7 +220,7 @@ class ParityRun:
         the same kind, so an error within tolerance + noise cannot be told apart from rounding."""
         if runs <= 0:
             return
-        baseline = getattr(self, "_step_baseline", None) or self.step_outputs()
+        baseline = self._step_baseline if self._step_baseline is not None else self.step_outputs()
         noise = dict.fromkeys(baseline, 0.0)
         for seed in range(1, runs + 1):
             for name, value in self.step_outputs(nudge_seed=seed).items():

@@ -21,7 +21,20 @@ import jspade  # noqa: E402,F401  (configures Jittor first)
 from jspade.data.curation import CurationOptions, curate  # noqa: E402
 from jspade.data.io import DataError  # noqa: E402
 
-
+# CurationOptions fields that are plain numeric thresholds, each a --flag of the same name.
+THRESHOLD_HELP = {
+    "gray_threshold": "grayscale when mean |R-G|+|G-B| (0..510) is below",
+    "color_distance": "colour outlier beyond this robust distance from the class model",
+    "color_outlier_fraction": "color_mismatch when this fraction of a class's pixels are outliers",
+    "color_min_class_fraction": "only judge classes covering this fraction of the image",
+    "segmenter_agreement": "segmenter_disagreement when pixel agreement is below",
+    "backlight_ratio": "backlit when median luma non-sky / sky is below",
+    "min_sky_fraction": "backlight is judged only when the sky covers this fraction",
+    "clipped_fraction": "clipped_highlights when this fraction of pixels has a channel >= 250",
+    "min_contrast": "low_contrast when the luma standard deviation is below",
+    "near_dup_similarity": "label maps with this pixel agreement are near-duplicates",
+    "near_dup_keep": "near-duplicates kept per group in Selection II",
+}
 
 
 def build_parser():
@@ -33,28 +46,9 @@ def build_parser():
     ap.add_argument("--overwrite", action="store_true", help="replace a previous curation in --out")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     g = ap.add_argument_group("thresholds")
-    g.add_argument("--gray-threshold", type=float, default=d.gray_threshold,
-                   help="grayscale when mean |R-G|+|G-B| (0..510) is below (default %(default)s)")
-    g.add_argument("--color-distance", type=float, default=d.color_distance,
-                   help="colour outlier beyond this robust distance from the class model (default %(default)s)")
-    g.add_argument("--color-outlier-fraction", type=float, default=d.color_outlier_fraction,
-                   help="color_mismatch when this fraction of a class's pixels are outliers (default %(default)s)")
-    g.add_argument("--color-min-class-fraction", type=float, default=d.color_min_class_fraction,
-                   help="only judge classes covering this fraction of the image (default %(default)s)")
-    g.add_argument("--segmenter-agreement", type=float, default=d.segmenter_agreement,
-                   help="segmenter_disagreement when pixel agreement is below (default %(default)s)")
-    g.add_argument("--backlight-ratio", type=float, default=d.backlight_ratio,
-                   help="backlit when median luma non-sky / sky is below (default %(default)s)")
-    g.add_argument("--min-sky-fraction", type=float, default=d.min_sky_fraction,
-                   help="backlight is judged only when the sky covers this fraction (default %(default)s)")
-    g.add_argument("--clipped-fraction", type=float, default=d.clipped_fraction,
-                   help="clipped_highlights when this fraction of pixels has a channel >= 250 (default %(default)s)")
-    g.add_argument("--min-contrast", type=float, default=d.min_contrast,
-                   help="low_contrast when the luma standard deviation is below (default %(default)s)")
-    g.add_argument("--near-dup-similarity", type=float, default=d.near_dup_similarity,
-                   help="label maps with this pixel agreement are near-duplicates (default %(default)s)")
-    g.add_argument("--near-dup-keep", type=int, default=d.near_dup_keep,
-                   help="near-duplicates kept per group in Selection II (default %(default)s)")
+    for name, help_text in THRESHOLD_HELP.items():
+        g.add_argument("--" + name.replace("_", "-"), type=type(getattr(d, name)), default=getattr(d, name),
+                       help=help_text + " (default %(default)s)")
     g.add_argument("--work-size", type=size_argument(8), default=d.work_size,
                    help="size of the downsized copies the statistics use (default 128x96)")
     return ap
@@ -63,13 +57,8 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     options = CurationOptions(
-        work_size=tuple(args.work_size), gray_threshold=args.gray_threshold, color_distance=args.color_distance,
-        color_outlier_fraction=args.color_outlier_fraction, color_min_class_fraction=args.color_min_class_fraction,
-        segmenter=args.segmenter, segmenter_agreement=args.segmenter_agreement,
-        backlight_ratio=args.backlight_ratio, min_sky_fraction=args.min_sky_fraction,
-        clipped_fraction=args.clipped_fraction, min_contrast=args.min_contrast,
-        near_dup_similarity=args.near_dup_similarity, near_dup_keep=args.near_dup_keep,
-        overwrite=args.overwrite, progress=not args.no_progress)
+        work_size=tuple(args.work_size), segmenter=args.segmenter, overwrite=args.overwrite,
+        progress=not args.no_progress, **{name: getattr(args, name) for name in THRESHOLD_HELP})
     try:
         report = curate(args.data, args.out, options)
     except (FileExistsError, ValueError, DataError) as error:  # DataError is a ValueError too

@@ -214,20 +214,16 @@
     queueRedraw();
     scheduleRender(delay === undefined ? RENDER_DELAY_MS : delay);
   }
-  function undo() {
-    if (!state.undo.length || state.drawing) return;
-    state.redo.push(state.ids);
-    state.ids = state.undo.pop();
+  // Undo and redo: move the current map onto one stack and take the other stack's top.
+  function travel(from, to) {
+    if (!from.length || state.drawing) return;
+    to.push(state.ids);
+    state.ids = from.pop();
     updateEditButtons();
     changed();
   }
-  function redo() {
-    if (!state.redo.length || state.drawing) return;
-    state.undo.push(state.ids);
-    state.ids = state.redo.pop();
-    updateEditButtons();
-    changed();
-  }
+  function undo() { travel(state.undo, state.redo); }
+  function redo() { travel(state.redo, state.undo); }
   function paintClass() { return state.tool === "eraser" ? state.eraserCls : state.cls; }
 
   function stamp(cx, cy, cls) {
