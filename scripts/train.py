@@ -12,6 +12,7 @@ folder (printed on the last line) holds config.toml, log.jsonl, checkpoints/ and
 import argparse
 import faulthandler
 import os
+import signal
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -29,9 +30,9 @@ def main(argv=None):
                     help="TOML preset (default: configs/demo_cpu.toml, the CPU demo)")
     ap.add_argument("--data", default=None, help="training data folder (same as --data.root)")
     ap.add_argument("--name", default=None, help="run folder name under --train.output_dir (same as --train.name)")
-    ap.add_argument("--resume", action="store_true", help="continue the run --name from its latest checkpoint")
+    ap.add_argument("--resume", action="store_true", help="continue the run --name from its newest intact checkpoint")
     ap.add_argument("--overwrite", action="store_true",
-                    help="train into an existing run folder that is not being resumed (replaces its checkpoints)")
+                    help="start the run --name over (its old contents are moved to <name>.replaced-<time>)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     add_config_arguments(ap)
     args = ap.parse_args(argv)
@@ -57,7 +58,10 @@ def main(argv=None):
 
     from jspade.train.trainer import Trainer  # imports Jittor (slow the first time)
     # A native crash prints every thread's Python stack and ends the process with its real signal
-    # (Jittor's own SIGSEGV handler exits with status 1 from inside the handler; see jspade/train/restart.py).
+    # (Jittor's own handler exits with status 1 from inside the handler, so the crash would look like
+    # an ordinary error to --train.restart_on_crash; see jspade/train/restart.py).
+    for sig in (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE):
+        signal.signal(sig, signal.SIG_DFL)
     faulthandler.enable(all_threads=True)
     trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite, preset_name=args.config.stem,
                       progress=not args.no_progress)

@@ -246,3 +246,36 @@ def test_a_run_killed_by_a_signal_is_restarted_with_resume(tmp_path, crash, rest
     assert [(e["event"], e["attempt"], e["signal"]) for e in events] == [
         ("restart", k + 1, "SIGSEGV") for k in range(restarts)]
     assert (restarts == 0) == (not said)
+
+
+def test_train_script_restarts_a_crashed_run_and_finishes_it(tmp_path):
+    """scripts/train.py --train.restart_on_crash 1: the training child is killed with SIGSEGV after its
+    first snapshot; the run is restarted with --resume and reaches its end, both events in log.jsonl."""
+    import subprocess
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    command = [sys.executable, str(root / "scripts" / "train.py"), "--model.crop_size", "64", "--model.aspect_ratio", "2.0",
+               "--model.ngf", "8", "--model.ndf", "8", "--model.n_layers_D", "3", "--data.root", str(tmp_path / "data"),
+               "--data.synthetic_n", "16", "--train.output_dir", str(out), "--name", "run", "--train.max_minutes", "0",
+               "--train.max_iters", "8", "--train.save_every", "2", "--train.sample_every", "0",
+               "--phases", "2:2:0.0004", "--no-progress", "--train.restart_on_crash", "1"]
+    parent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "JSPADE_DEVICE": "cpu"})
+    deadline = time.time() + 600
+    while not (out / "run" / "checkpoints" / "iter_0000002.pkl").exists():
+        assert parent.poll() is None and time.time() < deadline, "the run ended before its first snapshot"
+        time.sleep(0.2)
+    children = Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()
+    assert len(children) == 1
+    os.kill(int(children[0]), signal.SIGSEGV)
+    stdout, stderr = parent.communicate(timeout=600)
+    assert parent.returncode == 0, stderr[-3000:]
+    assert "died from SIGSEGV; restart 1 of 1" in stderr and "Fatal Python error: Segmentation fault" in stderr
+    assert stdout.strip().splitlines()[-1] == str((out / "run").resolve())
+    events = [json.loads(x) for x in (out / "run" / "log.jsonl").read_text().splitlines()]
+    kinds = [e.get("event") for e in events if "event" in e]
+    assert kinds == ["restart", "resume"]
+    assert read_checkpoint(out / "run" / "checkpoints" / "latest.pkl")["position"]["iteration"] == 8
