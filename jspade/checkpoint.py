@@ -1,5 +1,6 @@
 """Network weights in and out: our own checkpoint files, and the original PyTorch SPADE's
-`latest_net_{G,D,E}.pth` (read with `jt.load`, no torch needed). Loading is strict: every key
+`latest_net_{G,D,E}.pth` (no torch needed). Every file is read through `jspade.safe_load`, which
+refuses a pickle that would run code. Loading is strict: every key
 must exist with its shape, or the error lists what is missing, unexpected or mis-shaped (Jittor's
 own `load_parameters` only logs such problems)."""
 import pickle
@@ -10,12 +11,9 @@ import numpy as np
 from jspade.runtime import jt
 from jspade.io import atomic_path
 from jspade.models.normalization import spectral_v_from_weight
+from jspade.safe_load import CheckpointError, safe_load  # noqa: F401 (CheckpointError is re-exported)
 
 IGNORED_SUFFIXES = ("num_batches_tracked",)  # PyTorch BN counter; unused with a fixed momentum
-
-
-class CheckpointError(ValueError):
-    pass
 
 
 def to_numpy(v):
@@ -73,10 +71,7 @@ def read_pytorch_state(path):
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint file at {path}")
-    try:
-        raw = jt.load(str(path))
-    except Exception as e:  # noqa: BLE001 - any parse failure means the same thing to the user
-        raise CheckpointError(f"{path} could not be read as a PyTorch checkpoint: {e}") from e
+    raw = safe_load(path)
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path} does not hold a state dict")
     return {k: to_numpy(v) for k, v in raw.items()}
@@ -94,11 +89,12 @@ def import_pytorch_checkpoint(model, folder, which="latest"):
     return model
 
 
-def save_checkpoint(path, model, extra=None):
-    """One pickle holding every network's arrays plus `extra` (optimiser state, iteration, config...),
-    written atomically."""
+def save_checkpoint(path, model, extra=None, networks=None):
+    """One pickle holding the arrays of every network of `model` (or only those named in
+    `networks`) plus `extra` (optimiser state, position, config...), written atomically."""
     payload = {"format": "jspade-checkpoint-1",
-               "networks": {name: state_arrays(net) for name, net in model.networks().items()}}
+               "networks": {name: state_arrays(net) for name, net in model.networks().items()
+                            if networks is None or name in networks}}
     payload.update(extra or {})
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
@@ -110,20 +106,24 @@ def read_checkpoint(path):
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint file at {path}")
-    with open(path, "rb") as f:
-        payload = pickle.load(f)
-    if not isinstance(payload, dict) or payload.get("format") != "jspade-checkpoint-1":
+    payload = safe_load(path)
+    if (not isinstance(payload, dict) or payload.get("format") != "jspade-checkpoint-1"
+            or not isinstance(payload.get("networks"), dict)):
         raise CheckpointError(f"{path} is not a jspade checkpoint")
+    return payload
+
+
+def load_networks(payload, model, networks=("G", "D", "E"), source="checkpoint"):
+    """Load the named networks that the model has from a read checkpoint payload, strictly."""
+    for name, net in model.networks().items():
+        if name not in networks:
+            continue
+        if name not in payload["networks"]:
+            raise CheckpointError(f"{source} holds no weights for net{name}")
+        load_state_strict(net, payload["networks"][name], source=f"{source} [{name}]")
     return payload
 
 
 def load_checkpoint(path, model, networks=("G", "D", "E")):
     """Load the named networks that the model has from our checkpoint; returns the payload."""
-    payload = read_checkpoint(path)
-    for name, net in model.networks().items():
-        if name not in networks:
-            continue
-        if name not in payload["networks"]:
-            raise CheckpointError(f"{path} holds no weights for net{name}")
-        load_state_strict(net, payload["networks"][name], source=f"{path} [{name}]")
-    return payload
+    return load_networks(read_checkpoint(path), model, networks, source=str(path))

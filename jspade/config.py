@@ -85,6 +85,8 @@ class TrainConfig:
     max_iters: int = 0  # stop after this many iterations in total (0 = run every phase to the end)
     max_minutes: float = 0.0  # stop (with a checkpoint) after this much wall time (0 = no limit)
     save_every: int = 1000  # iterations between numbered checkpoints (latest is refreshed at each)
+    keep_last: int = 0  # keep only the newest K numbered snapshots (0 = all); phase ends and latest are kept
+    restart_on_crash: int = 0  # restart a run killed by a signal from its newest intact checkpoint, up to N times
     sample_every: int = 500  # iterations between sample grids
     log_every: int = 10
     num_samples: int = 4  # rows in a sample grid

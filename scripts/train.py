@@ -4,12 +4,17 @@
   python scripts/train.py --config configs/landscape_512.toml --data datasets/landscape/train
   python scripts/train.py --config ... --name myrun --resume            # continue a run exactly
   mpirun -np 4 python scripts/train.py --config ...                     # data parallel, SyncBN
+  python scripts/train.py --config ... --train.restart_on_crash 3        # survive native crashes
 
 Every field of the preset can be overridden with --section.field VALUE (listed below). The run
 folder (printed on the last line) holds config.toml, log.jsonl, checkpoints/ and samples/.
 """
 import argparse
+import faulthandler
+import os
+import signal
 import sys
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -25,9 +30,9 @@ def main(argv=None):
                     help="TOML preset (default: configs/demo_cpu.toml, the CPU demo)")
     ap.add_argument("--data", default=None, help="training data folder (same as --data.root)")
     ap.add_argument("--name", default=None, help="run folder name under --train.output_dir (same as --train.name)")
-    ap.add_argument("--resume", action="store_true", help="continue the run --name from its latest checkpoint")
+    ap.add_argument("--resume", action="store_true", help="continue the run --name from its newest intact checkpoint")
     ap.add_argument("--overwrite", action="store_true",
-                    help="train into an existing run folder that is not being resumed (replaces its checkpoints)")
+                    help="start the run --name over (its old contents are moved to <name>.replaced-<time>)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     add_config_arguments(ap)
     args = ap.parse_args(argv)
@@ -40,12 +45,33 @@ def main(argv=None):
     if args.name:
         cfg.train.name = args.name
 
+    if cfg.train.restart_on_crash > 0 and not os.environ.get("JSPADE_RESTART_CHILD") and not _under_mpi():
+        # Train in a child process that this one restarts after a crash (jspade/train/restart.py).
+        from jspade.train.restart import run_with_restarts
+        argv = list(sys.argv[1:] if argv is None else argv)
+        if not cfg.train.name:  # the restarts must find the same run folder
+            cfg.train.name = f"{args.config.stem}-{datetime.now():%Y%m%d-%H%M%S}"
+            argv += ["--name", cfg.train.name]
+        return run_with_restarts([sys.executable, str(Path(__file__).resolve())], argv,
+                                 Path(cfg.train.output_dir) / cfg.train.name, cfg.train.restart_on_crash,
+                                 env=dict(os.environ))
+
     from jspade.train.trainer import Trainer  # imports Jittor (slow the first time)
+    # A native crash prints every thread's Python stack and ends the process with its real signal
+    # (Jittor's own handler exits with status 1 from inside the handler, so the crash would look like
+    # an ordinary error to --train.restart_on_crash; see jspade/train/restart.py).
+    for sig in (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE):
+        signal.signal(sig, signal.SIG_DFL)
+    faulthandler.enable(all_threads=True)
     trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite, preset_name=args.config.stem,
                       progress=not args.no_progress)
     run_dir = trainer.train()
     print(run_dir.resolve())
     return 0
+
+
+def _under_mpi():
+    return bool(os.environ.get("OMPI_COMM_WORLD_SIZE") or os.environ.get("PMI_SIZE"))
 
 
 if __name__ == "__main__":

