@@ -201,3 +201,23 @@ def existing_path(kind="file or folder"):
 
     parse.__name__ = kind
     return parse
+
+
+def model_option(text):
+    """'KEY=VALUE' for a model option (a ModelConfig field) -> (key, value of the field's type)."""
+    from dataclasses import fields
+
+    from jspade.config import ModelConfig, value_parser
+
+    key, sep, value = (part.strip() for part in text.partition("="))
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. ngf=64), got {text!r}")
+    defaults = ModelConfig()
+    if key not in {f.name for f in fields(defaults)}:
+        raise argparse.ArgumentTypeError(f"unknown model option {key!r}")
+    kind = type(getattr(defaults, key))
+    try:
+        return key, value_parser(kind)(value)
+    except ValueError:
+        what = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, f"a {kind.__name__}")
+        raise argparse.ArgumentTypeError(f"{key} must be {what}, got {value!r}") from None
