@@ -1,4 +1,4 @@
-"""The painter's HTTP API (jspade/painter/web.py around jspade/painter/app.py) against a tiny random VAE checkpoint: what it
+"""The painter's HTTP API (jspade/painter/web.py and app.py) against a tiny random VAE checkpoint: what it
 serves, that renders are deterministic and follow seed and style, that every kind of bad input is
 a 4xx with a message (never a 500), and that parallel renders are serialised."""
 import base64
