@@ -172,8 +172,8 @@ def add_config_arguments(parser):
                         help="replace the preset's phases: 'EPOCHS:BATCH:LR[:SUBSET[:DECAY]],...'")
 
 
-def size_argument(minimum=1):
-    """An argparse type for 'WIDTHxHEIGHT' (e.g. 512x384) -> (width, height), each at least `minimum`."""
+def size_argument(minimum=1, maximum=None):
+    """An argparse type for 'WIDTHxHEIGHT' (e.g. 512x384) -> (width, height), each within minimum..maximum."""
     import argparse
 
     def parse(text):
@@ -183,6 +183,8 @@ def size_argument(minimum=1):
             raise argparse.ArgumentTypeError(f"size must look like 512x384 (WIDTHxHEIGHT), not {text!r}")
         if width < minimum or height < minimum:
             raise argparse.ArgumentTypeError(f"width and height must be at least {minimum}")
+        if maximum is not None and (width > maximum or height > maximum):
+            raise argparse.ArgumentTypeError(f"{width}x{height} is too large: at most {maximum}x{maximum}")
         return width, height
 
     return parse

@@ -53,7 +53,7 @@ def build_parser():
         g.add_argument("--" + name.replace("_", "-"), default=default,
                        type=cli.int_at_least(0) if isinstance(default, int) else cli.float_within(0),
                        help=help_text + " (default %(default)s)")
-    g.add_argument("--work-size", type=size_argument(8), default=d.work_size,
+    g.add_argument("--work-size", type=size_argument(8, 4096), default=d.work_size,
                    help="size of the downsized copies the statistics use (default 128x96)")
     return ap
 

@@ -28,7 +28,7 @@ def main(argv=None):
     ap = cli.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=cli.output_folder, help="dataset folder to write (gets imgs/ and labels/)")
     ap.add_argument("--n", type=cli.int_at_least(1), default=1000, help="number of scenes")
-    ap.add_argument("--size", type=size_argument(16), default=(128, 96), help="WIDTHxHEIGHT (default 128x96)")
+    ap.add_argument("--size", type=size_argument(16, 4096), default=(128, 96), help="WIDTHxHEIGHT (default 128x96)")
     ap.add_argument("--seed", type=cli.int_at_least(0), default=0)
     ap.add_argument("--preview", type=cli.output_file, help="also write a grid of the first scenes to this PNG")
     ap.add_argument("--preview-n", type=cli.int_at_least(1), default=16, help="scenes in the preview")

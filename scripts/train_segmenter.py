@@ -166,7 +166,7 @@ def build_parser():
                     help="--dataset folder only: label folder, relative to --data/--val (default: %(default)s)")
     ap.add_argument("--image-dir", default="imgs",
                     help="--dataset folder only: photo folder, relative to --data/--val (default: %(default)s)")
-    ap.add_argument("--size", type=size_argument(8), default=(256, 192), metavar="WxH",
+    ap.add_argument("--size", type=size_argument(8, 4096), default=(256, 192), metavar="WxH",
                     help="training resolution WIDTHxHEIGHT; prediction resizes any input to it and back "
                          "(default: 256x192)")
     ap.add_argument("--epochs", type=cli.int_at_least(1), default=10,

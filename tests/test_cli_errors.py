@@ -62,6 +62,7 @@ BAD_ARGUMENTS = [
     ("validate_data.py", ["--data", "missing"], ["--data", "does not exist"]),
     ("train_segmenter.py", ["--data", "labels", "--epochs", "0", "--out", "seg.pkl"], ["--epochs", "at least 1"]),
     ("make_synthetic.py", ["--out", "synth", "--n", "0"], ["--n", "at least 1"]),
+    ("make_synthetic.py", ["--out", "synth", "--size", "100000x100000"], ["--size", "at most 4096x4096"]),
     ("paint.py", ["--port", "70000"], ["--port", "at most 65535"]),
     ("benchmark.py", ["--batch-size", "0"], ["--batch-size", "at least 1"]),
     ("check_parity.py", ["missing.npz"], ["missing.npz", "does not exist"]),
