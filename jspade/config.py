@@ -132,7 +132,10 @@ def load_config(path):
     """A TOML preset (sections [model], [data], [train] and [[phases]]) over the defaults."""
     import tomllib
     with open(path, "rb") as f:
-        return Config.from_dict(tomllib.load(f))
+        try:
+            return Config.from_dict(tomllib.load(f))
+        except (tomllib.TOMLDecodeError, ValueError) as error:
+            raise ValueError(f"{path}: {error}") from None
 
 
 def to_toml(cfg: Config) -> str:
@@ -165,18 +168,14 @@ def add_config_arguments(parser):
         for f in fields(getattr(defaults, section)):
             default = getattr(getattr(defaults, section), f.name)
             kind = type(default)
-            if kind is bool:
-                conv = _parse_bool
-            else:
-                conv = kind
-            group.add_argument(f"--{section}.{f.name}", dest=f"{section}.{f.name}", type=conv, default=None,
-                               metavar=kind.__name__.upper(), help=f"(default {default!r})")
+            group.add_argument(f"--{section}.{f.name}", dest=f"{section}.{f.name}", type=value_parser(kind),
+                               default=None, metavar=kind.__name__.upper(), help=f"(default {default!r})")
     parser.add_argument("--phases", default=None, metavar="SPEC",
                         help="replace the preset's phases: 'EPOCHS:BATCH:LR[:SUBSET[:DECAY]],...'")
 
 
-def size_argument(minimum=1):
-    """An argparse type for 'WIDTHxHEIGHT' (e.g. 512x384) -> (width, height), each at least `minimum`."""
+def size_argument(minimum=1, maximum=None):
+    """An argparse type for 'WIDTHxHEIGHT' (e.g. 512x384) -> (width, height), each within minimum..maximum."""
     import argparse
 
     def parse(text):
@@ -186,9 +185,16 @@ def size_argument(minimum=1):
             raise argparse.ArgumentTypeError(f"size must look like 512x384 (WIDTHxHEIGHT), not {text!r}")
         if width < minimum or height < minimum:
             raise argparse.ArgumentTypeError(f"width and height must be at least {minimum}")
+        if maximum is not None and (width > maximum or height > maximum):
+            raise argparse.ArgumentTypeError(f"{width}x{height} is too large: at most {maximum}x{maximum}")
         return width, height
 
     return parse
+
+
+def value_parser(kind):
+    """The text -> value converter for a config field of type `kind` (bool: true/false, yes/no, on/off, 1/0)."""
+    return _parse_bool if kind is bool else kind
 
 
 def _parse_bool(s):
@@ -213,7 +219,14 @@ def apply_overrides(cfg: Config, args) -> Config:
 
 def parse_phase(spec: str) -> Phase:
     parts = spec.split(":")
+    usage = f"phase {spec!r}: expected EPOCHS:BATCH:LR[:SUBSET[:DECAY]], e.g. 38:2:0.0002"
     if len(parts) < 3:
-        raise ValueError(f"phase {spec!r}: expected EPOCHS:BATCH:LR[:SUBSET[:DECAY]]")
-    return Phase(epochs=int(parts[0]), batch_size=int(parts[1]), lr=float(parts[2]),
-                 subset=parts[3] if len(parts) > 3 else "", decay_epochs=int(parts[4]) if len(parts) > 4 else 0)
+        raise ValueError(usage)
+    try:
+        phase = Phase(epochs=int(parts[0]), batch_size=int(parts[1]), lr=float(parts[2]),
+                      subset=parts[3] if len(parts) > 3 else "", decay_epochs=int(parts[4]) if len(parts) > 4 else 0)
+    except ValueError:
+        raise ValueError(f"{usage} (EPOCHS, BATCH and DECAY whole numbers, LR a number)") from None
+    if phase.epochs < 1 or phase.batch_size < 1 or not phase.lr > 0 or phase.decay_epochs < 0:
+        raise ValueError(f"phase {spec!r}: EPOCHS and BATCH must be at least 1, LR above 0, DECAY at least 0")
+    return phase

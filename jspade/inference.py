@@ -13,6 +13,7 @@ from jspade.checkpoint import CheckpointError, import_pytorch_checkpoint, load_c
 from jspade.config import Config, ModelConfig
 from jspade.data.io import DataError, read_image, read_label
 from jspade.data.semantics import semantics_for
+from jspade.models.encoder import reparameterize
 from jspade.models.spade_model import SPADEModel
 
 LABEL_SUFFIXES = (".png",)
@@ -148,10 +149,38 @@ def label_tensor(labels, size):
     return jt.array(np.stack(out)[:, None].astype(np.int32))
 
 
-def image_tensor(paths, size):
-    """Photos -> float32 [B,3,H,W] in [-1, 1] at the model's size (bicubic)."""
-    arrs = [np.asarray(Image.fromarray(read_image(p)).resize(size, Image.BICUBIC), np.float32) for p in paths]
+def photo_tensor(photos, size):
+    """HxWx3 uint8 RGB arrays -> float32 [B,3,H,W] in [-1, 1] at the model's size (bicubic)."""
+    arrs = [np.asarray(Image.fromarray(photo).resize(size, Image.BICUBIC), np.float32) for photo in photos]
     return jt.array(np.stack(arrs).transpose(0, 3, 1, 2) / 127.5 - 1.0)
+
+
+def image_tensor(paths, size):
+    """Photo files -> float32 [B,3,H,W] in [-1, 1] at the model's size (bicubic)."""
+    return photo_tensor([read_image(p) for p in paths], size)
+
+
+class StyleUnsupported(ValueError):
+    """A style image was given to a model without the VAE style encoder."""
+
+
+def has_style_encoder(model, opt):
+    return bool(opt.use_vae and model.netE is not None)
+
+
+def require_style_encoder(model, opt):
+    if not has_style_encoder(model, opt):
+        raise StyleUnsupported("this model has no style encoder (it was trained without use_vae): "
+                               "style images cannot be used")
+
+
+def encode_style(model, opt, photos):
+    """Style codes of photos (HxWx3 uint8 RGB arrays) through the encoder: (mu, logvar), float32
+    numpy arrays [B, z_dim], for `render(..., styles=...)`."""
+    require_style_encoder(model, opt)
+    with jt.no_grad():
+        mu, logvar = model.netE(photo_tensor(photos, model_size(opt)))
+        return mu.numpy(), logvar.numpy()
 
 
 def noise_for(seed, index, sample, dim):
@@ -159,23 +188,25 @@ def noise_for(seed, index, sample, dim):
     return np.random.default_rng((seed, index, sample)).standard_normal(dim).astype(np.float32)
 
 
-def render(model, opt, labels, seed=0, indices=None, sample=0, references=None):
+def render(model, opt, labels, seed=0, indices=None, sample=0, references=None, styles=None):
     """Generate images for a batch of label arrays -> list of HxWx3 uint8 at the model's size.
-    `references`: reference photo paths (style through the encoder), else random z (VAE models)."""
+    Style through the encoder from `references` (reference photo paths) or `styles` ((mu, logvar)
+    of `encode_style`), else random z (VAE models)."""
     size = model_size(opt)
     indices = list(range(len(labels))) if indices is None else indices
+    if references is not None:
+        styles = encode_style(model, opt, [read_image(p) for p in references])
+    elif styles is not None:
+        require_style_encoder(model, opt)
     sem = semantics_for(opt, label_tensor(labels, size))
     z = None
     if opt.use_vae:
         noise = jt.array(np.stack([noise_for(seed, i, sample, opt.z_dim) for i in indices]))
-        if references is not None:
-            with jt.no_grad():
-                mu, logvar = model.netE(image_tensor(references, size))
-                z = noise * jt.exp(0.5 * logvar) + mu  # the original's reparameterised style code
+        if styles is not None:
+            mu, logvar = (jt.array(np.asarray(a, np.float32)) for a in styles)
+            z = reparameterize(mu, logvar, noise)  # the original's reparameterised style code
         else:
             z = noise
-    elif references is not None:
-        raise ValueError("this model has no style encoder (use_vae is off): references cannot be used")
     with jt.no_grad():
         fake = model.netG(sem, z=z)
     arr = np.clip((fake.numpy() + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)

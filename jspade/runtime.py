@@ -3,6 +3,10 @@
 Jittor compiles CUDA kernels whenever it finds `nvcc`, and then fails at run time on a machine that
 has the compiler but no driver or device. We probe the driver first and, when no device answers,
 hide nvcc (`nvcc_path=""`) before Jittor is imported. `JSPADE_DEVICE=cpu` forces the CPU path.
+
+Jittor also prints info lines at import (memory, compiler paths, "using N procs for compiling") before
+anything of ours. They are silenced (`log_silent=1`, Jittor's switch for its info and warning lines)
+unless the command line has --verbose (every script's flag, jspade.cli) or log_silent=0 is set.
 """
 import ctypes
 import os
@@ -28,6 +32,10 @@ def import_jittor():
     if "jittor" not in sys.modules:
         if cuda_device_count() == 0:
             os.environ["nvcc_path"] = ""
+        if "--verbose" in sys.argv[1:]:
+            os.environ["log_silent"] = "0"
+        else:
+            os.environ.setdefault("log_silent", "1")
     import jittor
 
     if jittor.has_cuda and cuda_device_count() > 0:

@@ -7,13 +7,14 @@ Parameters and running statistics are averaged; each spectral-norm layer's u, v 
 top singular vectors of the averaged weight (averaged u, v would not belong to it). The discriminator
 and optimiser state are not averaged: the result is for inference (infer.py, evaluate.py).
 """
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jspade import cli  # noqa: E402
 
 
 def top_singular_pair(weight, u_hint):
@@ -41,9 +42,10 @@ def average_networks(states):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoints", nargs="+", type=Path, help="jspade checkpoint files (.pkl) of one run")
-    ap.add_argument("--out", required=True, type=Path, help="the averaged checkpoint to write")
+    ap = cli.ArgumentParser(description=__doc__)
+    ap.add_argument("checkpoints", nargs="+", type=cli.existing_path("file"),
+                    help="jspade checkpoint files (.pkl) of one run")
+    ap.add_argument("--out", required=True, type=cli.output_file, help="the averaged checkpoint to write")
     ap.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = ap.parse_args(argv)
     if len(args.checkpoints) < 2:
@@ -74,4 +76,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -8,7 +8,6 @@ TTUR Adam updates), after --warmup iterations (Jittor compiles kernels on first 
 infer_img_per_s: generator images per second in eval mode. peak_rss_mb: the process's peak memory.
 --breakdown adds the time of the parts of an iteration (forward/backward of each network).
 """
-import argparse
 import json
 import resource
 import sys
@@ -17,19 +16,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jspade import cli  # noqa: E402
+
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ngf", type=int, default=16, help="generator width")
-    ap.add_argument("--ndf", type=int, default=16, help="discriminator width")
-    ap.add_argument("--crop-size", type=int, default=128, help="image width")
-    ap.add_argument("--aspect-ratio", type=float, default=4 / 3, help="width / height")
-    ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--label-nc", type=int, default=29, help="number of classes")
+    ap = cli.ArgumentParser(description=__doc__)
+    ap.add_argument("--ngf", type=cli.int_at_least(1), default=16, help="generator width")
+    ap.add_argument("--ndf", type=cli.int_at_least(1), default=16, help="discriminator width")
+    ap.add_argument("--crop-size", type=cli.int_at_least(8), default=128, help="image width")
+    ap.add_argument("--aspect-ratio", type=cli.float_within(0, low_open=True), default=4 / 3, help="width / height")
+    ap.add_argument("--batch-size", type=cli.int_at_least(1), default=4)
+    ap.add_argument("--label-nc", type=cli.int_at_least(1), default=29, help="number of classes")
     ap.add_argument("--use-vae", action="store_true", help="include the style encoder and KLD")
     ap.add_argument("--no-vgg", action="store_true", help="drop the VGG loss (it is on by default)")
-    ap.add_argument("--iters", type=int, default=10, help="timed iterations")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed iterations first (kernel compilation)")
+    ap.add_argument("--iters", type=cli.int_at_least(1), default=10, help="timed iterations")
+    ap.add_argument("--warmup", type=cli.int_at_least(0), default=3,
+                    help="untimed iterations first (kernel compilation)")
     ap.add_argument("--breakdown", action="store_true", help="also time the parts of an iteration")
     ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
     args = ap.parse_args(argv)
@@ -111,4 +113,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -14,20 +14,21 @@ through many ReLU, hinge and L1 kinks; when a few sit within rounding of zero, a
 defined up to that noise, in the reference too. A failure within tolerance + noise is marked NO*:
 it still fails (exit 1), but cannot be told apart from rounding; one far beyond it is a bug.
 """
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jspade import cli  # noqa: E402
 from jspade.parity import run_parity  # noqa: E402
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("fixtures", nargs="+", type=Path, help="reference archives (.npz) in the FORMAT.md format")
+    ap = cli.ArgumentParser(description=__doc__)
+    ap.add_argument("fixtures", nargs="+", type=cli.existing_path("file"),
+                    help="reference archives (.npz) in the FORMAT.md format")
     ap.add_argument("--failures-only", action="store_true", help="print only the arrays over tolerance")
-    ap.add_argument("--noise-runs", type=int, default=3, metavar="N",
+    ap.add_argument("--noise-runs", type=cli.int_at_least(0), default=3, metavar="N",
                     help="reruns of the generator/discriminator step with ulp-nudged weights and inputs, "
                          "to measure each output's float32 noise (0: skip; each run takes about as long "
                          "as the step itself; default: %(default)s)")
@@ -52,4 +53,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

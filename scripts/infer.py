@@ -7,40 +7,54 @@
 Every label is read and checked first; if any is unreadable or holds an id the model does not know,
 nothing is written and each bad file is listed. Outputs are deterministic for a --seed.
 """
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jspade import cli  # noqa: E402
 from jspade.config import size_argument  # noqa: E402
+
+MAX_OUTPUT_SIDE = 4096  # --size beyond this needs --allow-large-size (a huge size is an out-of-memory kill)
 
 
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--labels", required=True, type=Path, help="folder of label maps (<stem>.png, 8- or 16-bit)")
+    ap = cli.ArgumentParser(description=__doc__)
+    ap.add_argument("--labels", required=True, type=cli.existing_path("folder"),
+                    help="folder of label maps (<stem>.png, 8- or 16-bit)")
     ap.add_argument("--checkpoint", required=True,
                     help="a jspade run folder (uses checkpoints/latest.pkl), a jspade .pkl checkpoint, or an "
                          "original SPADE checkpoint folder / latest_net_G.pth")
-    ap.add_argument("--out", required=True, type=Path, help="output folder (must be empty unless --overwrite)")
+    ap.add_argument("--out", required=True, type=cli.output_folder,
+                    help="output folder (must be empty unless --overwrite)")
     ap.add_argument("--size", type=size_argument(), default=(512, 384),
-                    help="output WIDTHxHEIGHT, resized from the model's size with bicubic (default 512x384)")
-    ap.add_argument("--batch-size", type=int, default=4, help="labels rendered at once")
-    ap.add_argument("--seed", type=int, default=0, help="noise seed; the same seed gives the same images")
-    ap.add_argument("--samples", type=int, default=1,
+                    help="output WIDTHxHEIGHT, resized from the model's size with bicubic (default 512x384; "
+                         f"at most {MAX_OUTPUT_SIDE}x{MAX_OUTPUT_SIDE} unless --allow-large-size)")
+    ap.add_argument("--allow-large-size", action="store_true",
+                    help=f"allow a --size beyond {MAX_OUTPUT_SIDE}x{MAX_OUTPUT_SIDE}")
+    ap.add_argument("--batch-size", type=cli.int_at_least(1), default=4, help="labels rendered at once")
+    ap.add_argument("--seed", type=cli.int_at_least(0), default=0,
+                    help="noise seed; the same seed gives the same images")
+    ap.add_argument("--samples", type=cli.int_at_least(1), default=1,
                     help="variations per label: 1 writes <stem>.jpg, K>1 writes <stem>_0.jpg .. <stem>_{K-1}.jpg")
     style = ap.add_mutually_exclusive_group()
-    style.add_argument("--style-dir", type=Path, help="reference photos named like the labels (<stem>.jpg)")
-    style.add_argument("--label-to-img", type=Path, help="JSON map label file -> reference image (2023 track)")
-    ap.add_argument("--style-root", type=Path, help="folder the --label-to-img image names are relative to")
-    ap.add_argument("--quality", type=int, default=95, help="JPEG quality")
+    style.add_argument("--style-dir", type=cli.existing_path("folder"),
+                       help="reference photos named like the labels (<stem>.jpg)")
+    style.add_argument("--label-to-img", type=cli.existing_path("file"),
+                       help="JSON map label file -> reference image (2023 track)")
+    ap.add_argument("--style-root", type=cli.existing_path("folder"),
+                    help="folder the --label-to-img image names are relative to")
+    ap.add_argument("--quality", type=cli.int_at_least(1, 100), default=95, help="JPEG quality (1..100)")
     ap.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
-    ap.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+    ap.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE", type=cli.model_option,
                     help="set a model option for an original PyTorch checkpoint without opt.txt (e.g. ngf=64)")
     args = ap.parse_args(argv)
+    if max(args.size) > MAX_OUTPUT_SIDE and not args.allow_large_size:
+        ap.error(f"--size {args.size[0]}x{args.size[1]} is larger than {MAX_OUTPUT_SIDE}x{MAX_OUTPUT_SIDE}; "
+                 "pass --allow-large-size to render it anyway")
 
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
         ap.error(f"{args.out} is not empty; pass --overwrite to write into it")
@@ -48,20 +62,11 @@ def main(argv=None):
     from PIL import Image
     from tqdm import tqdm
 
-    from jspade.config import ModelConfig
     from jspade.data.io import DataError
     from jspade.inference import check_labels, list_labels, load_generator, render, style_references
     from jspade.io import save_image_atomic
 
-    overrides = {}
-    for item in args.model_option:
-        key, _, value = item.partition("=")
-        default = getattr(ModelConfig(), key, None)
-        if default is None:
-            ap.error(f"unknown model option {key!r}")
-        overrides[key] = (value.lower() in ("1", "true")) if isinstance(default, bool) else type(default)(value)
-
-    model, opt = load_generator(args.checkpoint, overrides)
+    model, opt = load_generator(args.checkpoint, dict(args.model_option))
     paths = list_labels(args.labels)
     if not paths:
         ap.error(f"no .png label maps in {args.labels}")
@@ -98,4 +103,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

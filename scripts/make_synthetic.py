@@ -6,13 +6,13 @@
 
 Scene i of seed s is always the same, whatever --n. The preview shows label colours beside photos.
 """
-import argparse
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jspade import cli  # noqa: E402
 from jspade.config import size_argument  # noqa: E402
 
 from PIL import Image  # noqa: E402
@@ -25,13 +25,13 @@ from jspade.io import save_image_atomic  # noqa: E402
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, help="dataset folder to write (gets imgs/ and labels/)")
-    ap.add_argument("--n", type=int, default=1000, help="number of scenes")
-    ap.add_argument("--size", type=size_argument(16), default=(128, 96), help="WIDTHxHEIGHT (default 128x96)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--preview", type=Path, help="also write a grid of the first scenes to this PNG")
-    ap.add_argument("--preview-n", type=int, default=16, help="scenes in the preview")
+    ap = cli.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", type=cli.output_folder, help="dataset folder to write (gets imgs/ and labels/)")
+    ap.add_argument("--n", type=cli.int_at_least(1), default=1000, help="number of scenes")
+    ap.add_argument("--size", type=size_argument(16, 4096), default=(128, 96), help="WIDTHxHEIGHT (default 128x96)")
+    ap.add_argument("--seed", type=cli.int_at_least(0), default=0)
+    ap.add_argument("--preview", type=cli.output_file, help="also write a grid of the first scenes to this PNG")
+    ap.add_argument("--preview-n", type=cli.int_at_least(1), default=16, help="scenes in the preview")
     args = ap.parse_args(argv)
     if args.out is None and args.preview is None:
         ap.error("give --out and/or --preview")
@@ -50,4 +50,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

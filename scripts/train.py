@@ -9,7 +9,6 @@
 Every field of the preset can be overridden with --section.field VALUE (listed below). The run
 folder (printed on the last line) holds config.toml, log.jsonl, checkpoints/ and samples/.
 """
-import argparse
 import faulthandler
 import os
 import signal
@@ -19,16 +18,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jspade import cli  # noqa: E402
 from jspade.config import add_config_arguments, apply_overrides, load_config  # noqa: E402
 
 DEFAULT_PRESET = Path(__file__).resolve().parents[1] / "configs" / "demo_cpu.toml"
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", type=Path, default=DEFAULT_PRESET,
+    ap = cli.ArgumentParser(description=__doc__)
+    ap.add_argument("--config", type=cli.existing_path("file"), default=DEFAULT_PRESET,
                     help="TOML preset (default: configs/demo_cpu.toml, the CPU demo)")
-    ap.add_argument("--data", default=None, help="training data folder (same as --data.root)")
+    ap.add_argument("--data", default=None, type=cli.existing_path("folder"),
+                    help="training data folder (same as --data.root)")
     ap.add_argument("--name", default=None, help="run folder name under --train.output_dir (same as --train.name)")
     ap.add_argument("--resume", action="store_true", help="continue the run --name from its newest intact checkpoint")
     ap.add_argument("--overwrite", action="store_true",
@@ -37,9 +38,13 @@ def main(argv=None):
     add_config_arguments(ap)
     args = ap.parse_args(argv)
 
-    cfg = apply_overrides(load_config(args.config), args)
+    cfg = load_config(args.config)
+    try:
+        cfg = apply_overrides(cfg, args)
+    except ValueError as error:  # a bad --phases spec
+        ap.error(str(error))
     if args.data:
-        cfg.data.root = args.data
+        cfg.data.root = str(args.data)
         if cfg.data.dataset == "synthetic":
             cfg.data.dataset = "landscape"
     if args.name:
@@ -75,4 +80,4 @@ def _under_mpi():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -15,7 +15,6 @@ is never replaced unless --overwrite is given.
 
 Use it for mask accuracy:  python scripts/evaluate.py --fake results/ --labels LABEL_DIR --segmenter CKPT
 """
-import argparse
 import math
 import sys
 import time
@@ -25,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jspade import cli  # noqa: E402
 from jspade.config import size_argument  # noqa: E402
 
 import jspade  # noqa: E402,F401  (configures Jittor first)
@@ -154,36 +154,37 @@ def train(data, dataset="landscape", label_nc=None, size=(256, 192), epochs=10, 
 
 
 def build_parser():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, required=True, metavar="DIR",
+    ap = cli.ArgumentParser(description=__doc__)
+    ap.add_argument("--data", type=cli.existing_path("folder"), required=True, metavar="DIR",
                     help="training data root, in the layout of --dataset (landscape: imgs/ + labels/)")
     ap.add_argument("--dataset", choices=sorted(DATASETS), default="landscape",
                     help="on-disk layout, as jspade.data.datasets.build_dataset (default: %(default)s)")
-    ap.add_argument("--label-nc", type=int, metavar="N",
+    ap.add_argument("--label-nc", type=cli.int_at_least(1), metavar="N",
                     help="number of classes (default: the dataset's own, e.g. 29 for landscape; "
                          "required for --dataset folder)")
     ap.add_argument("--label-dir", default="labels",
                     help="--dataset folder only: label folder, relative to --data/--val (default: %(default)s)")
     ap.add_argument("--image-dir", default="imgs",
                     help="--dataset folder only: photo folder, relative to --data/--val (default: %(default)s)")
-    ap.add_argument("--size", type=size_argument(8), default=(256, 192), metavar="WxH",
+    ap.add_argument("--size", type=size_argument(8, 4096), default=(256, 192), metavar="WxH",
                     help="training resolution WIDTHxHEIGHT; prediction resizes any input to it and back "
                          "(default: 256x192)")
-    ap.add_argument("--epochs", type=int, default=10, help="passes over the training data (default: %(default)s)")
-    ap.add_argument("--batch-size", type=int, default=8, help="pairs per step (default: %(default)s)")
-    ap.add_argument("--lr", type=float, default=1e-2,
+    ap.add_argument("--epochs", type=cli.int_at_least(1), default=10,
+                    help="passes over the training data (default: %(default)s)")
+    ap.add_argument("--batch-size", type=cli.int_at_least(1), default=8, help="pairs per step (default: %(default)s)")
+    ap.add_argument("--lr", type=cli.float_within(0, low_open=True), default=1e-2,
                     help="peak Adam learning rate; short warm-up, then cosine decay (default: %(default)s)")
-    ap.add_argument("--width", type=int, default=16,
+    ap.add_argument("--width", type=cli.int_at_least(1), default=16,
                     help="channels of the first stage (doubling per stage, x4 at 1/8): the model size knob "
                          "(default: %(default)s)")
-    ap.add_argument("--val", type=Path, metavar="DIR",
+    ap.add_argument("--val", type=cli.existing_path("folder"), metavar="DIR",
                     help="validation data (same layout; the landscape layout may be a folder with imgs/ + "
                          "labels/): pixel accuracy and mIoU on its REAL photos after every epoch (the "
                          "mask-accuracy ceiling)")
-    ap.add_argument("--out", type=Path, default=Path("checkpoints/segmenter.pkl"), metavar="CKPT",
+    ap.add_argument("--out", type=cli.output_file, default=Path("checkpoints/segmenter.pkl"), metavar="CKPT",
                     help="checkpoint file to write (default: %(default)s)")
     ap.add_argument("--overwrite", action="store_true", help="replace --out if it already exists")
-    ap.add_argument("--seed", type=int, default=0,
+    ap.add_argument("--seed", type=cli.int_at_least(0), default=0,
                     help="random seed of initialisation, shuffling and flips (default: %(default)s)")
     ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return ap
@@ -205,4 +206,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

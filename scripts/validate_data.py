@@ -7,30 +7,31 @@
 Reports missing pairs (by stem), unreadable or corrupt files, label/photo size mismatches and
 class ids out of range (file and ids). See datasets/README.md for the layouts.
 """
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jspade import cli  # noqa: E402
 from jspade.data.datasets import DATASETS  # noqa: E402
 from jspade.data.validate import validate_dataset  # noqa: E402
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True, type=Path, help="dataset root")
+    ap = cli.ArgumentParser(description=__doc__)
+    ap.add_argument("--data", required=True, type=cli.existing_path("folder"), help="dataset root")
     ap.add_argument("--dataset", default="landscape", choices=sorted(DATASETS))
     ap.add_argument("--phase", default="train", help="train / val / test (selects the split of layouts that have them)")
-    ap.add_argument("--label-nc", type=int, help="number of classes (default: the dataset's)")
+    ap.add_argument("--label-nc", type=cli.int_at_least(1), help="number of classes (default: the dataset's)")
     ap.add_argument("--contain-dontcare-label", action="store_true", default=None,
                     help="raw id 255 is 'unlabeled' (default: the dataset's)")
     ap.add_argument("--no-instance", action="store_true", default=None, help="ignore instance maps")
-    ap.add_argument("--subset", type=Path, help="text file of stems to check (one per line, '#' comments)")
+    ap.add_argument("--subset", type=cli.existing_path("file"),
+                    help="text file of stems to check (one per line, '#' comments)")
     ap.add_argument("--preprocess-mode", help="also check that the crop fits (default: the dataset's)")
-    ap.add_argument("--load-size", type=int)
-    ap.add_argument("--crop-size", type=int)
-    ap.add_argument("--aspect-ratio", type=float)
+    ap.add_argument("--load-size", type=cli.int_at_least(1))
+    ap.add_argument("--crop-size", type=cli.int_at_least(1))
+    ap.add_argument("--aspect-ratio", type=cli.float_within(0, low_open=True))
     ap.add_argument("--label-dir", default=".", help="folder dataset: label maps (relative to --data)")
     ap.add_argument("--image-dir", help="folder dataset: photos (relative to --data; omit for labels only)")
     ap.add_argument("--instance-dir", help="folder dataset: instance maps (relative to --data)")
@@ -56,4 +57,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

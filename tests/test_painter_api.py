@@ -1,14 +1,14 @@
-"""The painter's HTTP API (jspade/painter/server.py) against a tiny random VAE checkpoint: what it
+"""The painter's HTTP API (jspade/painter/web.py and app.py) against a tiny random VAE checkpoint: what it
 serves, that renders are deterministic and follow seed and style, that every kind of bad input is
 a 4xx with a message (never a 500), and that parallel renders are serialised."""
 import base64
 import http.client
 import io
 import json
-import sys
+import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,11 +17,9 @@ from PIL import Image
 from jspade.config import ModelConfig
 from jspade.models.spade_model import SPADEModel
 from jspade.painter import PainterApp, make_server
+from jspade.painter.web import MAX_JSON_DEPTH, json_depth
 
 from tiny_models import tiny_checkpoint
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import paint  # noqa: E402
 
 W, H = 64, 32  # the tiny model's size
 
@@ -301,8 +299,123 @@ def test_model_without_vae_refuses_styles():
 
     with pytest.raises(ApiError, match="no style encoder"):
         app.add_style(style_photo(), "abc")
+    with pytest.raises(ApiError, match="no style encoder"):
+        app.get_style("abc")
 
 
-def test_cli_without_checkpoint_says_to_train_first(tmp_path, capsys):
-    assert paint.main(["--results", str(tmp_path)]) == 1
-    assert "bash run.sh train" in capsys.readouterr().err
+def test_json_depth_ignores_brackets_inside_strings():
+    assert json_depth(b'{"a": [1, {"b": "[[[{{{"}], "c": "\\"]]]"}') == 3
+    assert json_depth(b"[" * 5000 + b"]" * 5000) == 5000
+    assert json_depth(b'"no structure"') == 0
+
+
+@pytest.mark.parametrize("body", [b"[" * 100000 + b"]" * 100000,
+                                  b'{"label": ' + b'{"a": ' * 50000 + b"1" + b"}" * 50001,
+                                  b"[" * 200000])  # unterminated too
+def test_deeply_nested_json_is_refused_and_the_server_survives(server, body):
+    # Jittor raises the recursion limit to 10^6: parsing this would overflow the C stack (segfault).
+    status, msg = error_of(server, "/api/render", body, {"Content-Type": "application/json"})
+    assert status == 400 and "nested" in msg["error"] and str(MAX_JSON_DEPTH) in msg["error"]
+    assert request(server, "GET", "/api/info")[0] == 200
+    nested_ok = {"label": png_b64(scene()), "seed": 1}
+    assert request(server, "POST", "/api/render", nested_ok)[0] == 200
+
+
+def burst(srv, n, body):
+    """n simultaneous POST /api/render; (status, headers, body) each, or the exception a client got."""
+    def one(_):
+        try:
+            return request(srv, "POST", "/api/render", body)
+        except OSError as error:  # a reset or refused connection: what must not happen
+            return error
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def test_burst_of_renders_gets_answers_not_resets(server):
+    # A real model's render holds the GIL for a while (Jittor runs its kernels without releasing it),
+    # so the accept loop stalls; sorting a large list holds it the same way. With the old listen
+    # backlog of 5 this burst got connection resets.
+    app, floats = server.app, np.random.default_rng(0).random(600_000).tolist()
+    original = app._generate
+    app._generate = lambda *a: (sorted(floats), original(*a))[1]
+    try:
+        results = [r for _ in range(2) for r in burst(server, 40, {"label": png_b64(scene()), "seed": 1})]
+    finally:
+        del app._generate
+    assert all(not isinstance(r, Exception) for r in results), [r for r in results if isinstance(r, Exception)]
+    assert {r[0] for r in results} <= {200, 503}
+    assert any(r[0] == 200 for r in results)
+
+
+def test_burst_beyond_the_queue_gets_503_with_retry_after(checkpoint):
+    app = PainterApp.from_checkpoint(checkpoint, warmup=False, max_pending=2)
+    slow = app._generate
+    app._generate = lambda *a: (time.sleep(0.3), slow(*a))[1]
+    srv = make_server(app, "127.0.0.1", 0)
+    srv.max_connections = 8  # and beyond the connection limit, the server answers 503 itself
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        results = burst(srv, 20, {"label": png_b64(scene()), "seed": 1})
+        assert all(not isinstance(r, Exception) for r in results), results
+        statuses = sorted(r[0] for r in results)
+        assert set(statuses) == {200, 503} and statuses.count(200) >= 2, statuses
+        for status, headers, data in results:
+            if status == 503:
+                assert headers["Retry-After"] == "1" and "busy" in json.loads(data)["error"]
+        assert request(srv, "POST", "/api/render", {"label": png_b64(scene())})[0] == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
+
+
+def own_address():
+    """An address of this machine other than loopback (the one a default route would use), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET: no packet is sent for a UDP connect
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_all_interfaces_keeps_host_and_origin_protection(checkpoint):
+    app = PainterApp.from_checkpoint(checkpoint, warmup=False)
+    srv = make_server(app, "0.0.0.0", 0, allow_hosts=["painter.example"])
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    port = srv.server_address[1]
+    try:
+        warning = srv.exposure_warning()
+        assert "0.0.0.0" in warning and "without authentication" in warning and "painter.example" in warning
+        ok = {"Host": f"localhost:{port}"}
+        assert request(srv, "GET", "/api/info", headers=ok)[0] == 200
+        assert request(srv, "GET", "/api/info", headers={"Host": f"{socket.gethostname()}:{port}"})[0] == 200
+        assert request(srv, "GET", "/api/info", headers={"Host": f"painter.example:{port}"})[0] == 200
+        status, msg = error_of(srv, "/api/info", None, {"Host": f"evil.example:{port}"}, method="GET")
+        assert status == 403 and "--allow-origin" in msg["error"]
+        status, msg = error_of(srv, "/api/render", {"label": png_b64(scene())},
+                               {**ok, "Origin": "http://evil.example"})
+        assert status == 403
+        assert request(srv, "POST", "/api/render", {"label": png_b64(scene())},
+                       {**ok, "Origin": f"http://painter.example:{port}"})[0] == 200
+        address = own_address()
+        if address is not None:  # reached on the machine's own address, named by it: served
+            conn = http.client.HTTPConnection(address, port, timeout=30)
+            try:
+                conn.request("GET", "/api/info")
+                assert conn.getresponse().status == 200
+            finally:
+                conn.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
+    local = make_server(app, "127.0.0.1", 0)
+    try:
+        assert local.exposure_warning() is None
+    finally:
+        local.server_close()

@@ -1,0 +1,305 @@
+"""The painter's model side: one generator behind a lock, and validated decoding of what the page
+sends (base64 PNG labels of class ids, PNG/JPEG style images). Rendering and style encoding are
+`jspade.inference`'s; the HTTP API around this is `jspade.painter.web`.
+
+Bad input raises `ApiError` (a 4xx status and a message the page shows). Rendering is serialised by
+a lock (other requests wait; beyond `max_pending` waiting renders they get 503), runs in eval mode
+under `jt.no_grad()`, and is deterministic for (label, seed, style): the same image as
+`inference.render` with `indices=[0]`.
+"""
+import base64
+import binascii
+import hashlib
+import io
+import statistics
+import threading
+import time
+from collections import OrderedDict, deque
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from jspade.data.labels import LANDSCAPE_LABEL_NC, LANDSCAPE_NAMES, palette_for
+from jspade.inference import (StyleUnsupported, encode_style, has_style_encoder, load_generator, model_size,
+                              render, require_style_encoder, resolve_checkpoint)
+
+MAX_BODY = 8 * 1024 * 1024          # request bodies (base64 inflates files by 4/3)
+MAX_LABEL_SIDE = 2048
+MAX_STYLE_SIDE = 4096
+MAX_SEED = 2 ** 31 - 1
+STYLE_CACHE_SIZE = 64
+MAX_PENDING = 16                    # renders waiting for the model before new ones get 503
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+# Modes PIL gives a PNG of integer ids: 1/2/4/8-bit grey, palette indices, 16-bit grey.
+LABEL_MODES = {"1", "L", "P", "I", "I;16", "I;16B", "I;16L", "I;16N"}
+
+
+class ApiError(Exception):
+    """Bad input: answered with `status` and `{"error": message}` (plus `code` for the page)."""
+
+    def __init__(self, status, message, code=None, headers=None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.headers = status, message, code, headers or {}
+
+
+def _sniff(data):
+    """A human name for what some bytes look like (for 'expected PNG, got ...' messages)."""
+    if data.startswith(PNG_MAGIC):
+        return "PNG"
+    if data.startswith(JPEG_MAGIC):
+        return "JPEG"
+    for magic, name in ((b"GIF8", "GIF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+                        (b"%PDF", "PDF"), (b"PK\x03\x04", "ZIP")):
+        if data.startswith(magic):
+            return name
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    head = data[:64].lstrip()
+    if head[:1] in (b"{", b"["):
+        return "JSON/text"
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "text"
+    return "unknown binary data"
+
+
+def decode_base64(value, field):
+    """A base64 string (a `data:` URL is accepted too) -> bytes, or a 400 naming the field."""
+    if not isinstance(value, str):
+        raise ApiError(400, f"'{field}' must be a base64 string, got {type(value).__name__}")
+    if value.startswith("data:"):
+        head, sep, value = value.partition(",")
+        if not sep or not head.endswith(";base64"):
+            raise ApiError(400, f"'{field}' is a data: URL without ';base64,' data")
+    try:
+        data = base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, f"'{field}' is not valid base64") from None
+    if not data:
+        raise ApiError(400, f"'{field}' is empty")
+    return data
+
+
+def open_image_bytes(data, what, formats, max_side):
+    """Open (header only) an image of one of `formats`, refusing other types (415) and sizes (400)."""
+    kind = _sniff(data)
+    if kind not in formats:
+        raise ApiError(415, f"{what} must be {' or '.join(formats)}; the data looks like {kind}",
+                       code="unsupported_type")
+    try:
+        image = Image.open(io.BytesIO(data), formats=[kind])
+    except Exception as error:  # noqa: BLE001 - PIL raises many types for broken files
+        raise ApiError(400, f"{what} is not a readable {kind} ({type(error).__name__}: {error})") from None
+    w, h = image.size
+    if not (1 <= w <= max_side and 1 <= h <= max_side):
+        raise ApiError(400, f"{what} is {w}x{h}; at most {max_side}x{max_side} is accepted", code="too_big")
+    try:
+        image.load()
+    except Exception as error:  # noqa: BLE001 - truncated or corrupt data
+        raise ApiError(400, f"{what} could not be decoded ({type(error).__name__}: {error})") from None
+    return image
+
+
+def encode_png(array):
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def class_table(opt):
+    """[{id, name, color}] for every id the model accepts (the dontcare id last, when the model has it)."""
+    names = LANDSCAPE_NAMES if opt.label_nc == LANDSCAPE_LABEL_NC else [f"class {i}" for i in range(opt.label_nc)]
+    palette = palette_for(opt.label_nc)
+    table = [{"id": i, "name": names[i], "color": [int(c) for c in palette[i]]} for i in range(opt.label_nc)]
+    if opt.contain_dontcare_label:
+        table.append({"id": opt.label_nc, "name": "dontcare", "color": [0, 0, 0]})
+    return table
+
+
+def checkpoint_name(path):
+    """'run/latest.pkl' for a run's checkpoint, the file or folder name otherwise."""
+    path = Path(path)
+    if path.parent.name == "checkpoints":
+        return f"{path.parent.parent.name}/{path.name}"
+    return path.name
+
+
+def default_checkpoint(results_dir):
+    """The newest `results/*/checkpoints/latest.pkl` (what `bash run.sh train` writes), or None."""
+    found = [p for p in Path(results_dir).glob("*/checkpoints/latest.pkl") if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+class PainterApp:
+    """One generator behind a lock, with validated decoding of what the page sends."""
+
+    def __init__(self, model, opt, name="", log=None, max_pending=MAX_PENDING):
+        self.model, self.opt, self.name = model, opt, name
+        self.size = model_size(opt)  # (w, h)
+        self.num_ids = opt.label_nc + int(opt.contain_dontcare_label)
+        self.classes = class_table(opt)
+        self.style_supported = has_style_encoder(model, opt)
+        self.log = log or (lambda msg: None)
+        self.max_pending = max_pending
+        self._model_lock = threading.Lock()
+        self._state_lock = threading.Lock()  # pending count, style cache, timings
+        self._pending = 0
+        self._styles = OrderedDict()  # style id -> (mu, logvar) float32 arrays
+        self._times = deque(maxlen=50)
+        self.warmup_ms = None
+        self.renders = 0
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint, warmup=True, log=None, max_pending=MAX_PENDING):
+        _, path = resolve_checkpoint(checkpoint)
+        model, opt = load_generator(checkpoint)
+        app = cls(model, opt, checkpoint_name(path), log=log, max_pending=max_pending)
+        if warmup:
+            app.warmup()
+        return app
+
+    # --- decoding ---
+    def decode_label(self, value, field="label"):
+        """Base64 PNG of class ids -> int32 HxW, checked: PNG, one channel, size, ids in range."""
+        data = decode_base64(value, field)
+        image = open_image_bytes(data, f"'{field}'", ("PNG",), MAX_LABEL_SIDE)
+        if image.mode not in LABEL_MODES:
+            hint = ("it has an alpha channel; save it without transparency" if "A" in image.mode else
+                    "colour-coded maps must be converted to class ids first")
+            raise ApiError(400, f"'{field}' is a {image.mode} image; a label must be a single-channel (8- or "
+                                f"16-bit grayscale) PNG of class ids ({hint})", code="bad_label")
+        label = np.asarray(image).astype(np.int32)
+        if label.ndim != 2:
+            raise ApiError(400, f"'{field}' decodes to shape {label.shape}, not a single-channel map", code="bad_label")
+        bad = (label < 0) | (label >= self.num_ids)
+        if bad.any():
+            ids = np.unique(label[bad])
+            listed = ", ".join(map(str, ids[:8].tolist())) + (" ..." if ids.size > 8 else "")
+            raise ApiError(400, f"'{field}' holds class id {listed} ({int(bad.sum())} pixels); this model knows "
+                                f"ids 0..{self.num_ids - 1}", code="bad_label")
+        return label
+
+    @staticmethod
+    def decode_style_image(value, field="style_image"):
+        """Base64 PNG/JPEG -> (HxWx3 uint8 RGB, sha256 of the bytes)."""
+        data = decode_base64(value, field)
+        image = open_image_bytes(data, f"'{field}'", ("PNG", "JPEG"), MAX_STYLE_SIDE)
+        if image.mode.startswith("I"):  # 16/32-bit grey: keep the high byte of 16-bit values
+            grey = (np.clip(np.asarray(image, np.int64), 0, 65535) >> 8).astype(np.uint8)
+            rgb = np.repeat(grey[:, :, None], 3, axis=2)
+        else:
+            rgb = np.asarray(image.convert("RGB"))
+        return rgb, hashlib.sha256(data).hexdigest()[:24]
+
+    # --- the model (all Jittor work happens under the lock) ---
+    def _run(self, fn):
+        with self._state_lock:
+            if self._pending >= self.max_pending:
+                raise ApiError(503, f"the painter is busy ({self._pending} renders waiting); try again shortly",
+                               code="busy", headers={"Retry-After": "1"})
+            self._pending += 1
+        try:
+            t0 = time.perf_counter()
+            with self._model_lock:
+                t1 = time.perf_counter()
+                out = fn()
+                t2 = time.perf_counter()
+            return out, (t1 - t0) * 1000, (t2 - t1) * 1000
+        finally:
+            with self._state_lock:
+                self._pending -= 1
+
+    def require_style(self):
+        """ApiError 400 unless the model has a style encoder."""
+        try:
+            require_style_encoder(self.model, self.opt)
+        except StyleUnsupported as error:
+            raise ApiError(400, str(error), code="no_style") from None
+
+    def _encode_style(self, rgb):
+        mu, logvar = encode_style(self.model, self.opt, [rgb])
+        return mu[0], logvar[0]
+
+    def _generate(self, label, seed, style):
+        styles = None if style is None else tuple(a[None] for a in style)
+        return render(self.model, self.opt, [label], seed=seed, indices=[0], styles=styles)[0]
+
+    def add_style(self, rgb, style_id):
+        """Encode a style image once and remember its (mu, logvar) under `style_id`."""
+        self.require_style()
+        with self._state_lock:
+            if style_id in self._styles:
+                self._styles.move_to_end(style_id)
+                return self._styles[style_id]
+        code, _, _ = self._run(lambda: self._encode_style(rgb))
+        with self._state_lock:
+            self._styles[style_id] = code
+            while len(self._styles) > STYLE_CACHE_SIZE:
+                self._styles.popitem(last=False)
+        return code
+
+    def get_style(self, style_id):
+        self.require_style()
+        with self._state_lock:
+            code = self._styles.get(style_id)
+            if code is not None:
+                self._styles.move_to_end(style_id)
+        if code is None:
+            raise ApiError(400, f"unknown style id {style_id!r} (styles are forgotten when the server restarts); "
+                                "upload the style image again", code="unknown_style")
+        return code
+
+    def render(self, label, seed=0, style=None):
+        """HxWx3 uint8 at the model's size, and (queue ms, render ms)."""
+        image, wait_ms, run_ms = self._run(lambda: self._generate(label, seed, style))
+        with self._state_lock:
+            self._times.append(run_ms)
+            self.renders += 1
+        self.log(f"render {self.size[0]}x{self.size[1]} seed {seed}{' +style' if style is not None else ''}: "
+                 f"{run_ms:.0f} ms (waited {wait_ms:.0f} ms)")
+        return image, wait_ms, run_ms
+
+    def warmup(self, timed=3):
+        """One render (and one style encoding) so that Jittor compiles its kernels before the first user,
+        then `timed` renders whose latency /api/info reports."""
+        w, h = self.size
+        label = np.zeros((h, w), np.int32)
+        label[h // 2:] = min(1, self.num_ids - 1)
+        t0 = time.perf_counter()
+        style = None
+        if self.style_supported:
+            style, _, _ = self._run(lambda: self._encode_style(np.full((h, w, 3), 128, np.uint8)))
+        self._run(lambda: self._generate(label, 0, style))
+        self._run(lambda: self._generate(label, 0, None))
+        self.warmup_ms = (time.perf_counter() - t0) * 1000
+        self.log(f"warm-up (kernel compilation) took {self.warmup_ms / 1000:.1f} s")
+        for seed in range(timed):  # latency samples for /api/info
+            self.render(label, seed, style)
+
+    def timing(self):
+        with self._state_lock:
+            times = list(self._times)
+        return {"renders": self.renders,
+                "last_ms": round(times[-1], 1) if times else None,
+                "median_ms": round(statistics.median(times), 1) if times else None,
+                "warmup_ms": None if self.warmup_ms is None else round(self.warmup_ms, 1)}
+
+    def info(self):
+        w, h = self.size
+        names = [c["name"] for c in self.classes]
+        return {
+            "checkpoint": self.name,
+            "model_size": {"width": w, "height": h},
+            "label_nc": self.opt.label_nc,
+            "num_ids": self.num_ids,
+            "classes": self.classes,
+            "background_class": names.index("sky") if "sky" in names else 0,
+            "style_supported": self.style_supported,
+            "limits": {"max_body_bytes": MAX_BODY, "max_label_side": MAX_LABEL_SIDE,
+                       "max_style_side": MAX_STYLE_SIDE, "max_seed": MAX_SEED},
+            "timing": self.timing(),
+        }
+
+

@@ -1,0 +1,158 @@
+"""Every script, run as a user runs it, answers a bad argument or an expected error with one line on
+stderr (naming the argument or file and the reason), no traceback, a non-zero exit status, and, for
+a bad argument, nothing created. Jittor's own log lines appear only with --verbose."""
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def run_script(name, args, cwd):
+    # Without the parent's log_silent (set when the test process imported Jittor), so that the
+    # child's own default is what is tested.
+    env = {k: v for k, v in os.environ.items() if k != "log_silent"}
+    return subprocess.run([sys.executable, str(SCRIPTS / name), *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def tree(folder):
+    return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*"))
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    """A folder with one valid label, a file where a folder is expected, a garbage checkpoint."""
+    (tmp_path / "labels").mkdir()
+    Image.fromarray(np.ones((24, 32), np.uint8)).save(tmp_path / "labels" / "a.png")
+    (tmp_path / "afile.txt").write_text("not a folder")
+    whole = pickle.dumps({"format": "jspade-checkpoint-1", "networks": {"G": {"w": np.zeros(64, np.float32)}}})
+    (tmp_path / "garbage.pkl").write_bytes(whole[:len(whole) // 2])  # a checkpoint cut short
+    return tmp_path
+
+
+# (script, arguments, words the one line must hold)
+BAD_ARGUMENTS = [
+    ("infer.py", ["--labels", "labels", "--checkpoint", "garbage.pkl", "--out", "out", "--batch-size", "0"],
+     ["--batch-size", "at least 1", "0"]),
+    ("infer.py", ["--labels", "labels", "--checkpoint", "garbage.pkl", "--out", "out", "--size", "100000x100000"],
+     ["4096x4096", "--allow-large-size"]),
+    ("infer.py", ["--labels", "labels", "--checkpoint", "garbage.pkl", "--out", "out", "--model-option", "ngf=abc"],
+     ["ngf", "integer", "abc"]),
+    ("infer.py", ["--labels", "labels", "--checkpoint", "garbage.pkl", "--out", "out", "--model-option", "nfg=3"],
+     ["unknown model option", "nfg"]),
+    ("infer.py", ["--labels", "labels", "--checkpoint", "garbage.pkl", "--out", "afile.txt"],
+     ["--out", "afile.txt", "not a folder"]),
+    ("infer.py", ["--labels", "missing", "--checkpoint", "garbage.pkl", "--out", "out"],
+     ["--labels", "missing", "does not exist"]),
+    ("train.py", ["--model.ngf", "abc", "--train.output_dir", "results"], ["--model.ngf", "abc"]),
+    ("train.py", ["--data", "missing", "--train.output_dir", "results"], ["--data", "missing", "does not exist"]),
+    ("train.py", ["--phases", "10:x:0.1", "--train.output_dir", "results"], ["10:x:0.1", "EPOCHS:BATCH:LR"]),
+    ("train.py", ["--phases", "10:0:0.1", "--train.output_dir", "results"], ["10:0:0.1", "at least 1"]),
+    ("evaluate.py", ["--fake", "labels", "--batch-size", "0"], ["--batch-size", "at least 1"]),
+    ("evaluate.py", ["--fake", "labels", "--mask-accuracy", "1.5"], ["--mask-accuracy", "at most 1"]),
+    ("average_checkpoints.py", ["garbage.pkl", "missing.pkl", "--out", "avg.pkl"], ["missing.pkl", "does not exist"]),
+    ("clean_dataset.py", ["--data", "labels", "--out", "cur", "--near-dup-keep", "x"], ["--near-dup-keep", "integer"]),
+    ("validate_data.py", ["--data", "missing"], ["--data", "does not exist"]),
+    ("train_segmenter.py", ["--data", "labels", "--epochs", "0", "--out", "seg.pkl"], ["--epochs", "at least 1"]),
+    ("make_synthetic.py", ["--out", "synth", "--n", "0"], ["--n", "at least 1"]),
+    ("make_synthetic.py", ["--out", "synth", "--size", "100000x100000"], ["--size", "at most 4096x4096"]),
+    ("paint.py", ["--port", "70000"], ["--port", "at most 65535"]),
+    ("benchmark.py", ["--batch-size", "0"], ["--batch-size", "at least 1"]),
+    ("check_parity.py", ["missing.npz"], ["missing.npz", "does not exist"]),
+]
+
+
+@pytest.mark.parametrize("script, args, words", BAD_ARGUMENTS, ids=[f"{s}-{w[0]}" for s, _, w in BAD_ARGUMENTS])
+def test_bad_argument_is_one_line_and_creates_nothing(workdir, script, args, words):
+    before = tree(workdir)
+    proc = run_script(script, args, workdir)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith(f"{script}: error: ")
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert tree(workdir) == before
+
+
+def test_unreadable_checkpoint_is_one_line_and_debug_shows_the_traceback(workdir):
+    args = ["--labels", "labels", "--checkpoint", "garbage.pkl", "--out", "out"]
+    proc = run_script("infer.py", args, workdir)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("infer.py: error: "), proc.stderr
+    assert not (workdir / "out").exists()
+    debug = run_script("infer.py", args + ["--debug"], workdir)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_run_folder_error_is_one_line(workdir):
+    proc = run_script("train.py", ["--name", "nope", "--resume", "--train.output_dir", "results"], workdir)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [f"train.py: error: nothing to resume: {Path('results') / 'nope'} does not exist"]
+    assert not (workdir / "results").exists()
+
+
+def test_painter_without_a_checkpoint_says_to_train_first(workdir):
+    proc = run_script("paint.py", ["--results", workdir / "results"], workdir)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and "bash run.sh train" in lines[0], proc.stderr
+
+
+def test_jittor_log_lines_only_with_verbose(workdir):
+    args = ["--preview", "p.png", "--preview-n", "1", "--size", "32x32"]
+    quiet = run_script("make_synthetic.py", args, workdir)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "[i " not in quiet.stdout + quiet.stderr and "Total mem" not in quiet.stdout + quiet.stderr
+    assert quiet.stdout.strip().splitlines() == ["preview of 1 scenes: p.png"]
+    verbose = run_script("make_synthetic.py", args + ["--verbose"], workdir)
+    assert verbose.returncode == 0 and "[i " in verbose.stderr + verbose.stdout
+
+
+def test_argument_types_report_the_limit():
+    import argparse
+
+    from jspade import cli
+
+    assert cli.int_at_least(1)("3") == 3
+    assert cli.float_within(0, 1)("0.5") == 0.5
+    assert cli.model_option("use_vae=false") == ("use_vae", False)
+    assert cli.model_option("aspect_ratio = 1.5") == ("aspect_ratio", 1.5)
+    for parse, text, words in [(cli.int_at_least(1, 10), "11", "at most 10"), (cli.int_at_least(1), "1.5", "integer"),
+                               (cli.float_within(0, low_open=True), "0", "above 0"),
+                               (cli.float_within(0), "nan", "finite"), (cli.model_option, "ngf", "KEY=VALUE"),
+                               (cli.model_option, "use_vae=maybe", "true or false")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=words):
+            parse(text)
+
+
+def test_run_reports_expected_errors_and_keeps_bugs_loud(capsys):
+    from jspade import cli
+    from jspade.data.io import DataError
+
+    def missing_file(argv):
+        open("/nonexistent/x.png")
+
+    def bad_data(argv):
+        raise DataError("class id 41 out of range 0..28", "labels/a.png")
+
+    def bad_pickle(argv):
+        pickle.loads(pickle.dumps(list(range(100)))[:40])
+
+    assert cli.run(missing_file) == 1
+    assert capsys.readouterr().err.endswith("error: /nonexistent/x.png: No such file or directory\n")
+    assert cli.run(bad_data) == 1
+    assert capsys.readouterr().err.endswith("error: labels/a.png: class id 41 out of range 0..28\n")
+    assert cli.run(bad_pickle) == 1
+    assert "unreadable pickle data" in capsys.readouterr().err
+    assert cli.run(lambda argv: 3) == 3 and cli.run(lambda argv: None) == 0
+    with pytest.raises(KeyError):  # a bug keeps its traceback
+        cli.run(lambda argv: {}["x"])
