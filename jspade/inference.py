@@ -13,7 +13,7 @@ from jspade.checkpoint import CheckpointError, import_pytorch_checkpoint, load_c
 from jspade.config import Config, ModelConfig
 from jspade.data.io import DataError, read_image, read_label
 from jspade.data.semantics import semantics_for
-from jspade.models.spade_model import SPADEModel
+from jspade.models.spade_model import SPADEModel, has_style_stream
 
 LABEL_SUFFIXES = (".png",)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -161,22 +161,25 @@ def noise_for(seed, index, sample, dim):
 
 def render(model, opt, labels, seed=0, indices=None, sample=0, references=None):
     """Generate images for a batch of label arrays -> list of HxWx3 uint8 at the model's size.
-    `references`: reference photo paths (style through the encoder), else random z (VAE models)."""
+    `references`: reference photo paths (style through the encoder, and through TSIT's style stream
+    when the generator has one), else random z (VAE models)."""
     size = model_size(opt)
     indices = list(range(len(labels))) if indices is None else indices
     sem = semantics_for(opt, label_tensor(labels, size))
     z = None
+    photos = image_tensor(references, size) if references is not None else None
     if opt.use_vae:
         noise = jt.array(np.stack([noise_for(seed, i, sample, opt.z_dim) for i in indices]))
-        if references is not None:
+        if photos is not None:
             with jt.no_grad():
-                mu, logvar = model.netE(image_tensor(references, size))
+                mu, logvar = model.netE(photos)
                 z = noise * jt.exp(0.5 * logvar) + mu  # the original's reparameterised style code
         else:
             z = noise
-    elif references is not None:
-        raise ValueError("this model has no style encoder (use_vae is off): references cannot be used")
+    elif photos is not None and not has_style_stream(model.netG):
+        raise ValueError("this model has no style encoder (use_vae is off) and no style stream: "
+                         "references cannot be used")
     with jt.no_grad():
-        fake = model.netG(sem, z=z)
+        fake = model.generate(sem, z=z, style=photos)
     arr = np.clip((fake.numpy() + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
     return list(arr.transpose(0, 2, 3, 1))

@@ -87,6 +87,7 @@ class ParityRun:
         self.ref = ReferenceArchive(archive_path)
         self.results: list[Comparison] = []
         self._step_baseline = None  # step_outputs() of check_steps, reused by measure_noise
+        self._forward_baseline = None  # generator_forwards() of check_generator_forwards, likewise
 
     # --- helpers ---
     def compare(self, name, actual, expected, gradient=False):
@@ -140,15 +141,26 @@ class ParityRun:
         self.compare("input.semantics (one-hot from input.label)", semantics_for(opt, label, instance),
                      r["input.semantics"])
 
-    def check_generator_forwards(self):
-        model = self.fresh_model()
-        sem, real, z = self.inputs()
-        self.compare("G.train_forward", model.generate(sem, z=z, style=real), self.ref["expected.G.train_forward"])
-        jt.sync_all()
-        self.compare_state("after_train_forward.G", model.netG)
-        model.netG.eval()
+    def generator_forwards(self, nudge_seed=None):
+        """({name: array} of G's training-mode forward and the eval-mode forward after it, the model).
+        With `nudge_seed`, weights and z first move by at most one float32 ulp each."""
+        nudge = None if nudge_seed is None else np.random.RandomState(nudge_seed)
+        model = self.fresh_model(nudge)
+        sem, real, _ = self.inputs()
+        z = self.ref["input.z"] if "input.z" in self.ref else None
+        z = jt.array(ulp_nudge(z, nudge) if nudge is not None else z) if z is not None else None
+        out = {"G.train_forward": model.generate(sem, z=z, style=real).numpy()}
+        model.netG.eval()  # eval mode moves no state: the running statistics and u/v stay as the forward left them
         with jt.no_grad():
-            self.compare("G.eval_forward", model.generate(sem, z=z, style=real), self.ref["expected.G.eval_forward"])
+            out["G.eval_forward"] = model.generate(sem, z=z, style=real).numpy()
+        return out, model
+
+    def check_generator_forwards(self):
+        outputs, model = self.generator_forwards()
+        self._forward_baseline = outputs
+        for name, actual in outputs.items():
+            self.compare(name, actual, self.ref[f"expected.{name}"])
+        self.compare_state("after_train_forward.G", model.netG)
 
     def check_discriminator_forward(self):
         model = self.fresh_model()
@@ -226,17 +238,20 @@ class ParityRun:
         return {f"{prefix[len('expected.'):]}.{key}": g for key, g in zip(names, grads)}
 
     def measure_noise(self, runs=8):
-        """The float32 noise of each step output: the largest change of our own result over `runs`
-        reruns with every weight and input nudged by at most one ulp. The reference carries noise of
-        the same kind, so an error within tolerance + noise cannot be told apart from rounding."""
+        """The float32 noise of each step output and of G's forwards: the largest change of our own
+        result over `runs` reruns with every weight and input nudged by at most one ulp. The reference
+        carries noise of the same kind: for a gradient, an error within tolerance + noise cannot be told
+        apart from rounding (FORMAT.md's rule); for an activation the noise is only reported."""
         if runs <= 0:
             return
-        baseline = self._step_baseline if self._step_baseline is not None else self.step_outputs()
+        baseline = dict(self._step_baseline if self._step_baseline is not None else self.step_outputs())
+        baseline.update(self._forward_baseline if self._forward_baseline is not None else self.generator_forwards()[0])
         noise = dict.fromkeys(baseline, 0.0)
         for seed in range(1, runs + 1):
-            for name, value in self.step_outputs(nudge_seed=seed).items():
-                diff = np.abs(value.astype(np.float64) - baseline[name].astype(np.float64))
-                noise[name] = max(noise[name], float(diff.max()) if diff.size else 0.0)
+            for outputs in (self.step_outputs(nudge_seed=seed), self.generator_forwards(nudge_seed=seed)[0]):
+                for name, value in outputs.items():
+                    diff = np.abs(value.astype(np.float64) - baseline[name].astype(np.float64))
+                    noise[name] = max(noise[name], float(diff.max()) if diff.size else 0.0)
         for c in self.results:
             if c.name in noise:
                 c.noise = noise[c.name]
