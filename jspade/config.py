@@ -30,6 +30,10 @@ class ModelConfig:
     lambda_kld: float = 0.05
     init_type: str = "xavier"
     init_variance: float = 0.02
+    netG: str = "spade"  # spade | tsit (Jiang et al. 2020; the options below are TSIT's)
+    norm_S: str = "spectralinstance"  # TSIT's stream norm: spectralinstance | spectralbatch | spectralsyncbatch
+    style_stream: bool = False  # TSIT: keep a style stream over the reference photo (the original's SIS drops it: no_ss)
+    alpha: float = 1.0  # TSIT style stream: FAdaIN strength in [0, 1]
 
     @property
     def use_vgg(self) -> bool:
@@ -47,6 +51,10 @@ class ModelConfig:
         cfg = cls(**{k: v for k, v in d.items() if k in names})
         if "lambda_vgg" in d and not d["lambda_vgg"]:
             cfg.no_vgg_loss = True  # the reference fixtures say "lambda_vgg 0 means no VGG term"
+        if d.get("task", "SIS") != "SIS":
+            raise ValueError(f"TSIT task {d['task']!r} is not supported: only SIS (semantic image synthesis)")
+        if "no_ss" in d and "style_stream" not in d:
+            cfg.style_stream = not d["no_ss"]  # the original TSIT's name for the opposite
         return cfg
 
 

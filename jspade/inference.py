@@ -14,7 +14,7 @@ from jspade.config import Config, ModelConfig
 from jspade.data.io import DataError, read_image, read_label
 from jspade.data.semantics import semantics_for
 from jspade.models.encoder import reparameterize
-from jspade.models.spade_model import SPADEModel
+from jspade.models.spade_model import SPADEModel, has_style_stream
 
 LABEL_SUFFIXES = (".png",)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -190,12 +190,18 @@ def noise_for(seed, index, sample, dim):
 
 def render(model, opt, labels, seed=0, indices=None, sample=0, references=None, styles=None):
     """Generate images for a batch of label arrays -> list of HxWx3 uint8 at the model's size.
-    Style through the encoder from `references` (reference photo paths) or `styles` ((mu, logvar)
-    of `encode_style`), else random z (VAE models)."""
+    Style from `references` (reference photo paths: through the encoder, and through TSIT's style
+    stream when the generator has one) or `styles` ((mu, logvar) of `encode_style`), else random z
+    (VAE models)."""
     size = model_size(opt)
     indices = list(range(len(labels))) if indices is None else indices
+    photos = None
     if references is not None:
-        styles = encode_style(model, opt, [read_image(p) for p in references])
+        pictures = [read_image(p) for p in references]
+        if has_style_stream(model.netG):
+            photos = photo_tensor(pictures, size)
+        if opt.use_vae or photos is None:
+            styles = encode_style(model, opt, pictures)
     elif styles is not None:
         require_style_encoder(model, opt)
     sem = semantics_for(opt, label_tensor(labels, size))
@@ -208,6 +214,6 @@ def render(model, opt, labels, seed=0, indices=None, sample=0, references=None, 
         else:
             z = noise
     with jt.no_grad():
-        fake = model.netG(sem, z=z)
+        fake = model.generate(sem, z=z, style=photos)
     arr = np.clip((fake.numpy() + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
     return list(arr.transpose(0, 2, 3, 1))

@@ -4,6 +4,9 @@
   python scripts/infer.py ... --label-to-img label_to_img.json --style-root train/imgs   # 2023 track
   python scripts/infer.py ... --checkpoint checkpoints/landscape   # the original's latest_net_G.pth
 
+Reference photos (--style-dir, --label-to-img) set the style through the VAE encoder, and for a TSIT
+generator with a style stream also through that stream (FAdaIN, strength `alpha`).
+
 Every label is read and checked first; if any is unreadable or holds an id the model does not know,
 nothing is written and each bad file is listed. Outputs are deterministic for a --seed.
 """
@@ -26,7 +29,7 @@ def main(argv=None):
                     help="folder of label maps (<stem>.png, 8- or 16-bit)")
     ap.add_argument("--checkpoint", required=True,
                     help="a jspade run folder (uses checkpoints/latest.pkl), a jspade .pkl checkpoint, or an "
-                         "original SPADE checkpoint folder / latest_net_G.pth")
+                         "original SPADE or TSIT checkpoint folder / latest_net_G.pth")
     ap.add_argument("--out", required=True, type=cli.output_folder,
                     help="output folder (must be empty unless --overwrite)")
     ap.add_argument("--size", type=size_argument(), default=(512, 384),

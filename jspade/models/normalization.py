@@ -239,3 +239,27 @@ class SPADE(nn.Module):
         segmap = resize_nearest(segmap, x.shape[2:])
         actv = self.mlp_shared(segmap)
         return normalized * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)
+
+
+class FADE(nn.Module):
+    """Feature-adaptive denormalisation (TSIT, Jiang et al. 2020): SPADE's modulation, but gamma and
+    beta are single convolutions of a feature map of the content stream at x's scale (no shared
+    hidden layer, no resizing). `config_text` is e.g. 'fadesyncbatch3x3' or 'fadeinstance3x3'."""
+
+    def __init__(self, config_text, norm_nc, feature_nc):
+        parsed = re.fullmatch(r"fade(\D+)(\d)x\d", config_text)
+        if parsed is None:
+            raise ValueError(f"{config_text!r} is not a FADE norm (expected e.g. 'fadesyncbatch3x3')")
+        param_free_norm_type, ks = parsed.group(1), int(parsed.group(2))
+        if param_free_norm_type == "instance":
+            self.param_free_norm = InstanceNorm2d(norm_nc)
+        elif param_free_norm_type in ("syncbatch", "batch"):
+            self.param_free_norm = SyncBatchNorm(norm_nc, affine=False, sync=param_free_norm_type == "syncbatch")
+        else:
+            raise ValueError(f"{param_free_norm_type!r} is not a recognized param-free norm type in FADE")
+        pw = ks // 2
+        self.mlp_gamma = nn.Conv2d(feature_nc, norm_nc, ks, padding=pw)
+        self.mlp_beta = nn.Conv2d(feature_nc, norm_nc, ks, padding=pw)
+
+    def execute(self, x, feature):
+        return self.param_free_norm(x) * (1 + self.mlp_gamma(feature)) + self.mlp_beta(feature)

@@ -1,12 +1,27 @@
-"""The SPADE model as trained: generator, multiscale discriminator, optional encoder, VGG, and
-the generator/discriminator objectives in the original `Pix2PixModel`'s order."""
+"""The SPADE model as trained: generator (SPADE's, or TSIT's with `opt.netG = 'tsit'`), multiscale
+discriminator, optional encoder, VGG, and the generator/discriminator objectives in the original
+`Pix2PixModel`'s order (TSIT's SIS objective is the same)."""
 from jspade.runtime import jt
 
 from jspade import losses
 from jspade.models.discriminator import MultiscaleDiscriminator
 from jspade.models.encoder import ConvEncoder, reparameterize
 from jspade.models.generator import SPADEGenerator
+from jspade.models.tsit import TSITGenerator
 from jspade.models.vgg import VGG19
+
+
+def build_generator(opt):
+    if opt.netG == "spade":
+        return SPADEGenerator(opt)
+    if opt.netG == "tsit":
+        return TSITGenerator(opt)
+    raise ValueError(f"netG {opt.netG!r} is not recognized (spade | tsit)")
+
+
+def has_style_stream(netG):
+    """Whether the generator takes the reference photo itself (TSIT with its style stream)."""
+    return bool(getattr(netG, "has_style_stream", False))
 
 
 class SPADEModel:
@@ -15,7 +30,7 @@ class SPADEModel:
 
     def __init__(self, opt, with_discriminator=True, with_vgg=None):
         self.opt = opt
-        self.netG = SPADEGenerator(opt).init_weights(opt.init_type, opt.init_variance)
+        self.netG = build_generator(opt).init_weights(opt.init_type, opt.init_variance)
         self.netD = MultiscaleDiscriminator(opt).init_weights(opt.init_type, opt.init_variance) \
             if with_discriminator else None
         self.netE = ConvEncoder(opt).init_weights(opt.init_type, opt.init_variance) if opt.use_vae else None
@@ -49,7 +64,13 @@ class SPADEModel:
             z, mu, logvar = self.encode_z(real_image, eps)
             if compute_kld:
                 kld = losses.kld_loss(mu, logvar) * self.opt.lambda_kld
-        return self.netG(semantics, z=z), kld, z
+        return self.generate(semantics, z=z, style=real_image), kld, z
+
+    def generate(self, semantics, z=None, style=None):
+        """G on the semantics; `style` (a reference photo) reaches only a generator with a style stream."""
+        if has_style_stream(self.netG):
+            return self.netG(semantics, z=z, style=style)
+        return self.netG(semantics, z=z)
 
     def discriminate(self, semantics, fake_image, real_image):
         """D on fake and real in one batch (so that batch-norm statistics cover both)."""

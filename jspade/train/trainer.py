@@ -75,7 +75,8 @@ class Trainer:
         """Everything that can fail (data, subsets, VGG weights, the checkpoint to resume) is checked
         before the run folder is created or changed: a failed start leaves it as it was."""
         self.cfg = cfg
-        check_output_size(cfg.model.crop_size, cfg.model.aspect_ratio, cfg.model.num_upsampling_layers)
+        check_output_size(cfg.model.crop_size, cfg.model.aspect_ratio, cfg.model.num_upsampling_layers,
+                          netG=cfg.model.netG)
         self.progress = progress and is_main_rank()
         self.run_dir = self._choose_run_dir(resume, overwrite, preset_name)
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -313,7 +314,7 @@ class Trainer:
         self.model.eval()
         with jt.no_grad():
             z = self.model.netE(real)[0] if self.model.netE is not None else None  # the style of the real photo
-            fake = self.model.netG(sem, z=z)
+            fake = self.model.generate(sem, z=z, style=real)
         self.model.train()
         grid = sample_grid(label.numpy()[:, 0], to_uint8_images(fake), to_uint8_images(real), self.cfg.model.label_nc)
         save_image_atomic(self.sample_dir / f"{tag}.jpg", Image.fromarray(grid), quality=90)
