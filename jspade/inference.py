@@ -155,11 +155,6 @@ def photo_tensor(photos, size):
     return jt.array(np.stack(arrs).transpose(0, 3, 1, 2) / 127.5 - 1.0)
 
 
-def image_tensor(paths, size):
-    """Photo files -> float32 [B,3,H,W] in [-1, 1] at the model's size (bicubic)."""
-    return photo_tensor([read_image(p) for p in paths], size)
-
-
 class StyleUnsupported(ValueError):
     """A style image was given to a model without the VAE style encoder."""
 
