@@ -74,6 +74,36 @@ def original_options(args):
         lambda_kld=0.05, lr=2e-4, beta1=0.0, beta2=0.9, no_TTUR=False, niter=50, niter_decay=0)
 
 
+def saved_activation_bytes(trainer, data, args):
+    """Bytes of the distinct tensors autograd saves for the backward pass of the generator step and of
+    the discriminator step (counted by storage, so views of one tensor count once), and the bytes of
+    the trained networks' weights, gradients and Adam moments (4x the weights)."""
+    def measure(step):
+        seen = {}
+
+        def pack(t):
+            if isinstance(t, nn.Parameter):
+                return t  # weights are counted separately
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = st.nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            step(dict(data))
+        return sum(seen.values())
+
+    model = trainer.pix2pix_model
+    nets = [model.netG, model.netD] + ([model.netE] if model.netE is not None else [])
+    weights = sum(p.numel() * p.element_size() for net in nets for p in net.parameters())
+    vgg = sum(p.numel() * p.element_size() for p in model.criterionVGG.parameters()) if not args.no_vgg else 0
+    g_saved = measure(trainer.run_generator_one_step)
+    d_saved = measure(trainer.run_discriminator_one_step)
+    return {"config": {k: getattr(args, k) for k in ("ngf", "ndf", "crop_size", "aspect_ratio", "batch_size",
+                                                     "label_nc", "use_vae")},
+            "G_step_saved_bytes": g_saved, "D_step_saved_bytes": d_saved,
+            "trained_weights_bytes": weights, "weights_grads_adam_bytes": 4 * weights, "vgg_weights_bytes": vgg}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("original_repo", help="a checkout of github.com/NVlabs/SPADE")
@@ -88,6 +118,9 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--saved-activations", action="store_true",
+                    help="instead of timing: bytes each training step keeps for its backward pass, and the "
+                         "bytes of weights + gradients + Adam moments (for GPU memory estimates)")
     args = ap.parse_args(argv)
 
     sys.path.insert(0, args.original_repo)
@@ -115,6 +148,10 @@ def main(argv=None):
     def infer():
         with torch.no_grad():
             model.netG(semantics)
+
+    if args.saved_activations:
+        print(json.dumps(saved_activation_bytes(trainer, data, args)))
+        return 0
 
     def timed(fn, n):
         for _ in range(args.warmup):
