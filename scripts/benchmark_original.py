@@ -74,6 +74,18 @@ def original_options(args):
         lambda_kld=0.05, lr=2e-4, beta1=0.0, beta2=0.9, no_TTUR=False, niter=50, niter_decay=0)
 
 
+def tsit_options(args):
+    """EndlessSora/TSIT's semantic image synthesis options (its SIS scripts; no style stream), for a
+    checkout of that repository instead of NVlabs/SPADE."""
+    opt = original_options(args)
+    opt.__dict__.update(task="SIS", netG="tsit", norm_G="spectralfadesyncbatch3x3", norm_S="spectralinstance",
+                        num_upsampling_layers="more", no_ss=True, alpha=1.0, lambda_vgg=20.0,
+                        # its TTUR branch passes betas (0, 0.9), an int and a float, which torch 2.x
+                        # refuses; the same betas as floats through the no_TTUR branch
+                        no_TTUR=True)
+    return opt
+
+
 def saved_activation_bytes(trainer, data, args):
     """Bytes of the distinct tensors autograd saves for the backward pass of the generator step and of
     the discriminator step (counted by storage, so views of one tensor count once), and the bytes of
@@ -118,6 +130,7 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--tsit", action="store_true", help="ORIGINAL_REPO is EndlessSora/TSIT: its SIS generator")
     ap.add_argument("--saved-activations", action="store_true",
                     help="instead of timing: bytes each training step keeps for its backward pass, and the "
                          "bytes of weights + gradients + Adam moments (for GPU memory estimates)")
@@ -128,7 +141,7 @@ def main(argv=None):
     from trainers.pix2pix_trainer import Pix2PixTrainer
 
     torch.manual_seed(0)
-    opt = original_options(args)
+    opt = tsit_options(args) if args.tsit else original_options(args)
     with contextlib.redirect_stdout(io.StringIO()):  # create_network prints each network's size
         trainer = Pix2PixTrainer(opt)
     model = trainer.pix2pix_model

@@ -3,7 +3,7 @@ from jspade.runtime import jt
 from jittor import nn
 
 from jspade.models.base import BaseNetwork
-from jspade.models.normalization import SPADE, conv2d, onehot_labels
+from jspade.models.normalization import SPADE, conv2d
 from jspade.models.resize import resize_nearest, upsample2x
 
 
@@ -24,11 +24,10 @@ class SPADEResnetBlock(nn.Module):
         if self.learned_shortcut:
             self.norm_s = SPADE(spade_config, fin, semantic_nc)
 
-    def execute(self, x, seg, labels=None):
-        """`labels`: see `SPADE.execute`."""
-        x_s = self.conv_s(self.norm_s(x, seg, labels)) if self.learned_shortcut else x
-        dx = self.conv_0(nn.leaky_relu(self.norm_0(x, seg, labels), 0.2))
-        dx = self.conv_1(nn.leaky_relu(self.norm_1(dx, seg, labels), 0.2))
+    def execute(self, x, seg):
+        x_s = self.conv_s(self.norm_s(x, seg)) if self.learned_shortcut else x
+        dx = self.conv_0(nn.leaky_relu(self.norm_0(x, seg), 0.2))
+        dx = self.conv_1(nn.leaky_relu(self.norm_1(dx, seg), 0.2))
         return x_s + dx
 
 
@@ -53,10 +52,6 @@ def check_output_size(crop_size, aspect_ratio, num_upsampling_layers):
 
 
 class SPADEGenerator(BaseNetwork):
-    # SPADE's first convolutions gather weights by label when the input is one-hot (exact; see
-    # normalization.onehot_conv2d); False computes them densely, as the original does
-    gather_onehot = True
-
     def __init__(self, opt):
         self.opt = opt
         nf = opt.ngf
@@ -93,16 +88,15 @@ class SPADEGenerator(BaseNetwork):
             x = self.fc(z).reshape(-1, 16 * opt.ngf, self.sh, self.sw)
         else:
             x = self.fc(resize_nearest(seg, (self.sh, self.sw)))
-        labels = onehot_labels(seg, opt.label_nc + int(opt.contain_dontcare_label)) if self.gather_onehot else None
-        x = self.head_0(x, seg, labels)
+        x = self.head_0(x, seg)
         x = upsample2x(x)
-        x = self.G_middle_0(x, seg, labels)
+        x = self.G_middle_0(x, seg)
         if opt.num_upsampling_layers in ("more", "most"):
             x = upsample2x(x)
-        x = self.G_middle_1(x, seg, labels)
+        x = self.G_middle_1(x, seg)
         for up in (self.up_0, self.up_1, self.up_2, self.up_3):
-            x = up(upsample2x(x), seg, labels)
+            x = up(upsample2x(x), seg)
         if opt.num_upsampling_layers == "most":
-            x = self.up_4(upsample2x(x), seg, labels)
+            x = self.up_4(upsample2x(x), seg)
         x = self.conv_img(nn.leaky_relu(x, 0.2))
         return jt.tanh(x)

@@ -213,50 +213,6 @@ def nonspade_norm_conv(norm_type, in_channels, out_channels, kernel_size, stride
     return nn.Sequential(conv, norm)
 
 
-class OneHotLabels:
-    """The integer labels `ids` [N, 1, H, W] of a segmap whose first `num_classes` channels are one-hot."""
-
-    def __init__(self, ids, num_classes):
-        self.ids, self.num_classes = ids, num_classes
-
-
-def onehot_labels(segmap, num_classes):
-    """`OneHotLabels` of a segmap whose first `num_classes` channels are one-hot (as `semantics_for`
-    builds them), or None when they are not (checked, at the cost of one sync), so that callers fall
-    back to the dense convolution."""
-    head = segmap[:, :num_classes] if segmap.shape[1] != num_classes else segmap
-    with jt.no_grad():
-        ids, top = jt.argmax(head, dim=1, keepdims=True)
-        exact = ((head == 0) | (head == 1)).all() & (top == 1).all() & (head.sum(dim=1) == 1).all()
-        if not bool(exact.item()):
-            return None
-    return OneHotLabels(ids.int32().stop_grad(), num_classes)
-
-
-def onehot_conv2d(labels, segmap_rest, weight, bias, padding):
-    """`conv2d(segmap, weight, bias, padding=padding)` for a segmap = [one_hot(labels), segmap_rest],
-    without the multiplications by zero: the one-hot part of a KxK convolution is a sum of K*K
-    weight columns picked by the labels around each pixel (a gather). The sum of the non-zero terms
-    is what the dense convolution adds too (up to the order of the float32 additions). `segmap_rest`:
-    the non-one-hot channels (instance edges) or None; they go through a dense convolution."""
-    n, _, h, w = labels.shape
-    out_c, _, kh, kw = weight.shape
-    num_onehot = weight.shape[1] - (segmap_rest.shape[1] if segmap_rest is not None else 0)
-    ph, pw = padding
-    # labels outside the image index past the last class: reindex yields 0 for them (zero padding)
-    padded = labels.reindex([n, h + 2 * ph, w + 2 * pw], ["i0", "0", f"i1-{ph}", f"i2-{pw}"],
-                            overflow_value=num_onehot)
-    onehot_w = weight[:, :num_onehot] if segmap_rest is not None else weight
-    picked = onehot_w.reindex([n, out_c, h, w, kh, kw], ["i1", "@e0(i0,i2+i4,i3+i5)", "i4", "i5"],
-                              overflow_value=0, extras=[padded])
-    out = picked.sum(dims=(4, 5))
-    if segmap_rest is not None:
-        out = out + nn.conv2d(segmap_rest, weight[:, num_onehot:], None, 1, padding)
-    if bias is not None:
-        out = out + bias.reshape(1, out_c, 1, 1)
-    return out
-
-
 class SPADE(nn.Module):
     """Spatially-adaptive normalisation. `config_text` is e.g. 'spadesyncbatch3x3' or 'spadeinstance5x5'."""
 
@@ -278,17 +234,8 @@ class SPADE(nn.Module):
         self.mlp_gamma = nn.Conv2d(self.nhidden, norm_nc, ks, padding=pw)
         self.mlp_beta = nn.Conv2d(self.nhidden, norm_nc, ks, padding=pw)
 
-    def execute(self, x, segmap, labels=None):
-        """`labels`: `onehot_labels(segmap, k)` when segmap's first k channels are known to be one-hot:
-        the first convolution then gathers weights by label instead of multiplying the one-hot
-        channels (same sums without the zero terms)."""
+    def execute(self, x, segmap):
         normalized = self.param_free_norm(x)
-        if labels is None:
-            actv = self.mlp_shared(resize_nearest(segmap, x.shape[2:]))
-        else:
-            conv = self.mlp_shared[0]
-            rest = segmap[:, labels.num_classes:] if labels.num_classes < segmap.shape[1] else None
-            actv = nn.relu(onehot_conv2d(resize_nearest(labels.ids, x.shape[2:]),
-                                         resize_nearest(rest, x.shape[2:]) if rest is not None else None,
-                                         conv.weight, conv.bias, conv.padding))
+        segmap = resize_nearest(segmap, x.shape[2:])
+        actv = self.mlp_shared(segmap)
         return normalized * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)
