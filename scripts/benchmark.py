@@ -15,6 +15,7 @@ that has torch; see scripts/benchmark_original.py), each in its own fresh proces
   python scripts/benchmark.py --ngf 16 --ndf 16 --crop-size 128 --batch-size 4 \
       --compare-pytorch /work/orig-spade --torch-python /work/torchvenv/bin/python --repeats 3
   ... --compare-jspade /path/to/other/jspade   # also time another jspade checkout (e.g. before a change)
+  ... --reuse-fake   # this jspade with train.reuse_fake (the others as they are)
 """
 import argparse
 import json
@@ -37,6 +38,8 @@ def main(argv=None):
     ap.add_argument("--label-nc", type=int, default=29, help="number of classes")
     ap.add_argument("--use-vae", action="store_true", help="include the style encoder and KLD")
     ap.add_argument("--no-vgg", action="store_true", help="drop the VGG loss (it is on by default)")
+    ap.add_argument("--reuse-fake", action="store_true",
+                    help="D step on the G step's fake (train.reuse_fake; not the original's arithmetic)")
     ap.add_argument("--iters", type=int, default=10, help="timed iterations")
     ap.add_argument("--warmup", type=int, default=3, help="untimed iterations first (kernel compilation)")
     ap.add_argument("--breakdown", action="store_true", help="also time the parts of an iteration")
@@ -74,9 +77,9 @@ def main(argv=None):
     jt.sync_all()
 
     def train_iter():
-        g_losses, _, _ = model.generator_losses(sem, real)
-        opt_G.step(sum(g_losses.values()), fetch=list(g_losses.values()))
-        d_losses = model.discriminator_losses(sem, real)
+        g_losses, fake, _ = model.generator_losses(sem, real)
+        opt_G.step(sum(g_losses.values()), fetch=list(g_losses.values()) + [fake] * args.reuse_fake)
+        d_losses = model.discriminator_losses(sem, real, fake=fake if args.reuse_fake else None)
         opt_D.step(sum(d_losses.values()), fetch=list(d_losses.values()))
 
     def timed(fn, n):
@@ -161,7 +164,8 @@ def compare(args):
     results = {name: [] for name in runs}
     for r in range(args.repeats):
         for name, cmd in runs.items():
-            results[name].append(_run_child(cmd + _child_args(args)))
+            results[name].append(_run_child(cmd + _child_args(args) + ["--reuse-fake"] * (
+                args.reuse_fake and name == "jspade")))
             print(f"round {r + 1}/{args.repeats} {name}: " + ", ".join(
                 f"{key} {fmt.format(results[name][-1][key])}" for key, _, fmt in FIGURES), file=sys.stderr, flush=True)
 
