@@ -100,6 +100,7 @@ class TrainConfig:
     num_samples: int = 4  # rows in a sample grid
     vgg_weights: str = ""  # torchvision vgg19-*.pth or Jittor vgg19.pkl; '' = random VGG (loud warning)
     amp: bool = False  # mixed precision on CUDA via Jittor's auto_mixed_precision_level (ignored on CPU)
+    reuse_fake: bool = False  # D step on the G step's fake instead of a second G forward (faster; not the original's)
 
 
 @dataclass

@@ -98,10 +98,14 @@ class SPADEModel:
             g_losses["VGG"] = losses.vgg_loss(self.vgg, fake, real_image) * opt.lambda_vgg
         return g_losses, fake, z
 
-    def discriminator_losses(self, semantics, real_image, z=None, eps=None):
-        """The D objective on a fresh fake made without gradient (the original regenerates it)."""
-        with jt.no_grad():
-            fake, _, _ = self.generate_fake(semantics, real_image, z=z, eps=eps)
+    def discriminator_losses(self, semantics, real_image, z=None, eps=None, fake=None):
+        """The D objective on a fresh fake made without gradient (the original regenerates it).
+        `fake`: use this one instead (the generator step's; `train.reuse_fake`): saves a generator
+        forward, but D then sees the generator from before its update, and the generator's batch-norm
+        running statistics and spectral-norm u/v advance once per iteration instead of twice."""
+        if fake is None:
+            with jt.no_grad():
+                fake, _, _ = self.generate_fake(semantics, real_image, z=z, eps=eps)
         fake = fake.detach()
         pred_fake, pred_real = self.discriminate(semantics, fake, real_image)
         return {

@@ -292,10 +292,10 @@ class Trainer:
 
     def train_step(self, sem, real):
         """One generator step, then one discriminator step on a fresh fake. Returns float losses."""
-        g_losses, _, _ = self.model.generator_losses(sem, real)
+        g_losses, fake, _ = self.model.generator_losses(sem, real)
         g_total = sum(g_losses.values())
-        self.opt_G.step(g_total, fetch=list(g_losses.values()))
-        d_losses = self.model.discriminator_losses(sem, real)
+        self.opt_G.step(g_total, fetch=list(g_losses.values()) + [fake] * self.cfg.train.reuse_fake)
+        d_losses = self.model.discriminator_losses(sem, real, fake=fake if self.cfg.train.reuse_fake else None)
         self.opt_D.step(sum(d_losses.values()), fetch=list(d_losses.values()))
         return {k: float(v.item()) for k, v in {**g_losses, **d_losses}.items()}
 
