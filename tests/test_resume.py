@@ -160,7 +160,7 @@ def test_snapshots_keep_ema_weights_in_float32():
 def test_the_run_says_what_it_will_write(tmp_path, capsys):
     Trainer(tiny_config(tmp_path, tmp_path / "data", max_iters=1, save_every=4, keep_last=3), progress=False).train()
     line = next(x for x in capsys.readouterr().err.splitlines() if x.startswith("checkpoints:"))
-    assert "~1 snapshots x" in line and "MB" in line
+    assert "~1 snapshots x" in line and "MiB (G)" in line
 
 
 # --- the schedule across a phase boundary ------------------------------------------------------------------

@@ -253,16 +253,18 @@ class Trainer:
                  "position": self.schedule.state_dict(), "config": self.cfg.to_dict(),
                  "vgg_pretrained": self.vgg_pretrained}
         path = self.ckpt_dir / filename
-        if path.exists() and filename != run_folder.LATEST:
-            raise CheckpointError(f"{path} exists already; refusing to overwrite it")
+        keep_existing = path.exists() and filename != run_folder.LATEST
+        if keep_existing:  # a resume replaying the iterations after a crash between two writes
+            log(f"{path} exists already; keeping it (numbered checkpoints are never overwritten)")
+        full = {**extra, "kind": "full"}
         try:
-            if run_folder.is_snapshot(filename):
+            if run_folder.is_snapshot(filename) and not keep_existing:
                 save_checkpoint(path, self.model, run_folder.snapshot_extra(extra),
                                 networks=run_folder.SNAPSHOT_NETWORKS)
-            else:
-                save_checkpoint(path, self.model, {**extra, "kind": "full"})
+            elif not keep_existing:
+                save_checkpoint(path, self.model, full)
             if keep_latest and filename != run_folder.LATEST:
-                save_checkpoint(self.ckpt_dir / run_folder.LATEST, self.model, {**extra, "kind": "full"})
+                save_checkpoint(self.ckpt_dir / run_folder.LATEST, self.model, full)
         except OSError as e:
             raise RunFolderError(f"cannot write {path}: {e.strerror or e}; training stopped, the last "
                                  f"{run_folder.LATEST} written is intact") from None
@@ -409,11 +411,13 @@ class Trainer:
             + (f", stopping after {' or '.join(x for x in limits if x)}" if any(limits) else ""))
         n_trainable = sum(int(np.prod(p.shape)) for opt in (self.opt_G, self.opt_D) for p in opt.params)
         full, snap = run_folder.checkpoint_sizes(self.model, n_trainable)
-        n_snap = (total // t.save_every if t.save_every else 0) + 1  # + the one at the end
+        # every save_every iterations, plus the one written when the run stops (unless it fell on one)
+        n_snap = (total // t.save_every if t.save_every else 0) + int(not t.save_every or total % t.save_every > 0)
         if t.keep_last:
             n_snap = min(n_snap, t.keep_last)
-        mb = 1 / 2**20
-        log(f"checkpoints: ~{n_snap} snapshots x {snap * mb:.0f} MB (G, E) + latest.pkl and "
-            f"{len(self.cfg.phases)} phase end(s) x {full * mb:.0f} MB (full state) = "
-            f"~{(n_snap * snap + (1 + len(self.cfg.phases)) * full) / 2**30:.2f} GB"
+        nets = "G, E" if self.model.netE is not None else "G"
+        mib = 1 / 2**20
+        log(f"checkpoints: ~{n_snap} snapshots x {snap * mib:.0f} MiB ({nets}) + latest.pkl and "
+            f"{len(self.cfg.phases)} phase end(s) x {full * mib:.0f} MiB (full state) = "
+            f"~{(n_snap * snap + (1 + len(self.cfg.phases)) * full) / 2**30:.2f} GiB"
             + ("" if t.keep_last else " (--train.keep_last K keeps only the newest K snapshots)"))
