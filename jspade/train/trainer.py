@@ -3,9 +3,11 @@ fresh fake), TTUR Adam, staged phases over data subsets, exact resume, MPI data 
 
 A run lives in one folder, `<output_dir>/<name>/`:
     config.toml            the full configuration the run was made with
-    log.jsonl              one JSON object per logged iteration (losses, lr, timings)
+    log.jsonl              one JSON object per logged iteration (losses, lr, timings) and per FID ("fid")
     checkpoints/latest.pkl the newest state (networks, optimiser moments, position in the schedule)
     checkpoints/iter_XXXXXXX.pkl, phaseK_end.pkl   kept snapshots, never overwritten
+    checkpoints/best_fid.pkl  the lowest-FID state so far (with train.fid_every), replaced as it improves
+    fid_real_stats.npz     the held-out photos' Inception statistics (with train.fid_every)
     samples/iter_XXXXXXX.jpg  coloured label | generated | real, one row per sample
 Under MPI every rank trains; only rank 0 writes.
 """
@@ -32,6 +34,9 @@ from jspade.io import save_image_atomic, write_bytes_atomic
 from jspade.models.base import trainable_parameters
 from jspade.models.generator import check_output_size
 from jspade.models.spade_model import SPADEModel
+from jspade.train.diffaugment import DiffAugment
+from jspade.train.ema import ModelEMA
+from jspade.train.fid_tracker import REAL_STATS_FILE, FIDHistory, HeldOutFID, drop_samples, is_held_out
 from jspade.train.optim import Adam
 
 RUN_MARKER = ".jspade-run"
@@ -106,6 +111,11 @@ class Trainer:
     def __init__(self, cfg: Config, resume=False, overwrite=False, preset_name="run", progress=True):
         self.cfg = cfg
         check_output_size(cfg.model.crop_size, cfg.model.aspect_ratio, cfg.model.num_upsampling_layers)
+        for i, phase in enumerate(cfg.phases):
+            try:
+                DiffAugment(phase.diffaugment)
+            except ValueError as e:
+                raise ValueError(f"phase {i + 1}: {e}") from None
         self.progress = progress and is_main_rank()
         self.run_dir = self._prepare_run_dir(resume, overwrite, preset_name)
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -132,6 +142,11 @@ class Trainer:
         self.opt_G = Adam(g_params, lr=0.0, betas=self._betas())
         self.opt_D = Adam(trainable_parameters(self.model.netD), lr=0.0, betas=self._betas())
         self.pos = Position()
+        self.ema = self._build_ema()
+        self._ema_calibrated_at = None
+        self.fid_history = FIDHistory()
+        self.held_out_fid = None
+        self.fid_seconds = 0.0  # time spent measuring FID in this process
         if resume and (self.ckpt_dir / "latest.pkl").exists():
             self._resume(self.ckpt_dir / "latest.pkl")
         self.samples = None
@@ -172,6 +187,12 @@ class Trainer:
             write_synthetic_dataset(root, d.synthetic_n - have, size=(width, height), seed=d.synthetic_seed,
                                     start=have, progress=lambda r: tqdm(r, desc="synthetic data",
                                                                         disable=not self.progress))
+        val = root / "val"
+        have_val = len(list((val / "labels").glob("*.png"))) if (val / "labels").exists() else 0
+        if have_val < d.synthetic_val_n and is_main_rank():
+            # Scene indices from 10^6 on: never among the training scenes.
+            write_synthetic_dataset(val, d.synthetic_val_n - have_val, size=(width, height),
+                                    seed=d.synthetic_seed, start=1_000_000 + have_val)
         if jt.in_mpi:
             jt.array([0]).mpi_all_reduce().sync()  # a barrier: other ranks wait for rank 0's data
         return root
@@ -189,9 +210,17 @@ class Trainer:
     def _dataset_name(self):
         return "landscape" if self.cfg.data.dataset == "synthetic" else self.cfg.data.dataset
 
+    def training_dataset(self, subset="", **opts):
+        """The training pairs (of `subset`), without the held-out fraction."""
+        ds = build_dataset(self._dataset_name(), self.data_root, **{**self.dataset_options(subset), **opts})
+        fraction = self.cfg.data.holdout_fraction if not self.cfg.data.val_root else 0.0
+        if fraction > 0:
+            drop_samples(ds, lambda sample: not is_held_out(sample.stem, fraction))
+        return ds
+
     def build_phase_dataset(self, phase_index):
         phase = self.cfg.phases[phase_index]
-        ds = build_dataset(self._dataset_name(), self.data_root, **self.dataset_options(phase.subset))
+        ds = self.training_dataset(phase.subset)
         if ds.total_len < phase.batch_size:
             raise ValueError(f"phase {phase_index + 1}: {ds.total_len} samples, fewer than batch size {phase.batch_size}")
         ds.set_attrs(batch_size=phase.batch_size, shuffle=False, drop_last=True,
@@ -234,15 +263,107 @@ class Trainer:
             "!! vgg19.pkl) for real training, or --model.no_vgg_loss true to drop the term.\n" + "!" * 78)
         return False
 
+    # --- EMA generator and FID during training ---------------------------------------------------
+    def _build_ema(self):
+        if self.cfg.train.ema_decay <= 0:
+            return None
+        copies = SPADEModel(self.cfg.model, with_discriminator=False, with_vgg=False).networks()
+        sources = {name: net for name, net in self.model.networks().items() if name in copies}
+        return ModelEMA(sources, copies, self.cfg.train.ema_decay)
+
+    def ema_calibration_inputs(self):
+        """The first `ema_bn_batches` batches of a fixed order of the training pairs (the same
+        batches at every calibration, so a resumed run recalibrates as the uninterrupted one)."""
+        phase = self.cfg.phases[min(self.pos.phase, len(self.cfg.phases) - 1)]
+        ds = self.training_dataset(phase.subset)
+        ds.set_attrs(batch_size=min(phase.batch_size, ds.total_len), shuffle=False, drop_last=True,
+                     num_workers=self.cfg.data.num_workers)
+        ds.sampler = EpochSampler(ds.total_len, self.cfg.train.seed)
+        ds.sampler.phase = 1_000_000  # an order no training epoch uses
+        for i, batch in enumerate(ds):
+            if i >= self.cfg.train.ema_bn_batches:
+                break
+            yield self.inputs(batch)
+
+    def calibrate_ema(self):
+        """Recompute the EMA copy's batch-norm statistics, once per iteration at most (all ranks)."""
+        if self.ema is None or self._ema_calibrated_at == self.pos.iteration:
+            return
+        jt.set_global_seed(self.cfg.train.seed + 7, different_seed_for_mpi=False)  # the encoder's z noise
+        self.ema.recalibrate(self.ema_calibration_inputs())
+        self._ema_calibrated_at = self.pos.iteration
+
+    def held_out_dataset(self):
+        """The pairs FID is measured on: data.val_root, <synthetic root>/val, or the held-out fraction."""
+        d = self.cfg.data
+        opts = {**self.dataset_options(), "no_flip": True}
+        if d.val_root or (d.dataset == "synthetic" and d.synthetic_val_n > 0):
+            root = Path(d.val_root) if d.val_root else self.data_root / "val"
+            return build_dataset(self._dataset_name(), root, phase="val", **opts)
+        if d.holdout_fraction > 0:
+            ds = build_dataset(self._dataset_name(), self.data_root, phase="val", **opts)
+            return drop_samples(ds, lambda sample: is_held_out(sample.stem, d.holdout_fraction))
+        raise ValueError("train.fid_every needs held-out pairs: pass --data.val_root DIR or "
+                         "--data.holdout_fraction F (e.g. 0.02)")
+
+    def fid_generator(self):
+        """(netG, netE) that FID and best_fid.pkl are about: the EMA copy when there is one."""
+        nets = self.ema.networks if self.ema is not None else self.model.networks()
+        return nets["G"], nets.get("E")
+
+    def fid_postfix(self):
+        if not self.fid_history.entries:
+            return {}
+        return {"fid": f"{self.fid_history.last[1]:.2f}", "best": f"{self.fid_history.best[1]:.2f}"}
+
+    def evaluate_fid(self, log_file=None, bar=None):
+        """Measure FID now; log it, show it, and keep best_fid.pkl the best so far. Returns it.
+        Its time does not count toward train.max_minutes (a training budget)."""
+        started = time.time()
+        try:
+            return self._evaluate_fid(log_file, bar)
+        finally:
+            self.fid_seconds += time.time() - started
+
+    def _evaluate_fid(self, log_file, bar):
+        self.calibrate_ema()
+        if not is_main_rank():
+            return None
+        if self.held_out_fid is None:
+            self.held_out_fid = HeldOutFID(self.held_out_dataset(), self.cfg.model,
+                                           self.run_dir / REAL_STATS_FILE, seed=self.cfg.train.seed)
+        netG, netE = self.fid_generator()
+        raw = self.ema is None
+        if raw:
+            self.model.eval()
+        try:
+            value = self.held_out_fid.measure(netG, netE)
+        finally:
+            if raw:
+                self.model.train()
+        is_best = self.fid_history.add(self.pos.iteration, value)
+        if is_best:
+            self.save("best_fid.pkl", keep_latest=False)
+        if bar is not None:
+            bar.set_postfix(self.fid_postfix(), refresh=False)
+        if log_file:
+            log_file.write(json.dumps({"iter": self.pos.iteration, "phase": self.pos.phase + 1,
+                                       "fid": round(value, 4), "fid_best": is_best}) + "\n")
+            log_file.flush()
+        return value
+
     # --- checkpoints --------------------------------------------------------------------------
     def save(self, filename, keep_latest=True):
+        self.calibrate_ema()  # collective under MPI: before the rank check
         if not is_main_rank():
             return
         extra = {"optimizers": {"G": self.opt_G.state_dict(), "D": self.opt_D.state_dict()},
                  "position": vars(self.pos).copy(), "config": self.cfg.to_dict(),
-                 "vgg_pretrained": self.vgg_pretrained}
+                 "vgg_pretrained": self.vgg_pretrained, "fid_history": self.fid_history.entries}
+        if self.ema is not None:
+            extra.update(ema_networks=self.ema.state(), ema_updates=self.ema.updates)
         path = self.ckpt_dir / filename
-        if path.exists() and filename != "latest.pkl":
+        if path.exists() and filename not in ("latest.pkl", "best_fid.pkl"):
             raise CheckpointError(f"{path} exists already; refusing to overwrite it")
         save_checkpoint(path, self.model, extra)
         if keep_latest and filename != "latest.pkl":
@@ -255,6 +376,12 @@ class Trainer:
         self.opt_G.load_state_dict(payload["optimizers"]["G"])
         self.opt_D.load_state_dict(payload["optimizers"]["D"])
         self.pos = Position(**payload["position"])
+        self.fid_history = FIDHistory(payload.get("fid_history", ()))
+        if self.ema is not None and "ema_networks" in payload:
+            self.ema.load_state(payload["ema_networks"], payload.get("ema_updates", 0), source=str(path))
+            self._ema_calibrated_at = self.pos.iteration
+        elif self.ema is not None:
+            log(f"{path} has no EMA weights: the EMA starts from its weights now")
         log(f"resumed {path} at iteration {self.pos.iteration} (phase {self.pos.phase + 1}, "
             f"epoch {self.pos.epoch + 1}, batch {self.pos.batch})")
 
@@ -296,7 +423,7 @@ class Trainer:
     def iterations_per_phase(self):
         out = []
         for i, phase in enumerate(self.cfg.phases):
-            n = build_dataset(self._dataset_name(), self.data_root, **self.dataset_options(phase.subset)).total_len
+            n = self.training_dataset(phase.subset).total_len
             out.append(phase.epochs * (n // phase.batch_size))
         return out
 
@@ -320,6 +447,7 @@ class Trainer:
         try:
             while self.pos.phase < len(self.cfg.phases) and stop_reason is None:
                 phase = self.cfg.phases[self.pos.phase]
+                self.model.diffaugment = DiffAugment(phase.diffaugment) if phase.diffaugment else None
                 ds = self.build_phase_dataset(self.pos.phase)
                 while self.pos.epoch < phase.epochs and stop_reason is None:
                     lr = phase_lr(phase, self.pos.epoch)
@@ -333,6 +461,8 @@ class Trainer:
                         jt.set_global_seed(t.seed * 1_000_003 + self.pos.iteration)  # per-iteration noise: resumable
                         t_step = time.time()
                         losses = self.train_step(*self.inputs(batch))
+                        if self.ema is not None:
+                            self.ema.update()
                         step_s = time.time() - t_step
                         self.pos.iteration += 1
                         self.pos.batch += 1
@@ -340,7 +470,8 @@ class Trainer:
                         if not all(math.isfinite(v) for v in losses.values()):
                             raise FloatingPointError(f"non-finite loss at iteration {self.pos.iteration}: {losses}")
                         if self.pos.iteration % t.log_every == 0 or self.pos.iteration == 1:
-                            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
+                            bar.set_postfix({**{k: f"{v:.3f}" for k, v in losses.items()}, **self.fid_postfix()},
+                                            refresh=False)
                             if log_file:
                                 log_file.write(json.dumps({
                                     "iter": self.pos.iteration, "phase": self.pos.phase + 1,
@@ -348,13 +479,15 @@ class Trainer:
                                     "step_s": round(step_s, 4), "data_s": round(data_s, 4),
                                     "time": round(time.time() - started, 1)}) + "\n")
                                 log_file.flush()
+                        if t.fid_every and self.pos.iteration % t.fid_every == 0:
+                            self.evaluate_fid(log_file, bar)
                         if t.sample_every and self.pos.iteration % t.sample_every == 0:
                             self.write_samples(f"iter_{self.pos.iteration:07d}")
                         if t.save_every and self.pos.iteration % t.save_every == 0:
                             self.save(f"iter_{self.pos.iteration:07d}.pkl")
                         if t.max_iters and self.pos.iteration >= t.max_iters:
                             stop_reason = f"reached max_iters={t.max_iters}"
-                        elif t.max_minutes and time.time() - started > t.max_minutes * 60:
+                        elif t.max_minutes and time.time() - started - self.fid_seconds > t.max_minutes * 60:
                             stop_reason = f"reached max_minutes={t.max_minutes}"
                         if stop_reason:
                             break
@@ -366,6 +499,8 @@ class Trainer:
                     self.pos.phase += 1
                     self.pos.epoch = 0
                     self.save(f"phase{self.pos.phase}_end.pkl")
+            if t.fid_every and self.pos.iteration % t.fid_every != 0:
+                self.evaluate_fid(log_file)  # the final weights' FID
         finally:
             bar.close()
             if log_file:
