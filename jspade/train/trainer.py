@@ -9,6 +9,7 @@ A run lives in one folder, `<output_dir>/<name>/`:
     checkpoints/best_fid.pkl  the lowest-FID state so far (with train.fid_every), replaced as it improves
     fid_real_stats.npz     the held-out photos' Inception statistics (with train.fid_every)
     samples/iter_XXXXXXX.jpg  coloured label | generated | real, one row per sample
+    report.html            loss/FID/lr curves and the sample grids (refreshed at each sample step)
 Under MPI every rank trains; only rank 0 writes.
 """
 import json
@@ -34,6 +35,7 @@ from jspade.io import save_image_atomic, write_bytes_atomic
 from jspade.models.base import trainable_parameters
 from jspade.models.generator import check_output_size
 from jspade.models.spade_model import SPADEModel
+from jspade.report import write_report
 from jspade.train.diffaugment import DiffAugment
 from jspade.train.ema import ModelEMA
 from jspade.train.fid_tracker import REAL_STATS_FILE, FIDHistory, HeldOutFID, drop_samples, is_held_out
@@ -150,6 +152,7 @@ class Trainer:
         if resume and (self.ckpt_dir / "latest.pkl").exists():
             self._resume(self.ckpt_dir / "latest.pkl")
         self.samples = None
+        self.report_path = None
 
     # --- set-up -----------------------------------------------------------------------------
     def _prepare_run_dir(self, resume, overwrite, preset_name):
@@ -483,6 +486,7 @@ class Trainer:
                             self.evaluate_fid(log_file, bar)
                         if t.sample_every and self.pos.iteration % t.sample_every == 0:
                             self.write_samples(f"iter_{self.pos.iteration:07d}")
+                            self.refresh_report()
                         if t.save_every and self.pos.iteration % t.save_every == 0:
                             self.save(f"iter_{self.pos.iteration:07d}.pkl")
                         if t.max_iters and self.pos.iteration >= t.max_iters:
@@ -509,9 +513,20 @@ class Trainer:
         self.write_samples(tag)
         if not (self.ckpt_dir / f"{tag}.pkl").exists():
             self.save(f"{tag}.pkl")
+        self.refresh_report()
         log(f"training stopped: {stop_reason or 'all phases done'} after {self.pos.iteration} iterations "
             f"({(time.time() - started) / 60:.1f} min)")
         return self.run_dir
+
+    def refresh_report(self):
+        """Rewrite <run>/report.html. A failure to draw it is reported, not raised: a plot must
+        never end a training run."""
+        if not is_main_rank():
+            return
+        try:
+            self.report_path = write_report(self.run_dir)
+        except Exception as e:  # noqa: BLE001
+            log(f"report.html not refreshed: {type(e).__name__}: {e}")
 
     def epoch_seed(self):
         """Augmentation epoch index, unique across phases (crops/flips depend on it)."""
