@@ -70,6 +70,9 @@ class DataConfig:
     validate: bool = True  # scan the whole dataset for broken pairs/ids before training
     synthetic_n: int = 512  # for dataset = 'synthetic'
     synthetic_seed: int = 0
+    val_root: str = ""  # held-out pairs for FID during training (train.fid_every); never trained on
+    holdout_fraction: float = 0.0  # without val_root: this fixed fraction of the pairs (by stem hash) is held out
+    synthetic_val_n: int = 0  # for 'synthetic': held-out scenes generated in <root>/val (other scene indices)
 
 
 @dataclass
@@ -80,6 +83,7 @@ class Phase:
     lr: float = 2e-4
     subset: str = ""  # a text file of stems ('' = all data); relative paths are relative to data.root
     decay_epochs: int = 0  # linear decay of lr to 0 over this phase's last N epochs (the original's niter_decay)
+    diffaugment: str = ""  # DiffAugment on both D inputs: comma list of translation, cutout, color ('' = off)
 
 
 @dataclass
@@ -101,6 +105,9 @@ class TrainConfig:
     vgg_weights: str = ""  # torchvision vgg19-*.pth or Jittor vgg19.pkl; '' = random VGG (loud warning)
     amp: bool = False  # mixed precision on CUDA via Jittor's auto_mixed_precision_level (ignored on CPU)
     reuse_fake: bool = False  # D step on the G step's fake instead of a second G forward (faster; not the original's)
+    ema_decay: float = 0.0  # keep an EMA copy of G (and E) with this decay (0 = off; 0.999 for contest runs)
+    ema_bn_batches: int = 20  # training batches that recompute the EMA copy's batch-norm statistics before use
+    fid_every: int = 0  # iterations between FID evaluations on the held-out set (0 = off); keeps best_fid.pkl
 
 
 @dataclass

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from jspade.runtime import jt
-from jspade.checkpoint import CheckpointError, import_pytorch_checkpoint, load_checkpoint, read_checkpoint
+from jspade.checkpoint import CheckpointError, import_pytorch_checkpoint, load_state_strict, read_checkpoint
 from jspade.config import Config, ModelConfig
 from jspade.data.io import DataError, read_image, read_label
 from jspade.data.semantics import semantics_for
@@ -58,18 +58,28 @@ def read_original_options(folder):
     return out
 
 
-def load_generator(checkpoint, model_overrides=None):
-    """(model, ModelConfig) in eval mode, G (and E when the model has the VAE) loaded strictly."""
+def load_generator(checkpoint, model_overrides=None, use_ema=True):
+    """(model, ModelConfig) in eval mode, G (and E when the model has the VAE) loaded strictly.
+    A jspade checkpoint's EMA weights ("ema_networks") are used when present, unless `use_ema` is
+    False; `model.weights` says which were loaded ("ema" or "raw")."""
     kind, path = resolve_checkpoint(checkpoint)
+    payload = read_checkpoint(path) if kind == "jspade" else None
     if kind == "jspade":
-        opt = Config.from_dict(read_checkpoint(path)["config"]).model
+        opt = Config.from_dict(payload["config"]).model
     else:
         opt = ModelConfig.from_dict(read_original_options(path))
     for k, v in (model_overrides or {}).items():
         setattr(opt, k, v)
     model = SPADEModel(opt, with_discriminator=False, with_vgg=False)
+    model.weights = "raw"
     if kind == "jspade":
-        load_checkpoint(path, model, networks=("G", "E"))
+        networks = payload["networks"]
+        if use_ema and payload.get("ema_networks"):
+            networks, model.weights = payload["ema_networks"], "ema"
+        for name, net in model.networks().items():
+            if name not in networks:
+                raise CheckpointError(f"{path} holds no {model.weights} weights for net{name}")
+            load_state_strict(net, networks[name], source=f"{path} [{model.weights} {name}]")
     else:
         import_pytorch_checkpoint(model, path)
     model.eval()

@@ -3,17 +3,22 @@
   python scripts/infer.py --labels test/labels --checkpoint results/myrun --out submission
   python scripts/infer.py ... --label-to-img label_to_img.json --style-root train/imgs   # 2023 track
   python scripts/infer.py ... --checkpoint checkpoints/landscape   # the original's latest_net_G.pth
+  python scripts/infer.py ... --seeds 20 --real-stats train_stats.npz  # keep the lowest-FID of 20 seeds
+  python scripts/infer.py ... --label-to-img ... --match-histogram     # 2023: colours of the reference
 
 Reference photos (--style-dir, --label-to-img) set the style through the VAE encoder, and for a TSIT
 generator with a style stream also through that stream (FAdaIN, strength `alpha`).
 
 Every label is read and checked first; if any is unreadable or holds an id the model does not know,
-nothing is written and each bad file is listed. Outputs are deterministic for a --seed.
+nothing is written and each bad file is listed. Outputs are deterministic for a --seed. A jspade
+checkpoint's EMA generator is used when it has one (--no-ema: the raw weights).
 """
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
 
 from jspade import cli  # noqa: E402
 from jspade.config import size_argument  # noqa: E402
@@ -49,6 +54,15 @@ def main(argv=None):
                        help="JSON map label file -> reference image (2023 track)")
     ap.add_argument("--style-root", type=cli.existing_path("folder"),
                     help="folder the --label-to-img image names are relative to")
+    ap.add_argument("--seeds", type=cli.int_at_least(1), default=1, metavar="K",
+                    help="render with seeds --seed .. --seed+K-1, print each one's FID against --real-stats "
+                         "and write the images of the lowest (needs a VAE model)")
+    ap.add_argument("--real-stats", type=cli.existing_path("file"), metavar="NPZ",
+                    help="FID statistics for --seeds (scripts/evaluate.py --save-stats DIR OUT.npz)")
+    ap.add_argument("--match-histogram", action="store_true",
+                    help="match each output's R, G, B histograms to its reference photo (--style-dir or "
+                         "--label-to-img): raises the 2023 style-similarity term")
+    ap.add_argument("--no-ema", action="store_true", help="use the raw generator even if the checkpoint has EMA weights")
     ap.add_argument("--quality", type=cli.int_at_least(1, 100), default=95, help="JPEG quality (1..100)")
     ap.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -61,15 +75,23 @@ def main(argv=None):
 
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
         ap.error(f"{args.out} is not empty; pass --overwrite to write into it")
+    if args.seeds > 1 and args.real_stats is None:
+        ap.error("--seeds needs --real-stats NPZ (make one with scripts/evaluate.py --save-stats DIR OUT.npz)")
+    if args.match_histogram and args.style_dir is None and args.label_to_img is None:
+        ap.error("--match-histogram needs reference photos: --style-dir or --label-to-img")
 
     from PIL import Image
     from tqdm import tqdm
 
     from jspade.data.io import DataError
+    from jspade.data.io import read_image
+    from jspade.histogram_match import match_histograms
     from jspade.inference import check_labels, list_labels, load_generator, render, style_references
     from jspade.io import save_image_atomic
 
-    model, opt = load_generator(args.checkpoint, dict(args.model_option))
+    model, opt = load_generator(args.checkpoint, dict(args.model_option), use_ema=not args.no_ema)
+    if args.seeds > 1 and not opt.use_vae:
+        ap.error("--seeds: this model has no style noise (use_vae is off), every seed renders the same images")
     paths = list_labels(args.labels)
     if not paths:
         ap.error(f"no .png label maps in {args.labels}")
@@ -85,24 +107,62 @@ def main(argv=None):
         print(f"refusing to render: {e}", file=sys.stderr)
         return 1
 
+    def rendered(seed):
+        """Batches of [(file name, output image)] as they are written."""
+        for start in range(0, len(paths), args.batch_size):
+            chunk = paths[start:start + args.batch_size]
+            for k in range(args.samples):
+                images = render(model, opt, [labels[p] for p in chunk], seed=seed,
+                                indices=list(range(start, start + len(chunk))), sample=k,
+                                references=[refs[p] for p in chunk] if refs else None)
+                batch = []
+                for p, img in zip(chunk, images):
+                    name = f"{p.stem}.jpg" if args.samples == 1 else f"{p.stem}_{k}.jpg"
+                    out = Image.fromarray(img)
+                    if out.size != args.size:
+                        out = out.resize(args.size, Image.BICUBIC)
+                    if args.match_histogram:
+                        out = Image.fromarray(match_histograms(np.asarray(out), read_image(refs[p])))
+                    batch.append((name, out))
+                yield batch
+
+    seed = args.seed
+    if args.seeds > 1:
+        seed = choose_seed(args, rendered)
     args.out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(paths) * args.samples, desc="render", unit="img", disable=args.no_progress)
-    for start in range(0, len(paths), args.batch_size):
-        chunk = paths[start:start + args.batch_size]
-        for k in range(args.samples):
-            images = render(model, opt, [labels[p] for p in chunk], seed=args.seed,
-                            indices=list(range(start, start + len(chunk))), sample=k,
-                            references=[refs[p] for p in chunk] if refs else None)
-            for p, img in zip(chunk, images):
-                name = f"{p.stem}.jpg" if args.samples == 1 else f"{p.stem}_{k}.jpg"
-                out = Image.fromarray(img)
-                if out.size != args.size:
-                    out = out.resize(args.size, Image.BICUBIC)
-                save_image_atomic(args.out / name, out, quality=args.quality)
-                bar.update(1)
+    for batch in rendered(seed):
+        for name, out in batch:
+            save_image_atomic(args.out / name, out, quality=args.quality)
+            bar.update(1)
     bar.close()
-    print(f"wrote {len(paths) * args.samples} image(s) to {args.out}")
+    print(f"wrote {len(paths) * args.samples} image(s) to {args.out}"
+          + (f" with seed {seed}" if args.seeds > 1 else "") + f" ({model.weights} weights)")
     return 0
+
+
+def choose_seed(args, rendered):
+    """The seed among --seed .. --seed+K-1 whose images (as written: JPEG at --quality) have the
+    lowest FID against --real-stats; prints each seed's FID."""
+    import io
+
+    from PIL import Image
+
+    from jspade.metrics.fid import InceptionFeatureExtractor, load_statistics
+    from jspade.seed_selection import select_seed
+
+    def as_written(image):
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=args.quality)
+        return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+
+    stats = load_statistics(args.real_stats)
+    extractor = InceptionFeatureExtractor(progress=False)
+    seeds = range(args.seed, args.seed + args.seeds)
+    fids, best = select_seed(seeds, lambda s: ([as_written(img) for _, img in batch] for batch in rendered(s)),
+                             stats, extractor, report=lambda s, f: print(f"seed {s}: FID {f:.3f}", flush=True))
+    print(f"best seed {best}: FID {fids[best]:.3f}")
+    return best
 
 
 if __name__ == "__main__":

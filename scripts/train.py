@@ -7,7 +7,8 @@
   python scripts/train.py --config ... --train.restart_on_crash 3        # survive native crashes
 
 Every field of the preset can be overridden with --section.field VALUE (listed below). The run
-folder (printed on the last line) holds config.toml, log.jsonl, checkpoints/ and samples/.
+folder (printed on the last line, after the FID and the report's path) holds config.toml, log.jsonl,
+checkpoints/, samples/ and report.html.
 """
 import faulthandler
 import os
@@ -71,6 +72,12 @@ def main(argv=None):
     trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite, preset_name=args.config.stem,
                       progress=not args.no_progress)
     run_dir = trainer.train()
+    if trainer.fid_history.entries:
+        (last_iter, last), (best_iter, best) = trainer.fid_history.last, trainer.fid_history.best
+        print(f"FID {last:.2f} at iteration {last_iter}; best {best:.2f} at iteration {best_iter} "
+              f"({run_dir.resolve() / 'checkpoints' / 'best_fid.pkl'})")
+    if trainer.report_path:
+        print(f"report: {trainer.report_path.resolve()}")
     print(run_dir.resolve())
     return 0
 

@@ -37,6 +37,7 @@ class SPADEModel:
         if with_vgg is None:
             with_vgg = with_discriminator and opt.use_vgg
         self.vgg = VGG19() if with_vgg else None
+        self.diffaugment = None  # a jspade.train.diffaugment.DiffAugment for D's inputs (per phase)
 
     def networks(self):
         nets = {"G": self.netG, "D": self.netD, "E": self.netE}
@@ -76,6 +77,8 @@ class SPADEModel:
         """D on fake and real in one batch (so that batch-norm statistics cover both)."""
         fake_concat = jt.concat([semantics, fake_image], dim=1)
         real_concat = jt.concat([semantics, real_image], dim=1)
+        if self.diffaugment is not None:
+            fake_concat, real_concat = self.diffaugment(fake_concat, real_concat)
         out = self.netD(jt.concat([fake_concat, real_concat], dim=0))
         n = fake_image.shape[0]
         pred_fake = [[f[:n] for f in scale] for scale in out]

@@ -18,8 +18,9 @@ import numpy as np
 from jspade.checkpoint import CheckpointError, read_checkpoint
 
 LATEST = "latest.pkl"
+BEST_FID = "best_fid.pkl"  # the lowest-FID weights so far (train.fid_every): what a snapshot holds
 SNAPSHOT_NETWORKS = ("G", "E")
-SNAPSHOT_KEYS = ("config", "position", "vgg_pretrained", "ema_networks")
+SNAPSHOT_KEYS = ("config", "position", "vgg_pretrained", "ema_networks", "ema_updates", "fid_history")
 _SNAPSHOT = re.compile(r"^iter_(\d+)\.pkl$")
 _PHASE_END = re.compile(r"^phase(\d+)_end\.pkl$")
 _TEMP = re.compile(r"^\..+\.tmp(\.[A-Za-z0-9]+)?$")  # jspade.io.atomic_path's temporary names

