@@ -50,22 +50,22 @@ BAD_ARGUMENTS = [
     ("infer.py", ["--labels", "labels", "--checkpoint", "garbage.pkl", "--out", "afile.txt"],
      ["--out", "afile.txt", "not a folder"]),
     ("infer.py", ["--labels", "missing", "--checkpoint", "garbage.pkl", "--out", "out"],
-     ["--labels", "missing", "does not exist"]),
+     ["--labels", "missing", "does not exist or is empty"]),
     ("train.py", ["--model.ngf", "abc", "--train.output_dir", "results"], ["--model.ngf", "abc"]),
-    ("train.py", ["--data", "missing", "--train.output_dir", "results"], ["--data", "missing", "does not exist"]),
+    ("train.py", ["--data", "missing", "--train.output_dir", "results"], ["--data", "missing", "does not exist or is empty"]),
     ("train.py", ["--phases", "10:x:0.1", "--train.output_dir", "results"], ["10:x:0.1", "EPOCHS:BATCH:LR"]),
     ("train.py", ["--phases", "10:0:0.1", "--train.output_dir", "results"], ["10:0:0.1", "at least 1"]),
     ("evaluate.py", ["--fake", "labels", "--batch-size", "0"], ["--batch-size", "at least 1"]),
     ("evaluate.py", ["--fake", "labels", "--mask-accuracy", "1.5"], ["--mask-accuracy", "at most 1"]),
-    ("average_checkpoints.py", ["garbage.pkl", "missing.pkl", "--out", "avg.pkl"], ["missing.pkl", "does not exist"]),
+    ("average_checkpoints.py", ["garbage.pkl", "missing.pkl", "--out", "avg.pkl"], ["missing.pkl", "does not exist or is empty"]),
     ("clean_dataset.py", ["--data", "labels", "--out", "cur", "--near-dup-keep", "x"], ["--near-dup-keep", "integer"]),
-    ("validate_data.py", ["--data", "missing"], ["--data", "does not exist"]),
+    ("validate_data.py", ["--data", "missing"], ["--data", "does not exist or is empty"]),
     ("train_segmenter.py", ["--data", "labels", "--epochs", "0", "--out", "seg.pkl"], ["--epochs", "at least 1"]),
     ("make_synthetic.py", ["--out", "synth", "--n", "0"], ["--n", "at least 1"]),
     ("make_synthetic.py", ["--out", "synth", "--size", "100000x100000"], ["--size", "at most 4096x4096"]),
     ("paint.py", ["--port", "70000"], ["--port", "at most 65535"]),
     ("benchmark.py", ["--batch-size", "0"], ["--batch-size", "at least 1"]),
-    ("check_parity.py", ["missing.npz"], ["missing.npz", "does not exist"]),
+    ("check_parity.py", ["missing.npz"], ["missing.npz", "does not exist or is empty"]),
 ]
 
 
@@ -97,7 +97,7 @@ def test_run_folder_error_is_one_line(workdir):
     proc = run_script("train.py", ["--name", "nope", "--resume", "--train.output_dir", "results"], workdir)
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert lines == [f"train.py: error: nothing to resume: {Path('results') / 'nope'} does not exist"]
+    assert lines == [f"train.py: error: nothing to resume: {Path('results') / 'nope'} does not exist or is empty"]
     assert not (workdir / "results").exists()
 
 
