@@ -423,7 +423,8 @@ class Trainer:
         return sem, batch["image"]
 
     def train_step(self, sem, real):
-        """One generator step, then one discriminator step on a fresh fake. Returns float losses."""
+        """One generator step, then one discriminator step on a fresh fake (on the generator step's with
+        train.reuse_fake). Returns float losses."""
         g_losses, fake, _ = self.model.generator_losses(sem, real)
         g_total = sum(g_losses.values())
         self.opt_G.step(g_total, fetch=list(g_losses.values()) + [fake] * self.cfg.train.reuse_fake)
