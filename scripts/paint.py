@@ -27,6 +27,8 @@ def main(argv=None):
                     help="where to look for the newest run when no --checkpoint is given (default: results/)")
     ap.add_argument("--no-warmup", action="store_true", help="skip the warm-up render before serving")
     ap.add_argument("--quiet", action="store_true", help="no per-request log lines")
+    ap.add_argument("--no-ema", action="store_true",
+                    help="use the raw generator even if the checkpoint has EMA weights (the default uses them)")
     args = ap.parse_args(argv)
     if not 0 <= args.port <= 65535:
         ap.error(f"--port must be within 0..65535, got {args.port}")
@@ -60,12 +62,13 @@ def main(argv=None):
 
     print(f"loading {checkpoint} ...", file=sys.stderr, flush=True)
     try:
-        app = PainterApp.from_checkpoint(checkpoint, warmup=False, log=log)
+        app = PainterApp.from_checkpoint(checkpoint, warmup=False, log=log, use_ema=not args.no_ema)
     except (CheckpointError, OSError, ValueError) as error:
         print(f"cannot load the checkpoint: {error}", file=sys.stderr)
         return 1
     w, h = app.size
-    print(f"model {w}x{h}, {app.num_ids} classes, style images {'on' if app.style_supported else 'off (no VAE)'}",
+    print(f"model {w}x{h} ({app.model.weights} weights), {app.num_ids} classes, "
+          f"style images {'on' if app.style_supported else 'off (no VAE)'}",
           file=sys.stderr, flush=True)
     if not args.no_warmup:
         app.warmup()
