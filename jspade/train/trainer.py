@@ -153,6 +153,9 @@ class Trainer:
             self._resume(self.ckpt_dir / "latest.pkl")
         self.samples = None
         self.report_path = None
+        if cfg.train.fid_every and self.held_out_dataset().total_len < 2:  # fail now, not at the first FID
+            raise ValueError(f"train.fid_every: the held-out set has {self.held_out_dataset().total_len} "
+                             "pair(s); FID needs at least 2")
 
     # --- set-up -----------------------------------------------------------------------------
     def _prepare_run_dir(self, resume, overwrite, preset_name):
@@ -385,6 +388,7 @@ class Trainer:
             self._ema_calibrated_at = self.pos.iteration
         elif self.ema is not None:
             log(f"{path} has no EMA weights: the EMA starts from its weights now")
+            self.ema = self._build_ema()
         log(f"resumed {path} at iteration {self.pos.iteration} (phase {self.pos.phase + 1}, "
             f"epoch {self.pos.epoch + 1}, batch {self.pos.batch})")
 
