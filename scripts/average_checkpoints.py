@@ -5,7 +5,8 @@ a trick that improved FID for strong contest teams.
 
 Parameters and running statistics are averaged; each spectral-norm layer's u, v are then set to the
 top singular vectors of the averaged weight (averaged u, v would not belong to it). The discriminator
-and optimiser state are not averaged: the result is for inference (infer.py, evaluate.py).
+and optimiser state are not averaged: the result is for inference (infer.py, evaluate.py). When every
+checkpoint has EMA weights, those are averaged too (and rendered by default); --no-ema leaves them out.
 """
 import sys
 from pathlib import Path
@@ -47,6 +48,8 @@ def main(argv=None):
                     help="jspade checkpoint files (.pkl) of one run")
     ap.add_argument("--out", required=True, type=cli.output_file, help="the averaged checkpoint to write")
     ap.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    ap.add_argument("--no-ema", action="store_true",
+                    help="average only the raw weights, leaving the checkpoints' EMA weights out of --out")
     args = ap.parse_args(argv)
     if len(args.checkpoints) < 2:
         ap.error("give at least two checkpoints")
@@ -68,10 +71,17 @@ def main(argv=None):
             networks[name] = average_networks([p["networks"][name] for p in payloads])
     out = {"format": payloads[0]["format"], "networks": networks, "config": payloads[-1]["config"],
            "averaged_from": [str(p) for p in args.checkpoints]}
+    with_ema = [bool(p.get("ema_networks")) for p in payloads]
+    if any(with_ema) and not all(with_ema) and not args.no_ema:
+        ap.error("some checkpoints have EMA weights and some do not: pass --no-ema to average the raw ones")
+    if all(with_ema) and not args.no_ema:
+        out["ema_networks"] = {name: average_networks([p["ema_networks"][name] for p in payloads])
+                               for name in networks}
     with atomic_path(args.out) as tmp:
         with open(tmp, "wb") as f:
             pickle.dump(out, f, protocol=4)
-    print(f"averaged {len(payloads)} checkpoints ({', '.join(networks)}) into {args.out}")
+    print(f"averaged {len(payloads)} checkpoints ({', '.join(networks)}"
+          + (", with their EMA weights" if "ema_networks" in out else "") + f") into {args.out}")
     return 0
 
 

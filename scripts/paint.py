@@ -42,6 +42,8 @@ def main(argv=None):
                     help="where to look for the newest run when no --checkpoint is given (default: results/)")
     ap.add_argument("--no-warmup", action="store_true", help="skip the warm-up render before serving")
     ap.add_argument("--quiet", action="store_true", help="no per-request log lines")
+    ap.add_argument("--no-ema", action="store_true",
+                    help="use the raw generator even if the checkpoint has EMA weights (the default uses them)")
     args = ap.parse_args(argv)
 
     import time
@@ -61,9 +63,10 @@ def main(argv=None):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     print(f"loading {checkpoint} ...", file=sys.stderr, flush=True)
-    app = PainterApp.from_checkpoint(checkpoint, warmup=False, log=log)
+    app = PainterApp.from_checkpoint(checkpoint, warmup=False, log=log, use_ema=not args.no_ema)
     w, h = app.size
-    print(f"model {w}x{h}, {app.num_ids} classes, style images {'on' if app.style_supported else 'off (no VAE)'}",
+    print(f"model {w}x{h} ({app.model.weights} weights), {app.num_ids} classes, "
+          f"style images {'on' if app.style_supported else 'off (no VAE)'}",
           file=sys.stderr, flush=True)
     try:
         server = make_server(app, args.host, args.port, allow_hosts=args.allow_origin)

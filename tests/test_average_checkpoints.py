@@ -36,3 +36,23 @@ def test_average_of_two_checkpoints(tmp_path):
     load_checkpoint(out, model, networks=("G",))  # loads strictly
     with pytest.raises(SystemExit):  # never overwrites silently
         average_checkpoints.main([str(p) for p in paths] + ["--out", str(out)])
+
+
+def test_ema_weights_are_averaged_too_unless_no_ema(tmp_path):
+    from jspade.checkpoint import state_arrays
+    cfg = Config.default()
+    cfg.model = ModelConfig(label_nc=29, crop_size=64, aspect_ratio=2.0, ngf=4, use_vae=False)
+    paths = []
+    for seed in (1, 2):
+        jt.set_global_seed(seed)
+        model = SPADEModel(cfg.model, with_vgg=False)
+        ema = SPADEModel(cfg.model, with_discriminator=False, with_vgg=False)
+        paths.append(save_checkpoint(tmp_path / f"{seed}.pkl", model,
+                                     {"config": cfg.to_dict(), "ema_networks": {"G": state_arrays(ema.netG)}}))
+    assert average_checkpoints.main([str(p) for p in paths] + ["--out", str(tmp_path / "avg.pkl")]) == 0
+    a, b = (read_checkpoint(p)["ema_networks"]["G"] for p in paths)
+    avg = read_checkpoint(tmp_path / "avg.pkl")
+    assert np.allclose(avg["ema_networks"]["G"]["fc.weight"], (a["fc.weight"] + b["fc.weight"]) / 2, atol=1e-7)
+    assert not np.allclose(avg["networks"]["G"]["fc.weight"], avg["ema_networks"]["G"]["fc.weight"])
+    assert average_checkpoints.main([str(p) for p in paths] + ["--out", str(tmp_path / "raw.pkl"), "--no-ema"]) == 0
+    assert "ema_networks" not in read_checkpoint(tmp_path / "raw.pkl")

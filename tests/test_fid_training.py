@@ -58,6 +58,8 @@ def test_fid_needs_held_out_pairs(tmp_path):
     trainer = Trainer(tiny_config(tmp_path, tmp_path / "data", max_iters=1), progress=False)
     with pytest.raises(ValueError, match="val_root.*holdout_fraction"):
         trainer.held_out_dataset()
+    with pytest.raises(ValueError, match="val_root.*holdout_fraction"):  # at start-up, not at the first FID
+        Trainer(tiny_config(tmp_path / "b", tmp_path / "data", max_iters=1, fid_every=10), progress=False)
 
 
 def test_real_fid_is_finite_and_real_statistics_are_cached(tmp_path, monkeypatch):

@@ -152,9 +152,9 @@ class PainterApp:
         self.renders = 0
 
     @classmethod
-    def from_checkpoint(cls, checkpoint, warmup=True, log=None, max_pending=MAX_PENDING):
+    def from_checkpoint(cls, checkpoint, warmup=True, log=None, max_pending=MAX_PENDING, use_ema=True):
         _, path = resolve_checkpoint(checkpoint)
-        model, opt = load_generator(checkpoint)
+        model, opt = load_generator(checkpoint, use_ema=use_ema)
         app = cls(model, opt, checkpoint_name(path), log=log, max_pending=max_pending)
         if warmup:
             app.warmup()

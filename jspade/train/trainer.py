@@ -125,6 +125,9 @@ class Trainer:
         self._commit_run_dir(resumed, overwrite)
         self.samples = None
         self.report_path = None
+        if cfg.train.fid_every and self.held_out_dataset().total_len < 2:  # fail now, not at the first FID
+            raise ValueError(f"train.fid_every: the held-out set has {self.held_out_dataset().total_len} "
+                             "pair(s); FID needs at least 2")
 
     @property
     def pos(self):
@@ -413,6 +416,7 @@ class Trainer:
             self._ema_calibrated_at = self.pos.iteration
         elif self.ema is not None:
             log(f"{point.path} has no EMA weights: the EMA starts from its weights now")
+            self.ema = self._build_ema()
         log(f"resuming from {point.path} ({point.why}) at iteration {self.pos.iteration} (phase "
             f"{self.pos.phase + 1}, epoch {self.pos.epoch + 1}, batch {self.pos.batch})")
         return point
