@@ -100,6 +100,11 @@ def save_checkpoint(path, model, extra=None):
     payload = {"format": "jspade-checkpoint-1",
                "networks": {name: state_arrays(net) for name, net in model.networks().items()}}
     payload.update(extra or {})
+    return write_checkpoint(path, payload)
+
+
+def write_checkpoint(path, payload):
+    """Write a checkpoint payload (a dict of plain data and arrays) atomically."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             pickle.dump(payload, f, protocol=4)
@@ -127,3 +132,47 @@ def load_checkpoint(path, model, networks=("G", "D", "E")):
             raise CheckpointError(f"{path} holds no weights for net{name}")
         load_state_strict(net, payload["networks"][name], source=f"{path} [{name}]")
     return payload
+
+
+def top_singular_pair(weight, u_hint):
+    """The u, v a converged power iteration reaches for `weight` (its top singular vectors), with
+    the sign that matches the averaged u so the layer's behaviour is continuous."""
+    w = weight.reshape(weight.shape[0], -1).astype(np.float64)
+    U, _, Vt = np.linalg.svd(w, full_matrices=False)
+    u, v = U[:, 0], Vt[0]
+    if u @ u_hint < 0:
+        u, v = -u, -v
+    return u.astype(np.float32), v.astype(np.float32)
+
+
+def average_networks(states):
+    """The mean of several state dicts of one network; spectral-norm u, v are recomputed for the
+    averaged weight (averaged u, v would not belong to it)."""
+    names = set(states[0])
+    for s in states[1:]:
+        if set(s) != names:
+            raise CheckpointError("the checkpoints hold different layers; they must come from the same model")
+    avg = {k: np.mean([s[k].astype(np.float64) for s in states], axis=0).astype(np.float32) for k in names}
+    for k in names:
+        if k.endswith(".weight_u"):
+            prefix = k[: -len("_u")]
+            avg[k], avg[prefix + "_v"] = top_singular_pair(avg[prefix + "_orig"], avg[k])
+    return avg
+
+
+def average_checkpoints(paths, out, overwrite=False):
+    """Write to `out` a checkpoint whose G (and E) are the mean of those of `paths` (one run's
+    checkpoints, same model options, else CheckpointError); returns the averaged network names.
+    D and the optimiser state are left out: the result is for inference. An existing `out` is
+    refused (FileExistsError) unless `overwrite`."""
+    if Path(out).exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    payloads = [read_checkpoint(p) for p in paths]
+    models = [p["config"]["model"] for p in payloads]
+    if any(m != models[0] for m in models[1:]):
+        raise CheckpointError("the checkpoints were trained with different model options")
+    networks = {name: average_networks([p["networks"][name] for p in payloads])
+                for name in ("G", "E") if name in payloads[0]["networks"]}
+    write_checkpoint(out, {"format": payloads[0]["format"], "networks": networks, "config": payloads[-1]["config"],
+                           "averaged_from": [str(p) for p in paths]})
+    return list(networks)

@@ -163,11 +163,8 @@ def add_config_arguments(parser):
         for f in fields(getattr(defaults, section)):
             default = getattr(getattr(defaults, section), f.name)
             kind = type(default)
-            if kind is bool:
-                conv = _parse_bool
-            else:
-                conv = kind
-            group.add_argument(f"--{section}.{f.name}", dest=f"{section}.{f.name}", type=conv, default=None,
+            group.add_argument(f"--{section}.{f.name}", dest=f"{section}.{f.name}", type=option_converter(kind),
+                               default=None,
                                metavar=kind.__name__.upper(), help=f"(default {default!r})")
     parser.add_argument("--phases", default=None, metavar="SPEC",
                         help="replace the preset's phases: 'EPOCHS:BATCH:LR[:SUBSET[:DECAY]],...'")
@@ -189,12 +186,29 @@ def size_argument(minimum=1):
     return parse
 
 
-def _parse_bool(s):
+def parse_bool(s):
     if s.lower() in ("1", "true", "yes", "on"):
         return True
     if s.lower() in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"not a boolean: {s!r}")
+
+
+def option_converter(kind):
+    """str -> value for an option of type `kind`: the one string reading of every option (command
+    line, `--model-option`, the original's opt.txt), with one set of true/false words."""
+    return parse_bool if kind is bool else kind
+
+
+def parse_model_option(name, text):
+    """`text` as the ModelConfig field `name` holds it; ValueError naming an unknown option or a bad value."""
+    kinds = {f.name: type(f.default) for f in fields(ModelConfig)}
+    if name not in kinds:
+        raise ValueError(f"unknown model option {name!r}")
+    try:
+        return option_converter(kinds[name])(text)
+    except ValueError:
+        raise ValueError(f"model option {name}: {text!r} is not a {kinds[name].__name__}") from None
 
 
 def apply_overrides(cfg: Config, args) -> Config:

@@ -2,17 +2,21 @@
 labels before anything is written, per-label deterministic noise, and style from a reference photo
 through the VAE encoder (the 2023 track's label_to_img.json)."""
 import json
+import sys
 from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from jspade.runtime import jt
 from jspade.checkpoint import CheckpointError, import_pytorch_checkpoint, load_checkpoint, read_checkpoint
-from jspade.config import Config, ModelConfig
+from jspade.config import Config, ModelConfig, parse_model_option
 from jspade.data.io import DataError, read_image, read_label
 from jspade.data.semantics import semantics_for
+from jspade.data.transforms import to_uint8_images
+from jspade.io import save_image_atomic
 from jspade.models.spade_model import SPADEModel
 
 LABEL_SUFFIXES = (".png",)
@@ -44,16 +48,15 @@ def read_original_options(folder):
     path = Path(folder) / "opt.txt"
     if not path.is_file():
         return {}
-    types = {f.name: type(getattr(ModelConfig(), f.name)) for f in fields(ModelConfig)}
+    names = {f.name for f in fields(ModelConfig)}
     out = {}
     for line in path.read_text().splitlines():
         if ":" not in line:
             continue
         key, value = line.split(":", 1)
         key, value = key.strip(), value.split("[default")[0].strip()
-        if key in types:
-            kind = types[key]
-            out[key] = (value == "True") if kind is bool else kind(value)
+        if key in names:
+            out[key] = parse_model_option(key, value)
     return out
 
 
@@ -178,5 +181,45 @@ def render(model, opt, labels, seed=0, indices=None, sample=0, references=None):
         raise ValueError("this model has no style encoder (use_vae is off): references cannot be used")
     with jt.no_grad():
         fake = model.netG(sem, z=z)
-    arr = np.clip((fake.numpy() + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-    return list(arr.transpose(0, 2, 3, 1))
+    return list(to_uint8_images(fake))
+
+
+def render_folder(label_dir, checkpoint, out, *, size=(512, 384), batch_size=4, seed=0, samples=1,
+                  style_dir=None, label_to_img=None, style_root=None, quality=95, overwrite=False,
+                  model_overrides=None, progress=False):
+    """Render one `<stem>.jpg` per label map of `label_dir` into `out` (`<stem>_K.jpg` for K in
+    range(samples) when samples > 1), resized (bicubic) to size = (width, height); returns the count.
+
+    Nothing is written unless every label is readable and holds only ids the model knows and every
+    style reference is found: else DataError listing each bad file. A non-empty `out` is refused
+    (FileExistsError) unless `overwrite`.
+    """
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} is not empty; pass --overwrite to write into it")
+    model, opt = load_generator(checkpoint, model_overrides)
+    paths = list_labels(label_dir)
+    if not paths:
+        raise DataError(f"{label_dir}: no .png label maps", label_dir)
+    labels, problems = check_labels(paths, opt)
+    if problems:
+        listed = "".join(f"\n  {path}: {reason}" for path, reason in problems)
+        raise DataError(f"{len(problems)} bad label file(s), nothing was written:{listed}")
+    refs = style_references(paths, style_dir, label_to_img, style_root)
+    out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(paths) * samples, desc="render", unit="img", disable=not progress, file=sys.stderr)
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        for k in range(samples):
+            images = render(model, opt, [labels[p] for p in chunk], seed=seed,
+                            indices=list(range(start, start + len(chunk))), sample=k,
+                            references=[refs[p] for p in chunk] if refs else None)
+            for path, array in zip(chunk, images):
+                name = f"{path.stem}.jpg" if samples == 1 else f"{path.stem}_{k}.jpg"
+                image = Image.fromarray(array)
+                if image.size != tuple(size):
+                    image = image.resize(tuple(size), Image.BICUBIC)
+                save_image_atomic(out / name, image, quality=quality)
+                bar.update(1)
+    bar.close()
+    return len(paths) * samples

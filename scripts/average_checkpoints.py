@@ -11,33 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def top_singular_pair(weight, u_hint):
-    """The u, v a converged power iteration reaches for `weight` (its top singular vectors), with
-    the sign that matches the averaged u so the layer's behaviour is continuous."""
-    w = weight.reshape(weight.shape[0], -1).astype(np.float64)
-    U, _, Vt = np.linalg.svd(w, full_matrices=False)
-    u, v = U[:, 0], Vt[0]
-    if u @ u_hint < 0:
-        u, v = -u, -v
-    return u.astype(np.float32), v.astype(np.float32)
-
-
-def average_networks(states):
-    names = set(states[0])
-    for s in states[1:]:
-        if set(s) != names:
-            raise ValueError("the checkpoints hold different layers; they must come from the same model")
-    avg = {k: np.mean([s[k].astype(np.float64) for s in states], axis=0).astype(np.float32) for k in names}
-    for k in names:
-        if k.endswith(".weight_u"):
-            prefix = k[: -len("_u")]
-            avg[k], avg[prefix + "_v"] = top_singular_pair(avg[prefix + "_orig"], avg[k])
-    return avg
+from jspade.checkpoint import CheckpointError, average_checkpoints
 
 
 def main(argv=None):
@@ -48,28 +22,14 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if len(args.checkpoints) < 2:
         ap.error("give at least two checkpoints")
-    if args.out.exists() and not args.overwrite:
-        ap.error(f"{args.out} exists; pass --overwrite to replace it")
-
-    import pickle
-
-    from jspade.checkpoint import read_checkpoint
-    from jspade.io import atomic_path
-
-    payloads = [read_checkpoint(p) for p in args.checkpoints]
-    models = [p["config"]["model"] for p in payloads]
-    if any(m != models[0] for m in models[1:]):
-        ap.error("the checkpoints were trained with different model options")
-    networks = {}
-    for name in ("G", "E"):
-        if name in payloads[0]["networks"]:
-            networks[name] = average_networks([p["networks"][name] for p in payloads])
-    out = {"format": payloads[0]["format"], "networks": networks, "config": payloads[-1]["config"],
-           "averaged_from": [str(p) for p in args.checkpoints]}
-    with atomic_path(args.out) as tmp:
-        with open(tmp, "wb") as f:
-            pickle.dump(out, f, protocol=4)
-    print(f"averaged {len(payloads)} checkpoints ({', '.join(networks)}) into {args.out}")
+    try:
+        names = average_checkpoints(args.checkpoints, args.out, args.overwrite)
+    except FileExistsError as error:
+        ap.error(str(error))
+    except CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"averaged {len(args.checkpoints)} checkpoints ({', '.join(names)}) into {args.out}")
     return 0
 
 

@@ -18,9 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from jspade.parity import run_parity  # noqa: E402
+from jspade.parity import run_parity
 
 
 def main(argv=None):

@@ -13,13 +13,11 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from jspade.config import size_argument
 
-from jspade.config import size_argument  # noqa: E402
-
-import jspade  # noqa: E402,F401  (configures Jittor first)
-from jspade.data.curation import CurationOptions, curate  # noqa: E402
-from jspade.data.io import DataError  # noqa: E402
+import jspade  # noqa: F401  (configures Jittor first)
+from jspade.data.curation import CurationOptions, curate
+from jspade.data.io import DataError
 
 # CurationOptions fields that are plain numeric thresholds, each a --flag of the same name.
 THRESHOLD_HELP = {

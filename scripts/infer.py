@@ -11,11 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from jspade.config import size_argument  # noqa: E402
-
-
+from jspade.config import parse_model_option, size_argument
+from jspade.data.io import DataError
+from jspade.inference import render_folder
 
 
 def main(argv=None):
@@ -42,58 +40,24 @@ def main(argv=None):
                     help="set a model option for an original PyTorch checkpoint without opt.txt (e.g. ngf=64)")
     args = ap.parse_args(argv)
 
-    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
-        ap.error(f"{args.out} is not empty; pass --overwrite to write into it")
-
-    from PIL import Image
-    from tqdm import tqdm
-
-    from jspade.config import ModelConfig
-    from jspade.data.io import DataError
-    from jspade.inference import check_labels, list_labels, load_generator, render, style_references
-    from jspade.io import save_image_atomic
-
     overrides = {}
     for item in args.model_option:
         key, _, value = item.partition("=")
-        default = getattr(ModelConfig(), key, None)
-        if default is None:
-            ap.error(f"unknown model option {key!r}")
-        overrides[key] = (value.lower() in ("1", "true")) if isinstance(default, bool) else type(default)(value)
-
-    model, opt = load_generator(args.checkpoint, overrides)
-    paths = list_labels(args.labels)
-    if not paths:
-        ap.error(f"no .png label maps in {args.labels}")
-    labels, problems = check_labels(paths, opt)
-    if problems:
-        print(f"refusing to render: {len(problems)} bad label file(s), nothing was written:", file=sys.stderr)
-        for p, reason in problems:
-            print(f"  {p}: {reason}", file=sys.stderr)
-        return 1
+        try:
+            overrides[key] = parse_model_option(key, value)
+        except ValueError as error:
+            ap.error(str(error))
     try:
-        refs = style_references(paths, args.style_dir, args.label_to_img, args.style_root)
-    except DataError as e:
-        print(f"refusing to render: {e}", file=sys.stderr)
+        count = render_folder(args.labels, args.checkpoint, args.out, size=args.size, batch_size=args.batch_size,
+                              seed=args.seed, samples=args.samples, style_dir=args.style_dir,
+                              label_to_img=args.label_to_img, style_root=args.style_root, quality=args.quality,
+                              overwrite=args.overwrite, model_overrides=overrides, progress=not args.no_progress)
+    except FileExistsError as error:
+        ap.error(str(error))
+    except DataError as error:
+        print(f"refusing to render: {error}", file=sys.stderr)
         return 1
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(paths) * args.samples, desc="render", unit="img", disable=args.no_progress)
-    for start in range(0, len(paths), args.batch_size):
-        chunk = paths[start:start + args.batch_size]
-        for k in range(args.samples):
-            images = render(model, opt, [labels[p] for p in chunk], seed=args.seed,
-                            indices=list(range(start, start + len(chunk))), sample=k,
-                            references=[refs[p] for p in chunk] if refs else None)
-            for p, img in zip(chunk, images):
-                name = f"{p.stem}.jpg" if args.samples == 1 else f"{p.stem}_{k}.jpg"
-                out = Image.fromarray(img)
-                if out.size != args.size:
-                    out = out.resize(args.size, Image.BICUBIC)
-                save_image_atomic(args.out / name, out, quality=args.quality)
-                bar.update(1)
-    bar.close()
-    print(f"wrote {len(paths) * args.samples} image(s) to {args.out}")
+    print(f"wrote {count} image(s) to {args.out}")
     return 0
 
 

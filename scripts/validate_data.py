@@ -11,10 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from jspade.data.datasets import DATASETS  # noqa: E402
-from jspade.data.validate import validate_dataset  # noqa: E402
+from jspade.data.datasets import DATASETS
+from jspade.data.validate import validate_dataset
 
 
 def main(argv=None):

@@ -14,7 +14,6 @@ Planted (beside 40 clean synthetic scenes at 128x96):
   small_photo             a 120x90 photo for a 128x96 label           -> size_mismatch
 """
 import hashlib
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -23,25 +22,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import run_script
 from jspade.data import curation
 from jspade.data.curation import CurationOptions, curate
 from jspade.data.datasets import build_dataset, read_subset
 from jspade.data.labels import LANDSCAPE_IDS
 from jspade.data.synthetic import PHOTO_COLORS, generate_label, render_photo, scene_rng, write_synthetic_dataset
+from jspade.train.segmenter import train as train_segmenter
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZE = (128, 96)
 SKY = LANDSCAPE_IDS["sky"]
 CLEAN = 40
 COPIED = "synth_0_000005"
 SECOND_ONLY = {"backlit", "clipped_highlights", "low_contrast", "near_duplicate"}
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def save_pair(root, stem, label, photo=None, quality=92):
@@ -257,16 +250,15 @@ def test_deterministic_refuses_non_empty_out_and_never_touches_the_data(curated)
     assert tree_hash(data) == curated["before"]
 
 
-def test_script_runs_and_refuses_without_overwrite(curated, capsys):
-    script = load_script("clean_dataset")
+def test_script_runs_and_refuses_without_overwrite(curated):
     out = curated["base"] / "out_cli"
-    assert script.main(["--data", str(curated["data"]), "--out", str(out), "--near-dup-keep", "1",
-                        "--no-progress"]) == 0
+    done = run_script("clean_dataset", "--data", curated["data"], "--out", out, "--near-dup-keep", "1", "--no-progress")
+    assert done.returncode == 0, done.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["thresholds"]["near_dup_keep"] == 1
     assert len(report["near_duplicates"]["groups"][0]["kept"]) == 1
-    assert script.main(["--data", str(curated["data"]), "--out", str(out), "--no-progress"]) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    done = run_script("clean_dataset", "--data", curated["data"], "--out", out, "--no-progress")
+    assert done.returncode == 2 and "--overwrite" in done.stderr
     assert tree_hash(curated["data"]) == curated["before"]
 
 
@@ -322,11 +314,10 @@ def test_small_checks():
 def test_segmenter_flags_a_swapped_label(tmp_path):
     """With --segmenter: a tiny segmenter trained briefly on clean scenes flags two photos whose
     labels were swapped (both labels are plausible landscapes, so colour statistics alone may not)."""
-    train = load_script("train_segmenter").train
     data = tmp_path / "data"
     write_synthetic_dataset(data, 100, SIZE, seed=0)
     ckpt = tmp_path / "seg.pkl"
-    train(data, "landscape", size=(96, 72), epochs=10, batch_size=8, lr=1e-2, width=16, out=ckpt,
+    train_segmenter(data, "landscape", size=(96, 72), epochs=10, batch_size=8, lr=1e-2, width=16, out=ckpt,
           progress=False, log=lambda *_: None)
     # Two scenes whose labels differ on most pixels.
     scenes = [generate_label(scene_rng(9, i), *SIZE) for i in range(12)]

@@ -5,10 +5,8 @@ import base64
 import http.client
 import io
 import json
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,10 +16,8 @@ from jspade.config import ModelConfig
 from jspade.models.spade_model import SPADEModel
 from jspade.painter import PainterApp, make_server
 
+from conftest import run_script
 from tiny_models import tiny_checkpoint
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import paint  # noqa: E402
 
 W, H = 64, 32  # the tiny model's size
 
@@ -303,6 +299,6 @@ def test_model_without_vae_refuses_styles():
         app.add_style(style_photo(), "abc")
 
 
-def test_cli_without_checkpoint_says_to_train_first(tmp_path, capsys):
-    assert paint.main(["--results", str(tmp_path)]) == 1
-    assert "bash run.sh train" in capsys.readouterr().err
+def test_cli_without_checkpoint_says_to_train_first(tmp_path):
+    done = run_script("paint", "--results", tmp_path)
+    assert done.returncode == 1 and "bash run.sh train" in done.stderr

@@ -121,3 +121,9 @@ def transform_image(image: np.ndarray, opt: PreprocessOptions, params) -> np.nda
     """uint8 HxWx3 RGB -> float32 [3, H', W'] in [-1, 1]."""
     out = np.asarray(transform(Image.fromarray(image), opt, params, Image.BICUBIC))
     return (out.transpose(2, 0, 1).astype(np.float32) / 127.5) - 1.0
+
+
+def to_uint8_images(images) -> np.ndarray:
+    """Generator output, [-1, 1] NCHW (a jt.Var or an array) -> uint8 NHWC RGB, rounded to nearest."""
+    array = images.numpy() if hasattr(images, "numpy") else np.asarray(images)
+    return np.clip((array + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)

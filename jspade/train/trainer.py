@@ -27,6 +27,7 @@ from jspade.data.datasets import build_dataset
 from jspade.data.labels import colorize
 from jspade.data.semantics import semantics_for
 from jspade.data.synthetic import write_synthetic_dataset
+from jspade.data.transforms import to_uint8_images
 from jspade.data.validate import validate_dataset
 from jspade.io import save_image_atomic, write_bytes_atomic
 from jspade.models.base import trainable_parameters
@@ -94,12 +95,6 @@ def sample_grid(labels, fakes, reals, label_nc):
         cells = [colorize(labels[i], label_nc), fakes[i]] + ([reals[i]] if reals is not None else [])
         rows.append(np.concatenate(cells, axis=1))
     return np.concatenate(rows, axis=0)
-
-
-def to_uint8_images(x):
-    """[-1, 1] NCHW -> list of HxWx3 uint8."""
-    arr = np.clip((x.numpy() + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-    return list(arr.transpose(0, 2, 3, 1))
 
 
 class Trainer:
