@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from jspade.runtime import jt
-from jspade.io import atomic_path
+from jspade.atomic import atomic_path
 from jspade.models.normalization import spectral_v_from_weight
 
 IGNORED_SUFFIXES = ("num_batches_tracked",)  # PyTorch BN counter; unused with a fixed momentum

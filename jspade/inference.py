@@ -13,10 +13,10 @@ from tqdm import tqdm
 from jspade.runtime import jt
 from jspade.checkpoint import CheckpointError, import_pytorch_checkpoint, load_checkpoint, read_checkpoint
 from jspade.config import Config, ModelConfig, parse_model_option
-from jspade.data.io import DataError, read_image, read_label
+from jspade.data.readers import DataError, read_image, read_label
 from jspade.data.semantics import semantics_for
 from jspade.data.transforms import to_uint8_images
-from jspade.io import save_image_atomic
+from jspade.atomic import save_image_atomic
 from jspade.models.spade_model import SPADEModel
 
 LABEL_SUFFIXES = (".png",)

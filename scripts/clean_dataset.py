@@ -17,7 +17,7 @@ from jspade.config import size_argument
 
 import jspade  # noqa: F401  (configures Jittor first)
 from jspade.data.curation import CurationOptions, curate
-from jspade.data.io import DataError
+from jspade.data.readers import DataError
 
 # CurationOptions fields that are plain numeric thresholds, each a --flag of the same name.
 THRESHOLD_HELP = {

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jspade.io import atomic_path
+from jspade.atomic import atomic_path
 from jspade.metrics import fid as fid_metrics
 from jspade.metrics import scores
 from jspade.metrics.evaluation import METRICS, EvaluationInputs, evaluate, feature_extractor

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from jspade.config import parse_model_option, size_argument
-from jspade.data.io import DataError
+from jspade.data.readers import DataError
 from jspade.inference import render_folder
 
 

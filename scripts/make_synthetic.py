@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from jspade.config import size_argument
 from jspade.data.synthetic import generate_scene, preview_grid, scene_rng, write_synthetic_dataset
-from jspade.io import save_image_atomic
+from jspade.atomic import save_image_atomic
 
 
 

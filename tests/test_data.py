@@ -10,7 +10,7 @@ from PIL import Image
 
 from jspade.data.datasets import (ADE20KDataset, CityscapesDataset, CocoStuffDataset, FolderDataset,
                                   LandscapeDataset, build_dataset)
-from jspade.data.io import DataError, read_image, read_instance, read_label
+from jspade.data.readers import DataError, read_image, read_instance, read_label
 from jspade.data.labels import LANDSCAPE_CLASSES, LANDSCAPE_PALETTE, colorize, make_palette
 from jspade.data.transforms import PreprocessOptions, get_params, output_size, transform
 from jspade.data.validate import validate_dataset

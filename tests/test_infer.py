@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_script
-from jspade.data.io import DataError
+from jspade.data.readers import DataError
 from jspade.data.transforms import to_uint8_images
 from jspade.inference import noise_for, render_folder
 from jspade.parity import ParityRun

@@ -46,10 +46,10 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from jspade.data.datasets import build_dataset, natural_key
-from jspade.data.io import DataError, read_label
+from jspade.data.readers import DataError, read_label
 from jspade.data.labels import LANDSCAPE_IDS, LANDSCAPE_NAMES, colorize
 from jspade.data.validate import validate_samples
-from jspade.io import atomic_path, write_bytes_atomic
+from jspade.atomic import atomic_path, write_bytes_atomic
 
 FORMAT = "jspade-curation-1"
 SKY = LANDSCAPE_IDS["sky"]

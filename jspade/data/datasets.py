@@ -28,7 +28,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from jspade.data.io import (IMAGE_EXTENSIONS, LABEL_EXTENSIONS, DataError, Problem, read_image,
+from jspade.data.readers import (IMAGE_EXTENSIONS, LABEL_EXTENSIONS, DataError, Problem, read_image,
                             read_instance, read_label)
 from jspade.data.labels import LANDSCAPE_LABEL_NC
 from jspade.data.transforms import (PreprocessOptions, get_params, transform_image, transform_instance,

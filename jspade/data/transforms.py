@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from jspade.data.io import DataError
+from jspade.data.readers import DataError
 
 PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop",
                     "scale_shortside", "scale_shortside_and_crop", "fixed", "none")

@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jspade.data.datasets import build_dataset
-from jspade.data.io import DataError, Problem, open_image, read_label
+from jspade.data.readers import DataError, Problem, open_image, read_label
 from jspade.data.transforms import get_params
 
 __all__ = ["Problem", "validate_dataset", "validate_samples"]

@@ -18,7 +18,7 @@ import scipy.linalg
 from PIL import Image
 from tqdm import tqdm
 
-from jspade.io import atomic_path
+from jspade.atomic import atomic_path
 from jspade.metrics.torchscript import installed_fid_helper_weights, load_fid_inception_weights
 from jspade.models.inception import FEATURE_DIM, FIDInceptionV3
 from jspade.runtime import jt

@@ -29,7 +29,7 @@ from jspade.data.semantics import semantics_for
 from jspade.data.synthetic import write_synthetic_dataset
 from jspade.data.transforms import to_uint8_images
 from jspade.data.validate import validate_dataset
-from jspade.io import save_image_atomic, write_bytes_atomic
+from jspade.atomic import save_image_atomic, write_bytes_atomic
 from jspade.models.base import trainable_parameters
 from jspade.models.generator import check_output_size
 from jspade.models.spade_model import SPADEModel
