@@ -3,6 +3,11 @@ TOML presets in `configs/` and overridden from the command line."""
 from dataclasses import dataclass, fields
 
 
+def image_size(crop_size, aspect_ratio):
+    """(width, height) of the images a model of this crop size and aspect ratio makes and trains on."""
+    return crop_size, round(crop_size / aspect_ratio)
+
+
 @dataclass
 class ModelConfig:
     """The networks' and losses' options (names as in the original `options/*.py`)."""
@@ -36,9 +41,19 @@ class ModelConfig:
         return not self.no_vgg_loss and self.lambda_vgg > 0
 
     @property
+    def image_size(self) -> tuple:
+        """(width, height) of the generated images."""
+        return image_size(self.crop_size, self.aspect_ratio)
+
+    @property
+    def num_label_ids(self) -> int:
+        """Ids a label map may hold: the classes 0..label_nc-1 (+ the dontcare id label_nc)."""
+        return self.label_nc + int(self.contain_dontcare_label)
+
+    @property
     def semantic_nc(self) -> int:
-        """Generator input channels: one-hot classes (+ dontcare) (+ instance edges)."""
-        return self.label_nc + int(self.contain_dontcare_label) + int(not self.no_instance)
+        """Generator input channels: one-hot over the label ids (+ instance edges)."""
+        return self.num_label_ids + int(not self.no_instance)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":

@@ -13,14 +13,13 @@ from tqdm import tqdm
 from jspade.runtime import jt
 from jspade.checkpoint import CheckpointError, import_pytorch_checkpoint, load_checkpoint, read_checkpoint
 from jspade.config import Config, ModelConfig, parse_model_option
-from jspade.data.readers import DataError, read_image, read_label
-from jspade.data.semantics import semantics_for
+from jspade.data.readers import (IMAGE_EXTENSIONS, LABEL_EXTENSIONS, DataError, list_files, read_image,
+                                 read_label)
+from jspade.data.semantics import model_label_id_problem, semantics_for
 from jspade.data.transforms import to_uint8_images
 from jspade.atomic import save_image_atomic
+from jspade.models.encoder import reparameterize
 from jspade.models.spade_model import SPADEModel
-
-LABEL_SUFFIXES = (".png",)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def resolve_checkpoint(path):
@@ -80,19 +79,15 @@ def load_generator(checkpoint, model_overrides=None):
 
 def model_size(opt):
     """(width, height) the generator renders."""
-    return opt.crop_size, round(opt.crop_size / opt.aspect_ratio)
+    return opt.image_size
 
 
 def list_labels(folder):
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"label folder {folder} does not exist", folder)
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in LABEL_SUFFIXES)
+    return list_files(folder, LABEL_EXTENSIONS)
 
 
 def check_labels(paths, opt):
     """Read every label; return (arrays, problems) where problems lists (path, reason) for each bad file."""
-    n = opt.label_nc + int(opt.contain_dontcare_label)
     arrays, problems = {}, []
     for p in paths:
         try:
@@ -100,9 +95,9 @@ def check_labels(paths, opt):
         except DataError as e:
             problems.append((p, str(e)))
             continue
-        bad = np.unique(label[(label < 0) | (label >= n)])
-        if bad.size:
-            problems.append((p, f"class id {', '.join(map(str, bad[:8].tolist()))} out of range 0..{n - 1}"))
+        problem = model_label_id_problem(label, opt)
+        if problem:
+            problems.append((p, problem))
             continue
         arrays[p] = label
     return arrays, problems
@@ -115,7 +110,7 @@ def style_references(label_paths, style_dir=None, label_to_img=None, style_root=
         return {}
     refs, missing = {}, []
     if style_dir is not None:
-        index = {p.stem: p for p in Path(style_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        index = {p.stem: p for p in list_files(style_dir, IMAGE_EXTENSIONS)}
         for lp in label_paths:
             if lp.stem in index:
                 refs[lp] = index[lp.stem]
@@ -132,7 +127,7 @@ def style_references(label_paths, style_dir=None, label_to_img=None, style_root=
                 continue
             ref = root / target
             if not ref.is_file():
-                matches = [q for q in root.glob(Path(target).stem + ".*") if q.suffix.lower() in IMAGE_SUFFIXES]
+                matches = [q for q in root.glob(Path(target).stem + ".*") if q.suffix.lower() in IMAGE_EXTENSIONS]
                 ref = matches[0] if matches else ref
             if ref.is_file():
                 refs[lp] = ref
@@ -174,7 +169,7 @@ def render(model, opt, labels, seed=0, indices=None, sample=0, references=None):
         if references is not None:
             with jt.no_grad():
                 mu, logvar = model.netE(image_tensor(references, size))
-                z = noise * jt.exp(0.5 * logvar) + mu  # the original's reparameterised style code
+                z = reparameterize(mu, logvar, noise)  # the original's reparameterised style code
         else:
             z = noise
     elif references is not None:

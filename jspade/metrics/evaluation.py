@@ -77,7 +77,7 @@ def segmenter_mask_scores(inputs):
     try:
         segmenter = scores.load_segmenter(inputs.segmenter)
     except scores.SegmenterUnavailable as error:
-        raise Unavailable(str(error)) from None
+        raise Unavailable(f"{error}; scores that need mask accuracy are unavailable") from None
     return scores.mask_accuracy(inputs.fake, inputs.labels, segmenter, inputs.num_classes, with_miou=True)
 
 

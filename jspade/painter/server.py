@@ -35,7 +35,7 @@ from PIL import Image
 
 from jspade.runtime import jt
 from jspade.data.labels import LANDSCAPE_LABEL_NC, LANDSCAPE_NAMES, palette_for
-from jspade.data.semantics import semantics_for
+from jspade.data.semantics import model_label_id_problem, semantics_for
 from jspade.inference import label_tensor, load_generator, model_size, noise_for, resolve_checkpoint
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -169,7 +169,7 @@ class PainterApp:
     def __init__(self, model, opt, name="", log=None):
         self.model, self.opt, self.name = model, opt, name
         self.size = model_size(opt)  # (w, h)
-        self.num_ids = opt.label_nc + int(opt.contain_dontcare_label)
+        self.num_ids = opt.num_label_ids
         self.classes = class_table(opt)
         self.style_supported = bool(opt.use_vae and model.netE is not None)
         self.log = log or (lambda msg: None)
@@ -203,12 +203,9 @@ class PainterApp:
         label = np.asarray(image).astype(np.int32)
         if label.ndim != 2:
             raise ApiError(400, f"'{field}' decodes to shape {label.shape}, not a single-channel map", code="bad_label")
-        bad = (label < 0) | (label >= self.num_ids)
-        if bad.any():
-            ids = np.unique(label[bad])
-            listed = ", ".join(map(str, ids[:8].tolist())) + (" ..." if ids.size > 8 else "")
-            raise ApiError(400, f"'{field}' holds class id {listed} ({int(bad.sum())} pixels); this model knows "
-                                f"ids 0..{self.num_ids - 1}", code="bad_label")
+        problem = model_label_id_problem(label, self.opt)
+        if problem:
+            raise ApiError(400, f"'{field}': {problem}", code="bad_label")
         return label
 
     @staticmethod

@@ -157,8 +157,7 @@ class Trainer:
             if not d.root:
                 raise ValueError("no training data: pass --data DIR (or --data.dataset synthetic)")
             return Path(d.root)
-        width = m.crop_size
-        height = round(width / m.aspect_ratio)
+        width, height = m.image_size
         root = Path(d.root or f"{self.cfg.train.output_dir}/synthetic_{width}x{height}")
         have = len(list((root / "labels").glob("*.png"))) if (root / "labels").exists() else 0
         if have < d.synthetic_n and is_main_rank():
