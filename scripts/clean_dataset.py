@@ -1,5 +1,5 @@
 """Curate the landscape training data into Selection I / Selection II subset files, with a report
-and contact sheets of everything removed (see docs/curation.md and jspade/data/curation.py).
+and contact sheets of everything removed (see docs/curation.md and jspade/data/curation/).
 
     python scripts/clean_dataset.py --data datasets/landscape/train --out curation/
     python scripts/clean_dataset.py --data datasets/landscape/train --out curation/ \\
