@@ -34,6 +34,7 @@ from jspade.models.base import trainable_parameters
 from jspade.models.generator import check_output_size
 from jspade.models.spade_model import SPADEModel
 from jspade.train.optim import Adam
+from jspade.train.progress import training_bar
 
 RUN_MARKER = ".jspade-run"
 
@@ -301,9 +302,7 @@ class Trainer:
         total = sum(per_phase)
         if t.max_iters:
             total = min(total, t.max_iters)
-        from tqdm import tqdm
-        bar = tqdm(total=total, initial=min(self.pos.iteration, total), desc="train", unit="it",
-                   disable=not self.progress, dynamic_ncols=True)
+        bar = training_bar(total, self.pos.iteration, t.max_minutes, disable=not self.progress)
         started = time.time()
         limits = [f"{t.max_iters} iterations" if t.max_iters else "", f"{t.max_minutes:g} minutes" if t.max_minutes else ""]
         log(f"training {self.run_dir}: {total} iterations over {len(self.cfg.phases)} phase(s)"
