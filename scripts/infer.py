@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from jspade.checkpoint import CheckpointError
 from jspade.config import parse_model_option, size_argument
 from jspade.data.readers import DataError
 from jspade.inference import render_folder
@@ -54,7 +55,7 @@ def main(argv=None):
                               overwrite=args.overwrite, model_overrides=overrides, progress=not args.no_progress)
     except FileExistsError as error:
         ap.error(str(error))
-    except DataError as error:
+    except (DataError, CheckpointError) as error:
         print(f"refusing to render: {error}", file=sys.stderr)
         return 1
     print(f"wrote {count} image(s) to {args.out}")

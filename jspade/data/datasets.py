@@ -278,9 +278,8 @@ class CocoStuffDataset(Pix2pixDataset):
 
     @staticmethod
     def dataset_defaults(is_train):
-        return dict(label_nc=182, contain_dontcare_label=True, no_instance=False,
-                    preprocess_mode="resize_and_crop", load_size=286 if is_train else 256,
-                    crop_size=256, aspect_ratio=1.0)
+        return {**Pix2pixDataset.dataset_defaults(is_train), "label_nc": 182, "contain_dontcare_label": True,
+                "no_instance": False}
 
     def get_paths(self):
         phase = "val" if self.phase == "test" else self.phase
@@ -299,9 +298,7 @@ class ADE20KDataset(Pix2pixDataset):
 
     @staticmethod
     def dataset_defaults(is_train):
-        return dict(label_nc=150, contain_dontcare_label=True, no_instance=True,
-                    preprocess_mode="resize_and_crop", load_size=286 if is_train else 256,
-                    crop_size=256, aspect_ratio=1.0)
+        return {**Pix2pixDataset.dataset_defaults(is_train), "label_nc": 150, "contain_dontcare_label": True}
 
     def get_paths(self):
         split = "training" if self.phase == "train" else "validation"
