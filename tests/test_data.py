@@ -271,10 +271,13 @@ def test_validate_reports_every_problem(tmp_path):
     problems = validate_dataset("landscape", broken_dataset(tmp_path))
     text = "\n".join(map(str, problems))
     assert len(problems) == 4, text
-    assert any(p.where == "no_image" and "missing pair" in p.reason for p in problems)
-    assert any(p.where.endswith("corrupt.png") and "cannot read" in p.reason for p in problems)
-    assert any(p.where.endswith("bad_id.png") and "41" in p.reason for p in problems)
-    assert any(p.where.endswith("wrong_size.png") and "30x20" in p.reason for p in problems)
+    # each problem also carries its kind, set where it is found (curation sorts on it, not on the text)
+    assert any(p.where == "no_image" and "missing pair" in p.reason and p.kind == "missing_pair" for p in problems)
+    assert any(p.where.endswith("corrupt.png") and "cannot read" in p.reason and p.kind == "unreadable"
+               for p in problems)
+    assert any(p.where.endswith("bad_id.png") and "41" in p.reason and p.kind == "bad_class_id" for p in problems)
+    assert any(p.where.endswith("wrong_size.png") and "30x20" in p.reason and p.kind == "size_mismatch"
+               for p in problems)
     assert validate_dataset("landscape", tmp_path / "nowhere")  # a missing root is a problem, not a crash
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from jspade.data.readers import LABEL_EXTENSIONS, list_files
 from jspade.metrics.fid import list_images, read_rgb
 
 FID_CLAMP = 100.0
@@ -166,7 +167,7 @@ def mask_accuracy(fake_dir, label_dir, segmenter, num_classes=29, with_miou=Fals
     a prediction of another size is resized (nearest) to the label's. Label pixels outside
     [0, num_classes) are ignored. With `with_miou`, returns (pixel accuracy, mIoU) from the same
     confusion matrix."""
-    labels = {path.stem: path for path in Path(label_dir).glob("*.png")}
+    labels = {path.stem: path for path in list_files(label_dir, LABEL_EXTENSIONS)}
     confusion = np.zeros((num_classes, num_classes), np.int64)
     outputs = sorted(_images_by_stem(fake_dir).items())
     if not outputs:
