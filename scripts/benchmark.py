@@ -45,9 +45,9 @@ def main(argv=None):
     model = SPADEModel(opt)
     model.train()
     g_params = trainable_parameters(model.netG) + (trainable_parameters(model.netE) if model.netE else [])
-    opt_G = Adam(g_params, 1e-4)
-    opt_D = Adam(trainable_parameters(model.netD), 4e-4)
-    h = round(args.crop_size / args.aspect_ratio)
+    optimizer_G = Adam(g_params, 1e-4)
+    optimizer_D = Adam(trainable_parameters(model.netD), 4e-4)
+    _, h = opt.image_size
     rng = np.random.default_rng(0)
     label = jt.array(rng.integers(0, args.label_nc, (args.batch_size, 1, h, args.crop_size)).astype(np.int32))
     real = jt.array(rng.uniform(-1, 1, (args.batch_size, 3, h, args.crop_size)).astype(np.float32))
@@ -56,9 +56,9 @@ def main(argv=None):
 
     def train_iter():
         g_losses, _, _ = model.generator_losses(sem, real)
-        opt_G.step(sum(g_losses.values()), fetch=list(g_losses.values()))
+        optimizer_G.step(sum(g_losses.values()), fetch=list(g_losses.values()))
         d_losses = model.discriminator_losses(sem, real)
-        opt_D.step(sum(d_losses.values()), fetch=list(d_losses.values()))
+        optimizer_D.step(sum(d_losses.values()), fetch=list(d_losses.values()))
 
     def timed(fn, n):
         for _ in range(args.warmup):
