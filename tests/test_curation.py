@@ -26,7 +26,9 @@ from conftest import run_script
 from jspade.data.curation import CurationOptions, curate
 from jspade.data.curation.checks import backlight_score, clipped_fraction, color_channels, colorfulness, contrast
 from jspade.data.curation.near_duplicates import find_near_duplicate_groups, groups_around_centres
+from jspade.data.curation.reasons import REASON, REASONS
 from jspade.data.curation.report import THUMB
+from jspade.data.readers import PROBLEM_KINDS
 from jspade.data.datasets import build_dataset, read_subset
 from jspade.data.labels import LANDSCAPE_IDS
 from jspade.data.synthetic import PHOTO_COLORS, generate_label, render_photo, scene_rng, write_synthetic_dataset
@@ -294,6 +296,11 @@ def test_near_duplicate_search_finds_every_similar_pair_without_comparing_all():
         assert not grouped & set(group)  # disjoint
         grouped |= set(group)
     assert groups and {i for pair in brute for i in pair} >= grouped  # only similar maps are grouped
+
+
+def test_every_kind_of_dataset_problem_is_a_rejection_reason():
+    assert set(PROBLEM_KINDS) <= {reason.name for reason in REASONS}
+    assert all(REASON[name].excludes_selection1 for name in PROBLEM_KINDS)
 
 
 def test_groups_do_not_chain():

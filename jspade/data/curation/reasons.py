@@ -3,8 +3,6 @@ report, the order of the contact sheets and the columns of scores.csv."""
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-from jspade.data.readers import PROBLEM_KINDS
-
 
 @dataclass
 class CurationOptions:
@@ -59,7 +57,7 @@ class Reason:
         return details[self.score] if self.direction == "below" else -details[self.score]
 
 
-# In report order. The integrity reasons are the kinds of jspade.data.readers.Problem.
+# In report order. The integrity reasons are the kinds of jspade.data.readers.Problem (PROBLEM_KINDS).
 REASONS = (
     Reason("unreadable", True, "photo or label cannot be decoded, or a colour-coded label"),
     Reason("missing_pair", True, "photo without label or label without photo"),
@@ -82,7 +80,6 @@ REASONS = (
            "typicality_distance"),
 )
 REASON = {reason.name: reason for reason in REASONS}
-assert set(PROBLEM_KINDS) <= set(REASON), "every kind of dataset problem is a rejection reason"
 
 # scores.csv: every score a reason is judged on, plus what explains them
 SCORE_COLUMNS = tuple(dict.fromkeys(
