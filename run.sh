@@ -16,13 +16,23 @@ setup() {
     return
   fi
   [ -x "$PY" ] || python3 -m venv "$VENV"
-  local stamp="$VENV/.requirements.sha1" want
-  want=$(cat requirements.txt scripts/setup_extras.sh | sha1sum | cut -d' ' -f1)
-  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  # The package is installed editable (`import jspade` from anywhere; edits take effect at once);
+  # `bash run.sh test` adds the optional `test` extra (pytest, Playwright).
+  local extra=${1:-} stamp="$VENV/.requirements.sha1" base have
+  base=$(cat requirements.txt pyproject.toml scripts/setup_extras.sh | sha1sum | cut -d' ' -f1)
+  have=$(cat "$stamp" 2>/dev/null || true)
+  # up to date: same files, and the test extra already there when asked for
+  if [ "$have" != "$base$extra" ] && { [ -n "$extra" ] || [ "$have" != "${base}test" ]; }; then
     "$PY" -m pip install -q --upgrade pip
-    "$PY" -m pip install -q -r requirements.txt
+    if [ -n "$extra" ]; then
+      "$PY" -m pip install -q -e ".[$extra]" || {
+        echo "warning: the test extra did not install in full; trying pytest alone (browser test will skip)" >&2
+        "$PY" -m pip install -q -e . pytest; }
+    else
+      "$PY" -m pip install -q -e .
+    fi
     VENV="$VENV" bash scripts/setup_extras.sh
-    echo "$want" >"$stamp"
+    echo "$base$extra" >"$stamp"
   fi
   # The first import compiles Jittor's core (~2.5 min, cached in ~/.cache/jittor).
   "$PY" -c "import jspade" >/dev/null
@@ -33,7 +43,7 @@ cmd=${1:-help}
 case "$cmd" in
   setup) setup ;;
   train) setup; exec "$PY" scripts/train.py "$@" ;;
-  test)  setup; VENV="$VENV" bash scripts/setup_extras.sh --test-tools
+  test)  setup test; VENV="$VENV" bash scripts/setup_extras.sh --test-tools
          # each test file in its own process (see tests/run_isolated.py); with arguments, plain pytest
          if [ $# -gt 0 ]; then exec "$PY" -m pytest -q "$@"; fi
          exec "$PY" tests/run_isolated.py ;;

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from jspade.runtime import jt
-from jspade.io import atomic_path
+from jspade.atomic import atomic_path
 from jspade.models.normalization import spectral_v_from_weight
 from jspade.safe_load import CheckpointError, safe_load  # noqa: F401 (CheckpointError is re-exported)
 
@@ -96,6 +96,11 @@ def save_checkpoint(path, model, extra=None, networks=None):
                "networks": {name: state_arrays(net) for name, net in model.networks().items()
                             if networks is None or name in networks}}
     payload.update(extra or {})
+    return write_checkpoint(path, payload)
+
+
+def write_checkpoint(path, payload):
+    """Write a checkpoint payload (a dict of plain data and arrays) atomically."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             pickle.dump(payload, f, protocol=4)
@@ -127,3 +132,56 @@ def load_networks(payload, model, networks=("G", "D", "E"), source="checkpoint")
 def load_checkpoint(path, model, networks=("G", "D", "E")):
     """Load the named networks that the model has from our checkpoint; returns the payload."""
     return load_networks(read_checkpoint(path), model, networks, source=str(path))
+
+
+def top_singular_pair(weight, u_hint):
+    """The u, v a converged power iteration reaches for `weight` (its top singular vectors), with
+    the sign that matches the averaged u so the layer's behaviour is continuous."""
+    w = weight.reshape(weight.shape[0], -1).astype(np.float64)
+    U, _, Vt = np.linalg.svd(w, full_matrices=False)
+    u, v = U[:, 0], Vt[0]
+    if u @ u_hint < 0:
+        u, v = -u, -v
+    return u.astype(np.float32), v.astype(np.float32)
+
+
+def average_networks(states):
+    """The mean of several state dicts of one network; spectral-norm u, v are recomputed for the
+    averaged weight (averaged u, v would not belong to it)."""
+    names = set(states[0])
+    for s in states[1:]:
+        if set(s) != names:
+            raise CheckpointError("the checkpoints hold different layers; they must come from the same model")
+    avg = {k: np.mean([s[k].astype(np.float64) for s in states], axis=0).astype(np.float32) for k in names}
+    for k in names:
+        if k.endswith(".weight_u"):
+            prefix = k[: -len("_u")]
+            avg[k], avg[prefix + "_v"] = top_singular_pair(avg[prefix + "_orig"], avg[k])
+    return avg
+
+
+def average_checkpoints(paths, out, overwrite=False, use_ema=True):
+    """Write to `out` a checkpoint whose G (and E) are the mean of those of `paths` (one run's
+    checkpoints, same model options, else CheckpointError); returns the averaged network names.
+    When every checkpoint has EMA weights they are averaged too (unless not `use_ema`). D and the
+    optimiser state are left out: the result is for inference. An existing `out` is refused
+    (FileExistsError) unless `overwrite`."""
+    if Path(out).exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    payloads = [read_checkpoint(p) for p in paths]
+    models = [p["config"]["model"] for p in payloads]
+    if any(m != models[0] for m in models[1:]):
+        raise CheckpointError("the checkpoints were trained with different model options")
+    networks = {name: average_networks([p["networks"][name] for p in payloads])
+                for name in ("G", "E") if name in payloads[0]["networks"]}
+    result = {"format": payloads[0]["format"], "networks": networks, "config": payloads[-1]["config"],
+              "averaged_from": [str(p) for p in paths]}
+    with_ema = [bool(p.get("ema_networks")) for p in payloads]
+    if use_ema and any(with_ema):
+        if not all(with_ema):
+            raise CheckpointError("some checkpoints have EMA weights and some do not: pass --no-ema to "
+                                  "average the raw ones")
+        result["ema_networks"] = {name: average_networks([p["ema_networks"][name] for p in payloads])
+                                  for name in networks}
+    write_checkpoint(out, result)
+    return list(networks)

@@ -29,7 +29,7 @@ from pathlib import Path
 # imported (an error can only come from a module that was), so checking costs no imports.
 PROJECT_ERRORS = (
     ("jspade.checkpoint", "CheckpointError"),
-    ("jspade.data.io", "DataError"),
+    ("jspade.data.readers", "DataError"),
     ("jspade.train.trainer", "RunFolderError"),
     ("jspade.safe_load", "UnsafeFileError"),
 )
@@ -205,19 +205,12 @@ def existing_path(kind="file or folder"):
 
 def model_option(text):
     """'KEY=VALUE' for a model option (a ModelConfig field) -> (key, value of the field's type)."""
-    from dataclasses import fields
-
-    from jspade.config import ModelConfig, value_parser
+    from jspade.config import parse_model_option
 
     key, sep, value = (part.strip() for part in text.partition("="))
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. ngf=64), got {text!r}")
-    defaults = ModelConfig()
-    if key not in {f.name for f in fields(defaults)}:
-        raise argparse.ArgumentTypeError(f"unknown model option {key!r}")
-    kind = type(getattr(defaults, key))
     try:
-        return key, value_parser(kind)(value)
-    except ValueError:
-        what = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, f"a {kind.__name__}")
-        raise argparse.ArgumentTypeError(f"{key} must be {what}, got {value!r}") from None
+        return key, parse_model_option(key, value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None

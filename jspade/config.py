@@ -3,6 +3,11 @@ TOML presets in `configs/` and overridden from the command line."""
 from dataclasses import dataclass, fields
 
 
+def image_size(crop_size, aspect_ratio):
+    """(width, height) of the images a model of this crop size and aspect ratio makes and trains on."""
+    return crop_size, round(crop_size / aspect_ratio)
+
+
 @dataclass
 class ModelConfig:
     """The networks' and losses' options (names as in the original `options/*.py`)."""
@@ -40,9 +45,19 @@ class ModelConfig:
         return not self.no_vgg_loss and self.lambda_vgg > 0
 
     @property
+    def image_size(self) -> tuple:
+        """(width, height) of the generated images."""
+        return image_size(self.crop_size, self.aspect_ratio)
+
+    @property
+    def num_label_ids(self) -> int:
+        """Ids a label map may hold: the classes 0..label_nc-1 (+ the dontcare id label_nc)."""
+        return self.label_nc + int(self.contain_dontcare_label)
+
+    @property
     def semantic_nc(self) -> int:
-        """Generator input channels: one-hot classes (+ dontcare) (+ instance edges)."""
-        return self.label_nc + int(self.contain_dontcare_label) + int(not self.no_instance)
+        """Generator input channels: one-hot over the label ids (+ instance edges)."""
+        return self.num_label_ids + int(not self.no_instance)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -209,7 +224,8 @@ def size_argument(minimum=1, maximum=None):
 
 
 def value_parser(kind):
-    """The text -> value converter for a config field of type `kind` (bool: true/false, yes/no, on/off, 1/0)."""
+    """The text -> value converter for an option of type `kind`: the one string reading of every option
+    (command line, `--model-option`, the original's opt.txt), with one set of true/false words."""
     return _parse_bool if kind is bool else kind
 
 
@@ -219,6 +235,18 @@ def _parse_bool(s):
     if s.lower() in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"not a boolean: {s!r}")
+
+
+def parse_model_option(name, text):
+    """`text` as the ModelConfig field `name` holds it; ValueError naming an unknown option or a bad value."""
+    kinds = {f.name: type(f.default) for f in fields(ModelConfig)}
+    if name not in kinds:
+        raise ValueError(f"unknown model option {name!r}")
+    try:
+        return value_parser(kinds[name])(text)
+    except ValueError:
+        what = {bool: "true or false", int: "an integer", float: "a number"}.get(kinds[name], kinds[name].__name__)
+        raise ValueError(f"model option {name} must be {what}, got {text!r}") from None
 
 
 def apply_overrides(cfg: Config, args) -> Config:

@@ -2,22 +2,24 @@
 labels before anything is written, per-label deterministic noise, and style from a reference photo
 through the VAE encoder (the 2023 track's label_to_img.json)."""
 import json
+import sys
 from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from jspade.runtime import jt
 from jspade.checkpoint import CheckpointError, import_pytorch_checkpoint, load_state_strict, read_checkpoint
-from jspade.config import Config, ModelConfig
-from jspade.data.io import DataError, read_image, read_label
-from jspade.data.semantics import semantics_for
+from jspade.config import Config, ModelConfig, parse_model_option
+from jspade.data.readers import (IMAGE_EXTENSIONS, LABEL_EXTENSIONS, DataError, list_files, read_image,
+                                 read_label)
+from jspade.data.semantics import model_label_id_problem, semantics_for
+from jspade.data.transforms import to_uint8_images
+from jspade.atomic import save_image_atomic
 from jspade.models.encoder import reparameterize
 from jspade.models.spade_model import SPADEModel, has_style_stream
-
-LABEL_SUFFIXES = (".png",)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def resolve_checkpoint(path):
@@ -45,16 +47,15 @@ def read_original_options(folder):
     path = Path(folder) / "opt.txt"
     if not path.is_file():
         return {}
-    types = {f.name: type(getattr(ModelConfig(), f.name)) for f in fields(ModelConfig)}
+    names = {f.name for f in fields(ModelConfig)}
     out = {}
     for line in path.read_text().splitlines():
         if ":" not in line:
             continue
         key, value = line.split(":", 1)
         key, value = key.strip(), value.split("[default")[0].strip()
-        if key in types:
-            kind = types[key]
-            out[key] = (value == "True") if kind is bool else kind(value)
+        if key in names:
+            out[key] = parse_model_option(key, value)
     return out
 
 
@@ -88,19 +89,15 @@ def load_generator(checkpoint, model_overrides=None, use_ema=True):
 
 def model_size(opt):
     """(width, height) the generator renders."""
-    return opt.crop_size, round(opt.crop_size / opt.aspect_ratio)
+    return opt.image_size
 
 
 def list_labels(folder):
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"label folder {folder} does not exist", folder)
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in LABEL_SUFFIXES)
+    return list_files(folder, LABEL_EXTENSIONS)
 
 
 def check_labels(paths, opt):
     """Read every label; return (arrays, problems) where problems lists (path, reason) for each bad file."""
-    n = opt.label_nc + int(opt.contain_dontcare_label)
     arrays, problems = {}, []
     for p in paths:
         try:
@@ -108,9 +105,9 @@ def check_labels(paths, opt):
         except DataError as e:
             problems.append((p, str(e)))
             continue
-        bad = np.unique(label[(label < 0) | (label >= n)])
-        if bad.size:
-            problems.append((p, f"class id {', '.join(map(str, bad[:8].tolist()))} out of range 0..{n - 1}"))
+        problem = model_label_id_problem(label, opt)
+        if problem:
+            problems.append((p, problem))
             continue
         arrays[p] = label
     return arrays, problems
@@ -123,7 +120,7 @@ def style_references(label_paths, style_dir=None, label_to_img=None, style_root=
         return {}
     refs, missing = {}, []
     if style_dir is not None:
-        index = {p.stem: p for p in Path(style_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        index = {p.stem: p for p in list_files(style_dir, IMAGE_EXTENSIONS)}
         for lp in label_paths:
             if lp.stem in index:
                 refs[lp] = index[lp.stem]
@@ -140,7 +137,7 @@ def style_references(label_paths, style_dir=None, label_to_img=None, style_root=
                 continue
             ref = root / target
             if not ref.is_file():
-                matches = [q for q in root.glob(Path(target).stem + ".*") if q.suffix.lower() in IMAGE_SUFFIXES]
+                matches = [q for q in root.glob(Path(target).stem + ".*") if q.suffix.lower() in IMAGE_EXTENSIONS]
                 ref = matches[0] if matches else ref
             if ref.is_file():
                 refs[lp] = ref
@@ -220,5 +217,93 @@ def render(model, opt, labels, seed=0, indices=None, sample=0, references=None, 
             z = noise
     with jt.no_grad():
         fake = model.generate(sem, z=z, style=photos)
-    arr = np.clip((fake.numpy() + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-    return list(arr.transpose(0, 2, 3, 1))
+    return list(to_uint8_images(fake))
+
+
+def rendered_batches(model, opt, paths, labels, refs, *, seed, size, batch_size, samples, match_histogram=False):
+    """Batches of [(output file name, PIL image at `size`)] in the order they are written; with
+    `match_histogram` each image's colours are matched to its reference photo."""
+    from jspade.histogram_match import match_histograms
+
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        for k in range(samples):
+            images = render(model, opt, [labels[p] for p in chunk], seed=seed,
+                            indices=list(range(start, start + len(chunk))), sample=k,
+                            references=[refs[p] for p in chunk] if refs else None)
+            batch = []
+            for path, array in zip(chunk, images):
+                image = Image.fromarray(array)
+                if image.size != tuple(size):
+                    image = image.resize(tuple(size), Image.BICUBIC)
+                if match_histogram:
+                    image = Image.fromarray(match_histograms(np.asarray(image), read_image(refs[path])))
+                batch.append((f"{path.stem}.jpg" if samples == 1 else f"{path.stem}_{k}.jpg", image))
+            yield batch
+
+
+def choose_seed(batches_for_seed, seeds, real_stats, quality, report=print):
+    """The seed among `seeds` whose images, as written (JPEG at `quality`), have the lowest FID
+    against the statistics file `real_stats`; `report` gets each seed's FID line."""
+    import io
+
+    from jspade.metrics.fid import InceptionFeatureExtractor, load_statistics
+    from jspade.seed_selection import select_seed
+
+    def as_written(image):
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=quality)
+        return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+
+    stats = load_statistics(real_stats)
+    extractor = InceptionFeatureExtractor(progress=False)
+    fids, best = select_seed(seeds, lambda s: ([as_written(img) for _, img in batch] for batch in batches_for_seed(s)),
+                             stats, extractor, report=lambda s, f: report(f"seed {s}: FID {f:.3f}"))
+    report(f"best seed {best}: FID {fids[best]:.3f}")
+    return best
+
+
+def render_folder(label_dir, checkpoint, out, *, size=(512, 384), batch_size=4, seed=0, samples=1,
+                  style_dir=None, label_to_img=None, style_root=None, quality=95, overwrite=False,
+                  model_overrides=None, progress=False, use_ema=True, seeds=1, real_stats=None,
+                  match_histogram=False, report=print):
+    """Render one `<stem>.jpg` per label map of `label_dir` into `out` (`<stem>_K.jpg` for K in
+    range(samples) when samples > 1), resized (bicubic) to size = (width, height). With `seeds` > 1,
+    seeds seed .. seed+seeds-1 are tried and the lowest-FID one against `real_stats` is written.
+    Returns (images written, the seed used, "ema" or "raw" weights).
+
+    Nothing is written unless every label is readable and holds only ids the model knows and every
+    style reference is found: else DataError listing each bad file. A non-empty `out` is refused
+    (FileExistsError) unless `overwrite`.
+    """
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} is not empty; pass --overwrite to write into it")
+    model, opt = load_generator(checkpoint, model_overrides, use_ema=use_ema)
+    if seeds > 1 and not opt.use_vae:
+        raise ValueError("--seeds: this model has no style noise (use_vae is off), every seed renders the same images")
+    paths = list_labels(label_dir)
+    if not paths:
+        raise DataError(f"{label_dir}: no .png label maps", label_dir)
+    labels, problems = check_labels(paths, opt)
+    if problems:
+        listed = "".join(f"\n  {path}: {reason}" for path, reason in problems)
+        raise DataError(f"{len(problems)} bad label file(s), nothing was written:{listed}")
+    refs = style_references(paths, style_dir, label_to_img, style_root)
+    if match_histogram and not refs:
+        raise ValueError("histogram matching needs reference photos (a style folder or label_to_img.json)")
+
+    def batches(s):
+        return rendered_batches(model, opt, paths, labels, refs, seed=s, size=size, batch_size=batch_size,
+                                samples=samples, match_histogram=match_histogram)
+
+    if seeds > 1:
+        seed = choose_seed(batches, range(seed, seed + seeds), real_stats, quality, report)
+    out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(paths) * samples, desc="render", unit="img", disable=not progress, file=sys.stderr)
+    for batch in batches(seed):
+        for name, image in batch:
+            save_image_atomic(out / name, image, quality=quality)
+            bar.update(1)
+    bar.close()
+    return len(paths) * samples, seed, model.weights

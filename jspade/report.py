@@ -8,7 +8,7 @@ import io
 import json
 from pathlib import Path
 
-from jspade.io import write_bytes_atomic
+from jspade.atomic import write_bytes_atomic
 
 REPORT_FILE = "report.html"
 MAX_GRIDS = 12  # sample grids shown, evenly spaced over the run

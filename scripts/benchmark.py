@@ -28,9 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from jspade import cli  # noqa: E402
+from jspade import cli
 
 
 def main(argv=None):
@@ -78,9 +76,9 @@ def main(argv=None):
     model = SPADEModel(opt)
     model.train()
     g_params = trainable_parameters(model.netG) + (trainable_parameters(model.netE) if model.netE else [])
-    opt_G = Adam(g_params, 1e-4)
-    opt_D = Adam(trainable_parameters(model.netD), 4e-4)
-    h = round(args.crop_size / args.aspect_ratio)
+    optimizer_G = Adam(g_params, 1e-4)
+    optimizer_D = Adam(trainable_parameters(model.netD), 4e-4)
+    _, h = opt.image_size
     rng = np.random.default_rng(0)
     label = jt.array(rng.integers(0, args.label_nc, (args.batch_size, 1, h, args.crop_size)).astype(np.int32))
     real = jt.array(rng.uniform(-1, 1, (args.batch_size, 3, h, args.crop_size)).astype(np.float32))
@@ -89,9 +87,9 @@ def main(argv=None):
 
     def train_iter():
         g_losses, fake, _ = model.generator_losses(sem, real)
-        opt_G.step(sum(g_losses.values()), fetch=list(g_losses.values()) + [fake] * args.reuse_fake)
+        optimizer_G.step(sum(g_losses.values()), fetch=list(g_losses.values()) + [fake] * args.reuse_fake)
         d_losses = model.discriminator_losses(sem, real, fake=fake if args.reuse_fake else None)
-        opt_D.step(sum(d_losses.values()), fetch=list(d_losses.values()))
+        optimizer_D.step(sum(d_losses.values()), fetch=list(d_losses.values()))
 
     def timed(fn, n):
         for _ in range(args.warmup):

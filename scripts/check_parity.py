@@ -18,12 +18,9 @@ over tolerance but within tolerance + noise is marked NO* and still fails. Exits
 of every archive is within its bound, 1 otherwise.
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from jspade import cli  # noqa: E402
-from jspade.parity import run_parity  # noqa: E402
+from jspade import cli
+from jspade.parity import run_parity
 
 
 def main(argv=None):

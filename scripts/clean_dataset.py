@@ -1,5 +1,5 @@
 """Curate the landscape training data into Selection I / Selection II subset files, with a report
-and contact sheets of everything removed (see docs/curation.md and jspade/data/curation.py).
+and contact sheets of everything removed (see docs/curation.md and jspade/data/curation/).
 
     python scripts/clean_dataset.py --data datasets/landscape/train --out curation/
     python scripts/clean_dataset.py --data datasets/landscape/train --out curation/ \\
@@ -10,16 +10,12 @@ nothing in --data is ever written. A non-empty --out is refused unless --overwri
 Exit status: 0 on success, 2 on a usage error or a refused --out.
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from jspade import cli  # noqa: E402
-from jspade.config import size_argument  # noqa: E402
-
-import jspade  # noqa: E402,F401  (configures Jittor first)
-from jspade.data.curation import CurationOptions, curate  # noqa: E402
-from jspade.data.io import DataError  # noqa: E402
+import jspade  # noqa: F401  (configures Jittor first)
+from jspade import cli
+from jspade.config import size_argument
+from jspade.data.curation import CurationOptions, curate
+from jspade.data.readers import DataError
 
 # CurationOptions fields that are plain numeric thresholds, each a --flag of the same name.
 THRESHOLD_HELP = {

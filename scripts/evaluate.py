@@ -23,19 +23,16 @@ reason (nothing is guessed):
 """
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import jspade  # noqa: E402,F401  (configures Jittor first)
-from jspade import cli  # noqa: E402
-from jspade.io import atomic_path  # noqa: E402
-from jspade.metrics import fid as fid_metrics  # noqa: E402
-from jspade.metrics import scores  # noqa: E402
-
-METRICS = ("fid", "style_similarity", "aesthetic", "mask_accuracy", "mask_miou", "score_2022", "score_2023")
+from jspade import cli
+from jspade.atomic import atomic_path
+from jspade.metrics import fid as fid_metrics
+from jspade.metrics import scores
+from jspade.metrics.evaluation import METRICS, EvaluationInputs, evaluate, feature_extractor
 
 
 def build_parser():
@@ -88,14 +85,14 @@ def build_parser():
     return ap
 
 
-def make_extractor(args):
-    return fid_metrics.InceptionFeatureExtractor(args.weights, batch_size=args.batch_size,
-                                                 progress=not args.no_progress)
+def evaluation_inputs(args):
+    given = {f.name: getattr(args, f.name) for f in fields(EvaluationInputs) if f.name != "progress"}
+    return EvaluationInputs(progress=not args.no_progress, **given)
 
 
 def dump_features(args):
     image_dir, out = args.dump_features
-    features = make_extractor(args).folder_features(image_dir)
+    features = feature_extractor(evaluation_inputs(args)).folder_features(image_dir)
     with atomic_path(out) as tmp, open(tmp, "wb") as file:  # a file object: np.save adds no suffix
         np.save(file, features.astype(np.float32))
     print(f"wrote {features.shape[0]} x {features.shape[1]} features of {image_dir} to {out}")
@@ -103,110 +100,9 @@ def dump_features(args):
 
 def save_stats(args):
     image_dir, out = args.save_stats
-    stats = fid_metrics.folder_statistics(image_dir, make_extractor(args))
+    stats = fid_metrics.folder_statistics(image_dir, feature_extractor(evaluation_inputs(args)))
     fid_metrics.save_statistics(out, stats)
     print(f"wrote FID statistics of {stats.n} images of {image_dir} to {out}")
-
-
-class Unavailable(Exception):
-    """A metric whose inputs were not given (or cannot be computed yet); the message says why."""
-
-
-def compute_fid(args):
-    if args.real is None:
-        raise Unavailable("needs --real (real images or their statistics)")
-    return fid_metrics.fid(args.fake, args.real, make_extractor(args), real_cache=args.real_cache)
-
-
-def compute_style_similarity(args):
-    if args.references is not None:
-        pairs = scores.style_pairs_by_name(args.fake, args.references)
-    elif args.label_to_img is not None and args.style_root is not None:
-        pairs = scores.style_pairs_from_mapping(args.fake, args.label_to_img, args.style_root)
-    else:
-        raise Unavailable("needs --references, or --label-to-img with --style-root")
-    return scores.mean_style_similarity(pairs, args.bins), pairs
-
-
-def matched_style_similarity(pairs, bins):
-    """Mean style similarity once each output is histogram-matched to its reference."""
-    from jspade.data.io import read_image
-    from jspade.histogram_match import match_histograms
-    values = []
-    for output, reference in pairs:
-        ref = read_image(reference)
-        values.append(scores.style_similarity(match_histograms(read_image(output), ref), ref, bins))
-    return float(np.mean(values))
-
-
-def given_aesthetic(args):
-    if args.aesthetic is None:
-        raise Unavailable("only from --aesthetic (a contest/human judgement, never estimated)")
-    return args.aesthetic
-
-
-def compute_mask_accuracy(args):
-    """(mask accuracy, its mIoU or None when the accuracy was given by --mask-accuracy)."""
-    if args.mask_accuracy is not None:
-        return args.mask_accuracy, None
-    if args.labels is None or args.segmenter is None:
-        raise Unavailable("needs --labels with --segmenter (a segmentation network), or --mask-accuracy")
-    try:
-        segmenter = scores.load_segmenter(args.segmenter)
-    except scores.SegmenterUnavailable as error:
-        raise Unavailable(str(error)) from None
-    return scores.mask_accuracy(args.fake, args.labels, segmenter, args.num_classes, with_miou=True)
-
-
-def evaluate(args):
-    """{metric: value or None} and {metric: reason} for the unavailable ones."""
-    values, reasons = {}, {}
-
-    def attempt(name, compute):
-        try:
-            values[name] = compute()
-        except Unavailable as reason:
-            values[name], reasons[name] = None, str(reason)
-
-    attempt("fid", lambda: compute_fid(args))
-    style = {}
-
-    def style_similarity():
-        value, style["pairs"] = compute_style_similarity(args)
-        return value
-
-    attempt("style_similarity", style_similarity)
-    if args.match_histogram:
-        if "pairs" in style:
-            values["style_similarity_matched"] = matched_style_similarity(style["pairs"], args.bins)
-        else:
-            values["style_similarity_matched"], reasons["style_similarity_matched"] = None, reasons["style_similarity"]
-    attempt("aesthetic", lambda: given_aesthetic(args))
-    try:
-        mask = compute_mask_accuracy(args)
-    except Unavailable as reason:
-        mask = (reason, reason)
-
-    def mask_metric(value):
-        if isinstance(value, Unavailable):
-            raise value
-        if value is None:
-            raise Unavailable("needs --labels with --segmenter (--mask-accuracy gives no mIoU)")
-        return value
-
-    attempt("mask_accuracy", lambda: mask_metric(mask[0]))
-    attempt("mask_miou", lambda: mask_metric(mask[1]))
-
-    def contest_score(formula, *inputs):
-        missing = [name for name in inputs if values[name] is None]
-        if missing:
-            raise Unavailable("needs " + ", ".join(missing))
-        return formula(*(values[name] for name in inputs))
-
-    attempt("score_2022", lambda: contest_score(scores.score_2022, "mask_accuracy", "aesthetic", "fid"))
-    attempt("score_2023", lambda: contest_score(scores.score_2023, "mask_accuracy", "aesthetic",
-                                                "style_similarity", "fid"))
-    return values, reasons
 
 
 def print_table(values, reasons):
@@ -228,7 +124,7 @@ def main(argv=None):
         return save_stats(args)
     if args.fake is None:
         ap.error("--fake DIR is required for an evaluation (or use --dump-features / --save-stats)")
-    values, reasons = evaluate(args)
+    values, reasons = evaluate(evaluation_inputs(args))
     print_table(values, reasons)
     if args.out is not None:
         report = {"metrics": values, "unavailable": reasons,

@@ -14,17 +14,12 @@ nothing is written and each bad file is listed. Outputs are deterministic for a 
 checkpoint's EMA generator is used when it has one (--no-ema: the raw weights).
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-
-from jspade import cli  # noqa: E402
-from jspade.config import size_argument  # noqa: E402
+from jspade import cli
+from jspade.config import size_argument
 
 MAX_OUTPUT_SIDE = 4096  # --size beyond this needs --allow-large-size (a huge size is an out-of-memory kill)
-
 
 
 
@@ -73,96 +68,26 @@ def main(argv=None):
         ap.error(f"--size {args.size[0]}x{args.size[1]} is larger than {MAX_OUTPUT_SIDE}x{MAX_OUTPUT_SIDE}; "
                  "pass --allow-large-size to render it anyway")
 
-    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
-        ap.error(f"{args.out} is not empty; pass --overwrite to write into it")
     if args.seeds > 1 and args.real_stats is None:
         ap.error("--seeds needs --real-stats NPZ (make one with scripts/evaluate.py --save-stats DIR OUT.npz)")
     if args.match_histogram and args.style_dir is None and args.label_to_img is None:
         ap.error("--match-histogram needs reference photos: --style-dir or --label-to-img")
 
-    from PIL import Image
-    from tqdm import tqdm
+    from jspade.inference import render_folder
 
-    from jspade.data.io import DataError
-    from jspade.data.io import read_image
-    from jspade.histogram_match import match_histograms
-    from jspade.inference import check_labels, list_labels, load_generator, render, style_references
-    from jspade.io import save_image_atomic
-
-    model, opt = load_generator(args.checkpoint, dict(args.model_option), use_ema=not args.no_ema)
-    if args.seeds > 1 and not opt.use_vae:
-        ap.error("--seeds: this model has no style noise (use_vae is off), every seed renders the same images")
-    paths = list_labels(args.labels)
-    if not paths:
-        ap.error(f"no .png label maps in {args.labels}")
-    labels, problems = check_labels(paths, opt)
-    if problems:
-        print(f"refusing to render: {len(problems)} bad label file(s), nothing was written:", file=sys.stderr)
-        for p, reason in problems:
-            print(f"  {p}: {reason}", file=sys.stderr)
-        return 1
     try:
-        refs = style_references(paths, args.style_dir, args.label_to_img, args.style_root)
-    except DataError as e:
-        print(f"refusing to render: {e}", file=sys.stderr)
-        return 1
-
-    def rendered(seed):
-        """Batches of [(file name, output image)] as they are written."""
-        for start in range(0, len(paths), args.batch_size):
-            chunk = paths[start:start + args.batch_size]
-            for k in range(args.samples):
-                images = render(model, opt, [labels[p] for p in chunk], seed=seed,
-                                indices=list(range(start, start + len(chunk))), sample=k,
-                                references=[refs[p] for p in chunk] if refs else None)
-                batch = []
-                for p, img in zip(chunk, images):
-                    name = f"{p.stem}.jpg" if args.samples == 1 else f"{p.stem}_{k}.jpg"
-                    out = Image.fromarray(img)
-                    if out.size != args.size:
-                        out = out.resize(args.size, Image.BICUBIC)
-                    if args.match_histogram:
-                        out = Image.fromarray(match_histograms(np.asarray(out), read_image(refs[p])))
-                    batch.append((name, out))
-                yield batch
-
-    seed = args.seed
-    if args.seeds > 1:
-        seed = choose_seed(args, rendered)
-    args.out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(paths) * args.samples, desc="render", unit="img", disable=args.no_progress)
-    for batch in rendered(seed):
-        for name, out in batch:
-            save_image_atomic(args.out / name, out, quality=args.quality)
-            bar.update(1)
-    bar.close()
-    print(f"wrote {len(paths) * args.samples} image(s) to {args.out}"
-          + (f" with seed {seed}" if args.seeds > 1 else "") + f" ({model.weights} weights)")
+        count, seed, weights = render_folder(
+            args.labels, args.checkpoint, args.out, size=args.size, batch_size=args.batch_size, seed=args.seed,
+            samples=args.samples, style_dir=args.style_dir, label_to_img=args.label_to_img,
+            style_root=args.style_root, quality=args.quality, overwrite=args.overwrite,
+            model_overrides=dict(args.model_option), progress=not args.no_progress, use_ema=not args.no_ema,
+            seeds=args.seeds, real_stats=args.real_stats, match_histogram=args.match_histogram,
+            report=lambda line: print(line, flush=True))
+    except FileExistsError as error:
+        ap.error(str(error))
+    print(f"wrote {count} image(s) to {args.out}" + (f" with seed {seed}" if args.seeds > 1 else "")
+          + f" ({weights} weights)")
     return 0
-
-
-def choose_seed(args, rendered):
-    """The seed among --seed .. --seed+K-1 whose images (as written: JPEG at --quality) have the
-    lowest FID against --real-stats; prints each seed's FID."""
-    import io
-
-    from PIL import Image
-
-    from jspade.metrics.fid import InceptionFeatureExtractor, load_statistics
-    from jspade.seed_selection import select_seed
-
-    def as_written(image):
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=args.quality)
-        return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
-
-    stats = load_statistics(args.real_stats)
-    extractor = InceptionFeatureExtractor(progress=False)
-    seeds = range(args.seed, args.seed + args.seeds)
-    fids, best = select_seed(seeds, lambda s: ([as_written(img) for _, img in batch] for batch in rendered(s)),
-                             stats, extractor, report=lambda s, f: print(f"seed {s}: FID {f:.3f}", flush=True))
-    print(f"best seed {best}: FID {fids[best]:.3f}")
-    return best
 
 
 if __name__ == "__main__":

@@ -8,18 +8,14 @@ Scene i of seed s is always the same, whatever --n. The preview shows label colo
 """
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from PIL import Image
+from tqdm import tqdm
 
-from jspade import cli  # noqa: E402
-from jspade.config import size_argument  # noqa: E402
-
-from PIL import Image  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from jspade.data.synthetic import generate_scene, preview_grid, scene_rng, write_synthetic_dataset  # noqa: E402
-from jspade.io import save_image_atomic  # noqa: E402
+from jspade import cli
+from jspade.config import size_argument
+from jspade.data.synthetic import generate_scene, preview_grid, scene_rng, write_synthetic_dataset
+from jspade.atomic import save_image_atomic
 
 
 

@@ -11,15 +11,12 @@ if ! command -v mpirun >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-g
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev) >/dev/null 2>&1 \
     || echo "warning: OpenMPI not installed; multi-process tests will be skipped" >&2
 fi
-# - With --test-tools: Debian's chromium and Playwright, for the painter's browser test. Playwright is pointed at
-#   /usr/bin/chromium (executable_path) and never downloads a browser of its own.
+# - With --test-tools: Debian's chromium for the painter's browser test (Playwright itself comes with the
+#   package's `test` extra; it is pointed at /usr/bin/chromium and never downloads a browser of its own).
 if [ "${1:-}" = "--test-tools" ]; then
   if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
       || echo "warning: chromium not installed; the painter's browser test will be skipped" >&2
   fi
-  "$VENV/bin/python" -c "import playwright" >/dev/null 2>&1 \
-    || PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 "$VENV/bin/python" -m pip install -q playwright >/dev/null 2>&1 \
-    || echo "warning: playwright not installed; the painter's browser test will be skipped" >&2
 fi
 exit 0

@@ -17,10 +17,8 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from jspade import cli  # noqa: E402
-from jspade.config import add_config_arguments, apply_overrides, load_config  # noqa: E402
+from jspade import cli
+from jspade.config import add_config_arguments, apply_overrides, load_config
 
 DEFAULT_PRESET = Path(__file__).resolve().parents[1] / "configs" / "demo_cpu.toml"
 

@@ -8,13 +8,10 @@ Reports missing pairs (by stem), unreadable or corrupt files, label/photo size m
 class ids out of range (file and ids). See datasets/README.md for the layouts.
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from jspade import cli  # noqa: E402
-from jspade.data.datasets import DATASETS  # noqa: E402
-from jspade.data.validate import validate_dataset  # noqa: E402
+from jspade import cli
+from jspade.data.datasets import DATASETS
+from jspade.data.validate import validate_dataset
 
 
 def main(argv=None):

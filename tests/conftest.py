@@ -1,13 +1,13 @@
 """Shared test fixtures. Real sample data and reference vectors live in ../shared beside the
 project (never copied into it); tests that need them skip, saying why, where it is absent."""
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("JSPADE_DEVICE", "cpu")  # tests are sized for CPU
 
 import jspade  # noqa: E402,F401  (configures Jittor before any test imports it)
@@ -45,3 +45,10 @@ def reference_fixture():
 @pytest.fixture
 def nvlabs_checkpoint_dir():
     return _shared("fixtures", "spade_reference", "nvlabs_checkpoint")
+
+
+def run_script(name, *args, timeout=600):
+    """Run scripts/<name>.py with `args` as a user does, in its own process (tests import the library,
+    never a script); returns the CompletedProcess with text stdout/stderr."""
+    command = [sys.executable, str(ROOT / "scripts" / f"{name}.py"), *map(str, args)]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)

@@ -11,17 +11,15 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("JSPADE_DEVICE", "cpu")
 
 import jspade  # noqa: E402,F401  (configures Jittor before it is imported)
 import numpy as np  # noqa: E402
 
-from jspade.models.base import trainable_parameters  # noqa: E402
-from jspade.models.generator import SPADEResnetBlock  # noqa: E402
-from jspade.models.normalization import SyncBatchNorm  # noqa: E402
-from jspade.runtime import jt  # noqa: E402
+from jspade.models.base import trainable_parameters
+from jspade.models.generator import SPADEResnetBlock
+from jspade.models.normalization import SyncBatchNorm
+from jspade.runtime import jt
 
 UNION = 4          # samples in the union batch
 BN_SHAPE = (3, 5, 6)

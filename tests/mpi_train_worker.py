@@ -2,19 +2,15 @@
 each rank taking its shard; writes the generator/discriminator weights after the step.
 With N=1 it is the single-process reference. Usage: mpi_train_worker.py OUT.npz"""
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from jspade.runtime import jt  # noqa: E402
-from jspade.config import ModelConfig  # noqa: E402
-from jspade.data.semantics import semantics_for  # noqa: E402
-from jspade.models.base import trainable_parameters  # noqa: E402
-from jspade.models.spade_model import SPADEModel  # noqa: E402
-from jspade.train.optim import Adam  # noqa: E402
+from jspade.runtime import jt
+from jspade.config import ModelConfig
+from jspade.data.semantics import semantics_for
+from jspade.models.base import trainable_parameters
+from jspade.models.spade_model import SPADEModel
+from jspade.train.optim import Adam
 
 opt = ModelConfig(label_nc=29, crop_size=64, aspect_ratio=2.0, ngf=8, ndf=8, num_D=2, n_layers_D=3, use_vae=False)
 jt.set_global_seed(0, different_seed_for_mpi=False)

@@ -1,17 +1,11 @@
-"""scripts/average_checkpoints.py: the mean of several generators, usable for inference."""
-import sys
-from pathlib import Path
-
+"""Checkpoint averaging (scripts/average_checkpoints.py): the mean of several generators, usable for inference."""
 import numpy as np
 import pytest
 
-from jspade.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from jspade.checkpoint import average_checkpoints, load_checkpoint, read_checkpoint, save_checkpoint
 from jspade.config import Config, ModelConfig
 from jspade.models.spade_model import SPADEModel
 from jspade.runtime import jt
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import average_checkpoints  # noqa: E402
 
 
 def test_average_of_two_checkpoints(tmp_path):
@@ -23,7 +17,7 @@ def test_average_of_two_checkpoints(tmp_path):
         paths.append(save_checkpoint(tmp_path / f"{seed}.pkl", SPADEModel(cfg.model, with_vgg=False),
                                      {"config": cfg.to_dict()}))
     out = tmp_path / "avg.pkl"
-    assert average_checkpoints.main([str(p) for p in paths] + ["--out", str(out)]) == 0
+    assert average_checkpoints(paths, out) == ["G"]
     a, b = (read_checkpoint(p)["networks"]["G"] for p in paths)
     avg = read_checkpoint(out)["networks"]["G"]
     for k in ("fc.weight", "head_0.conv_0.weight_orig", "up_0.norm_0.param_free_norm.running_var"):
@@ -34,8 +28,8 @@ def test_average_of_two_checkpoints(tmp_path):
     assert sigma == pytest.approx(np.linalg.svd(w, compute_uv=False)[0], rel=1e-3)
     model = SPADEModel(cfg.model, with_discriminator=False, with_vgg=False)
     load_checkpoint(out, model, networks=("G",))  # loads strictly
-    with pytest.raises(SystemExit):  # never overwrites silently
-        average_checkpoints.main([str(p) for p in paths] + ["--out", str(out)])
+    with pytest.raises(FileExistsError):  # never overwrites silently
+        average_checkpoints(paths, out)
 
 
 def test_ema_weights_are_averaged_too_unless_no_ema(tmp_path):
@@ -49,10 +43,10 @@ def test_ema_weights_are_averaged_too_unless_no_ema(tmp_path):
         ema = SPADEModel(cfg.model, with_discriminator=False, with_vgg=False)
         paths.append(save_checkpoint(tmp_path / f"{seed}.pkl", model,
                                      {"config": cfg.to_dict(), "ema_networks": {"G": state_arrays(ema.netG)}}))
-    assert average_checkpoints.main([str(p) for p in paths] + ["--out", str(tmp_path / "avg.pkl")]) == 0
+    assert average_checkpoints(paths, tmp_path / "avg.pkl") == ["G"]
     a, b = (read_checkpoint(p)["ema_networks"]["G"] for p in paths)
     avg = read_checkpoint(tmp_path / "avg.pkl")
     assert np.allclose(avg["ema_networks"]["G"]["fc.weight"], (a["fc.weight"] + b["fc.weight"]) / 2, atol=1e-7)
     assert not np.allclose(avg["networks"]["G"]["fc.weight"], avg["ema_networks"]["G"]["fc.weight"])
-    assert average_checkpoints.main([str(p) for p in paths] + ["--out", str(tmp_path / "raw.pkl"), "--no-ema"]) == 0
+    assert average_checkpoints(paths, tmp_path / "raw.pkl", use_ema=False) == ["G"]
     assert "ema_networks" not in read_checkpoint(tmp_path / "raw.pkl")

@@ -257,7 +257,7 @@ def test_atomic_files_get_the_usual_mode_for_the_umask(tmp_path, umask):
     """Checkpoints and submission images must be readable by teammates and upload tools like any
     other file the user creates (the temporary file behind an atomic write is made 0600)."""
     from PIL import Image
-    from jspade.io import save_image_atomic, write_bytes_atomic
+    from jspade.atomic import save_image_atomic, write_bytes_atomic
     old = os.umask(umask)
     try:
         write_bytes_atomic(tmp_path / "a.bin", b"x")

@@ -136,7 +136,7 @@ def test_argument_types_report_the_limit():
 
 def test_run_reports_expected_errors_and_keeps_bugs_loud(capsys):
     from jspade import cli
-    from jspade.data.io import DataError
+    from jspade.data.readers import DataError
 
     def missing_file(argv):
         open("/nonexistent/x.png")

@@ -1,4 +1,4 @@
-"""Data curation (jspade/data/curation.py, scripts/clean_dataset.py) on a synthetic dataset with
+"""Data curation (jspade/data/curation/, scripts/clean_dataset.py) on a synthetic dataset with
 planted defects: each defect is caught for the right reason, the clean scenes are kept, the
 selections load as training subsets, runs are deterministic and the data folder is never touched.
 
@@ -14,7 +14,6 @@ Planted (beside 40 clean synthetic scenes at 128x96):
   small_photo             a 120x90 photo for a 128x96 label           -> size_mismatch
 """
 import hashlib
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -23,13 +22,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jspade.data import curation
+from conftest import run_script
 from jspade.data.curation import CurationOptions, curate
+from jspade.data.curation.checks import backlight_score, clipped_fraction, color_channels, colorfulness, contrast
+from jspade.data.curation.near_duplicates import find_near_duplicate_groups, groups_around_centres
+from jspade.data.curation.reasons import REASON, REASONS
+from jspade.data.curation.report import THUMB
+from jspade.data.readers import PROBLEM_KINDS
 from jspade.data.datasets import build_dataset, read_subset
 from jspade.data.labels import LANDSCAPE_IDS
 from jspade.data.synthetic import PHOTO_COLORS, generate_label, render_photo, scene_rng, write_synthetic_dataset
+from jspade.train.segmenter import train as train_segmenter
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZE = (128, 96)
 SKY = LANDSCAPE_IDS["sky"]
 CLEAN = 40
@@ -37,11 +41,9 @@ COPIED = "synth_0_000005"
 SECOND_ONLY = {"backlit", "clipped_highlights", "low_contrast", "near_duplicate"}
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def label_agreement(a, b):
+    """Fraction of pixels where two equally sized label maps have the same class."""
+    return float(np.mean(np.asarray(a) == np.asarray(b)))
 
 
 def save_pair(root, stem, label, photo=None, quality=92):
@@ -168,14 +170,14 @@ def test_clean_scenes_are_kept_in_both_selections(curated):
     assert set(curated["clean"]) <= set(s2) and set(s2) <= set(s1)
     # With margin: the clean scenes' scores are far from every threshold.
     rows = {r["stem"]: r for r in _csv(curated["out"] / "scores.csv")}
-    opt = CurationOptions()
+    options = CurationOptions()
     for stem in curated["clean"]:
         r = rows[stem]
-        assert float(r["colorfulness"]) > 4 * opt.gray_threshold
-        assert float(r["color_outlier_fraction"]) < opt.color_outlier_fraction / 2
-        assert r["backlight_ratio"] == "" or float(r["backlight_ratio"]) > 1.3 * opt.backlight_ratio
-        assert float(r["clipped_fraction"]) < opt.clipped_fraction / 2
-        assert float(r["contrast"]) > 1.3 * opt.min_contrast
+        assert float(r["colorfulness"]) > 4 * options.gray_threshold
+        assert float(r["color_outlier_fraction"]) < options.color_outlier_fraction / 2
+        assert r["backlight_ratio"] == "" or float(r["backlight_ratio"]) > 1.3 * options.backlight_ratio
+        assert float(r["clipped_fraction"]) < options.clipped_fraction / 2
+        assert float(r["contrast"]) > 1.3 * options.min_contrast
 
 
 def _csv(path):
@@ -228,7 +230,7 @@ def test_report_contact_sheets_and_counts(curated):
     for reason in ("grayscale", "backlit", "color_mismatch", "duplicate_photo", "unreadable", "near_duplicate"):
         assert f"{reason}_01.jpg" in sheets
     with Image.open(out / "sheets" / "near_duplicate_01.jpg") as sheet:
-        assert sheet.width >= 2 * curation.THUMB[0] and sheet.height > curation.THUMB[1]
+        assert sheet.width >= 2 * THUMB[0] and sheet.height > THUMB[1]
     counted = {}
     for entry in report["rejected"].values():
         for r in entry["reasons"]:
@@ -257,16 +259,15 @@ def test_deterministic_refuses_non_empty_out_and_never_touches_the_data(curated)
     assert tree_hash(data) == curated["before"]
 
 
-def test_script_runs_and_refuses_without_overwrite(curated, capsys):
-    script = load_script("clean_dataset")
+def test_script_runs_and_refuses_without_overwrite(curated):
     out = curated["base"] / "out_cli"
-    assert script.main(["--data", str(curated["data"]), "--out", str(out), "--near-dup-keep", "1",
-                        "--no-progress"]) == 0
+    done = run_script("clean_dataset", "--data", curated["data"], "--out", out, "--near-dup-keep", "1", "--no-progress")
+    assert done.returncode == 0, done.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["thresholds"]["near_dup_keep"] == 1
     assert len(report["near_duplicates"]["groups"][0]["kept"]) == 1
-    assert script.main(["--data", str(curated["data"]), "--out", str(out), "--no-progress"]) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    done = run_script("clean_dataset", "--data", curated["data"], "--out", out, "--no-progress")
+    assert done.returncode == 2 and "--overwrite" in done.stderr
     assert tree_hash(curated["data"]) == curated["before"]
 
 
@@ -282,56 +283,60 @@ def test_near_duplicate_search_finds_every_similar_pair_without_comparing_all():
             noisy[rng.integers(0, 48, k), rng.integers(0, 64, k)] = rng.integers(0, 29, k)
             labels.append(noisy)
     labels = np.stack(labels).astype(np.uint8)
-    groups, stats = curation.find_near_duplicate_groups(labels, 0.95, 29)
+    groups, stats = find_near_duplicate_groups(labels, 0.95, 29)
     n = len(labels)
     brute = {(i, j) for i in range(n) for j in range(i + 1, n)
-             if curation.label_agreement(labels[i], labels[j]) >= 0.95}
+             if label_agreement(labels[i], labels[j]) >= 0.95}
     assert stats["similar_pairs"] == len(brute)
     assert stats["candidate_pairs"] < n * (n - 1) // 2
     grouped = set()
     for group in groups:
         centre = group[0]
-        assert all(curation.label_agreement(labels[centre], labels[m]) >= 0.95 for m in group[1:])
+        assert all(label_agreement(labels[centre], labels[m]) >= 0.95 for m in group[1:])
         assert not grouped & set(group)  # disjoint
         grouped |= set(group)
     assert groups and {i for pair in brute for i in pair} >= grouped  # only similar maps are grouped
 
 
+def test_every_kind_of_dataset_problem_is_a_rejection_reason():
+    assert set(PROBLEM_KINDS) <= {reason.name for reason in REASONS}
+    assert all(REASON[name].excludes_selection1 for name in PROBLEM_KINDS)
+
+
 def test_groups_do_not_chain():
     """A~B, B~C, C~D but A !~ C: star groups, not one connected component."""
-    assert curation.groups_around_centres(4, [(0, 1), (1, 2), (2, 3)]) == [[1, 0, 2]]
-    assert curation.groups_around_centres(5, [(0, 1), (0, 2), (0, 3), (3, 4)]) == [[0, 1, 2, 3]]
+    assert groups_around_centres(4, [(0, 1), (1, 2), (2, 3)]) == [[1, 0, 2]]
+    assert groups_around_centres(5, [(0, 1), (0, 2), (0, 3), (3, 4)]) == [[0, 1, 2, 3]]
 
 
 def test_small_checks():
     gray = np.full((8, 8, 3), 120, np.uint8)
-    assert curation.is_grayscale(gray) and curation.colorfulness(gray) == 0
+    assert colorfulness(gray) == 0 < CurationOptions().gray_threshold
     label = np.zeros((8, 8), np.uint8)
     label[:4] = SKY
     photo = np.zeros((8, 8, 3), np.uint8)
     photo[:4], photo[4:] = 220, 20
-    assert curation.backlight_score(photo, label) == pytest.approx(20 / 220)
-    assert curation.backlight_score(photo, np.zeros_like(label)) is None  # no sky
-    assert curation.contrast(gray) == 0 and curation.clipped_fraction(gray) == 0
+    assert backlight_score(photo, label) == pytest.approx(20 / 220)
+    assert backlight_score(photo, np.zeros_like(label)) is None  # no sky
+    assert contrast(gray) == 0 and clipped_fraction(gray) == 0
     # Chromaticity does not change with exposure.
-    a, _ = curation.color_channels(np.array([[[100, 150, 50]]], np.uint8))
-    b, _ = curation.color_channels(np.array([[[50, 75, 25]]], np.uint8))
+    a, _ = color_channels(np.array([[[100, 150, 50]]], np.uint8))
+    b, _ = color_channels(np.array([[[50, 75, 25]]], np.uint8))
     assert abs(int(a[0, 0, 0]) - int(b[0, 0, 0])) <= 1 and abs(int(a[0, 0, 1]) - int(b[0, 0, 1])) <= 1
 
 
 def test_segmenter_flags_a_swapped_label(tmp_path):
     """With --segmenter: a tiny segmenter trained briefly on clean scenes flags two photos whose
     labels were swapped (both labels are plausible landscapes, so colour statistics alone may not)."""
-    train = load_script("train_segmenter").train
     data = tmp_path / "data"
     write_synthetic_dataset(data, 100, SIZE, seed=0)
     ckpt = tmp_path / "seg.pkl"
-    train(data, "landscape", size=(96, 72), epochs=10, batch_size=8, lr=1e-2, width=16, out=ckpt,
+    train_segmenter(data, "landscape", size=(96, 72), epochs=10, batch_size=8, lr=1e-2, width=16, out=ckpt,
           progress=False, log=lambda *_: None)
     # Two scenes whose labels differ on most pixels.
     scenes = [generate_label(scene_rng(9, i), *SIZE) for i in range(12)]
     i, j = min(((i, j) for i in range(12) for j in range(i + 1, 12)),
-               key=lambda p: (curation.label_agreement(scenes[p[0]][0], scenes[p[1]][0]), p))
+               key=lambda p: (label_agreement(scenes[p[0]][0], scenes[p[1]][0]), p))
     photos = [render_photo(scenes[k][0], scene_rng(10, k), scenes[k][1]) for k in (i, j)]
     save_pair(data, "swap_a", scenes[j][0], photos[0])
     save_pair(data, "swap_b", scenes[i][0], photos[1])

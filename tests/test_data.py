@@ -10,9 +10,9 @@ from PIL import Image
 
 from jspade.data.datasets import (ADE20KDataset, CityscapesDataset, CocoStuffDataset, FolderDataset,
                                   LandscapeDataset, build_dataset)
-from jspade.data.io import DataError, read_image, read_instance, read_label
+from jspade.data.readers import DataError, read_image, read_instance, read_label
 from jspade.data.labels import LANDSCAPE_CLASSES, LANDSCAPE_PALETTE, colorize, make_palette
-from jspade.data.transforms import PreprocessOptions, get_params, output_size, transform
+from jspade.data.transforms import PreprocessOptions, get_params, transform
 from jspade.data.validate import validate_dataset
 from jspade.runtime import jt
 
@@ -95,15 +95,15 @@ def test_colorize():
     ("scale_width_and_crop", (48, 48)), ("scale_shortside", (133, 80)),
     ("scale_shortside_and_crop", (48, 48)), ("fixed", (48, 24)), ("none", (96, 64))])
 def test_preprocess_mode_output_sizes(mode, expected):
-    opt = PreprocessOptions(mode, load_size=80, crop_size=48, aspect_ratio=2.0)
+    preprocess = PreprocessOptions(mode, load_size=80, crop_size=48, aspect_ratio=2.0)
     image = Image.new("RGB", (100, 60))
-    params = get_params(opt, image.size, np.random.default_rng(0))
-    assert transform(image, opt, params).size == expected == output_size(opt, image.size)
+    params = get_params(preprocess, image.size, np.random.default_rng(0))
+    assert transform(image, preprocess, params).size == expected
 
 
 def test_params_reproducible_and_crop_too_large_is_an_error():
-    opt = PreprocessOptions("resize_and_crop", load_size=286, crop_size=256)
-    draws = [get_params(opt, (640, 480), np.random.default_rng(s)) for s in (1, 1, 2)]
+    preprocess = PreprocessOptions("resize_and_crop", load_size=286, crop_size=256)
+    draws = [get_params(preprocess, (640, 480), np.random.default_rng(s)) for s in (1, 1, 2)]
     assert draws[0] == draws[1]
     assert get_params(PreprocessOptions(no_flip=True), (9, 9), np.random.default_rng(0))["flip"] is False
     with pytest.raises(DataError, match="smaller than crop_size"):
@@ -271,10 +271,13 @@ def test_validate_reports_every_problem(tmp_path):
     problems = validate_dataset("landscape", broken_dataset(tmp_path))
     text = "\n".join(map(str, problems))
     assert len(problems) == 4, text
-    assert any(p.where == "no_image" and "missing pair" in p.reason for p in problems)
-    assert any(p.where.endswith("corrupt.png") and "cannot read" in p.reason for p in problems)
-    assert any(p.where.endswith("bad_id.png") and "41" in p.reason for p in problems)
-    assert any(p.where.endswith("wrong_size.png") and "30x20" in p.reason for p in problems)
+    # each problem also carries its kind, set where it is found (curation sorts on it, not on the text)
+    assert any(p.where == "no_image" and "missing pair" in p.reason and p.kind == "missing_pair" for p in problems)
+    assert any(p.where.endswith("corrupt.png") and "cannot read" in p.reason and p.kind == "unreadable"
+               for p in problems)
+    assert any(p.where.endswith("bad_id.png") and "41" in p.reason and p.kind == "bad_class_id" for p in problems)
+    assert any(p.where.endswith("wrong_size.png") and "30x20" in p.reason and p.kind == "size_mismatch"
+               for p in problems)
     assert validate_dataset("landscape", tmp_path / "nowhere")  # a missing root is a problem, not a crash
 
 

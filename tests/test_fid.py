@@ -3,13 +3,12 @@
 The port was checked once against torch running the same TorchScript weights (max feature
 difference 4.9e-6, see jspade/models/inception.py); torch is not needed here.
 """
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import run_script
 from jspade.metrics import fid as fid_metrics
 from jspade.metrics.torchscript import (
     fid_inception_state_dict_from_torchscript, installed_fid_helper_weights, load_torch_zip,
@@ -19,7 +18,6 @@ from jspade.models.resize import avg_pool3x3_exclude_pad, resize_bilinear
 from jspade.models.resize import bilinear_matrix as bilinear_resize_matrix
 from jspade.runtime import jt
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -248,13 +246,11 @@ def test_weights_path_resolution(tmp_path, monkeypatch):
 
 
 def test_evaluate_dump_features_writes_sorted_rows(extractor, photos, photo_features, tmp_path, wheel_weights):
-    spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "scripts" / "evaluate.py")
-    evaluate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(evaluate)
     for name, photo in zip(("b.png", "a.png"), photos[:2]):
         Image.fromarray(photo).save(tmp_path / name)
     out = tmp_path / "features.npy"
-    evaluate.main(["--dump-features", str(tmp_path), str(out), "--weights", str(wheel_weights), "--no-progress"])
+    done = run_script("evaluate", "--dump-features", tmp_path, out, "--weights", wheel_weights, "--no-progress")
+    assert done.returncode == 0, done.stderr
     dumped = np.load(out)
     assert dumped.dtype == np.float32 and dumped.shape == (2, 2048)
     np.testing.assert_array_equal(dumped, photo_features[[1, 0]])

@@ -51,18 +51,14 @@ def test_bad_inputs_are_refused():
 
 
 def test_evaluate_shows_the_effect_of_matching_on_style_similarity(landscape_sample, tmp_path, capsys):
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    import evaluate
+    from jspade.metrics.evaluation import EvaluationInputs, evaluate
     images = photos(landscape_sample)
     (tmp_path / "out").mkdir()
     (tmp_path / "ref").mkdir()
     for i in range(len(images)):  # output i is photo i, its reference the next photo
         Image.fromarray(images[i]).save(tmp_path / "out" / f"s{i}.png")
         Image.fromarray(images[(i + 1) % len(images)]).save(tmp_path / "ref" / f"s{i}.png")
-    evaluate.main(["--fake", str(tmp_path / "out"), "--references", str(tmp_path / "ref"), "--match-histogram",
-                   "--out", str(tmp_path / "eval.json")])
-    rows = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines() if line.startswith("style"))
-    before, after = float(rows["style_similarity"]), float(rows["style_similarity_matched"])
+    values, _ = evaluate(EvaluationInputs(fake=tmp_path / "out", references=tmp_path / "ref", match_histogram=True,
+                                          progress=False))
+    before, after = values["style_similarity"], values["style_similarity_matched"]
     assert before < 0.5 and after > 0.99

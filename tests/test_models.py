@@ -14,7 +14,7 @@ from jspade.models.base import trainable_parameters
 from jspade.models.discriminator import MultiscaleDiscriminator
 from jspade.models.encoder import ConvEncoder
 from jspade.models.generator import SPADEGenerator, SPADEResnetBlock
-from jspade.models.normalization import (SPADE, InstanceNorm2d, SpectralConv2d, SpectralLinear,
+from jspade.models.normalization import (SPADE, InstanceNorm2d, SpectralConv2d,
                                          SyncBatchNorm)
 from jspade.models.resize import avg_pool3x3_s2_exclude_pad, resize_bilinear, resize_nearest
 from jspade.runtime import jt
@@ -280,9 +280,10 @@ def test_spectral_conv_training_power_iteration_output_and_gradient():
     assert np.abs(g_w.numpy() - g_wn / sigma).max() > 1e-2 * np.abs(g_wn / sigma).max()
 
 
-def test_spectral_linear_eval_keeps_u_v_and_training_gradient_holds_them_constant():
-    layer = SpectralLinear(6, 4)
+def test_spectral_conv_eval_keeps_u_v_and_training_gradient_holds_them_constant():
+    layer = SpectralConv2d(6, 4, 1)  # a 1x1 convolution of a 1x1 input: a linear layer, checked by hand
     w, u0, v0 = set_spectral(layer, seed=50)
+    w = w.reshape(4, 6)
     b = layer.bias.numpy().astype(np.float64)
     x = randn(3, 6, seed=51)
     coef = randn(3, 4, seed=52)
@@ -291,15 +292,16 @@ def test_spectral_linear_eval_keeps_u_v_and_training_gradient_holds_them_constan
     # eval: the stored u, v give sigma and are not touched. (Jittor's Module.eval() also stop-grads
     # every parameter, so there is no eval-mode gradient to check.)
     layer.eval()
-    y = layer(jt.array(x)).numpy()
+    y = layer(jt.array(x[:, :, None, None])).reshape(3, 4).numpy()
     np.testing.assert_allclose(y, x @ (w / (u0 @ w @ v0)).T + b, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(layer.weight_u.numpy(), u0.astype(np.float32))
     np.testing.assert_array_equal(layer.weight_v.numpy(), v0.astype(np.float32))
 
     # training: one power iteration, then the gradient with the new u, v held constant
     layer.train()
-    y = layer(jt.array(x))
+    y = layer(jt.array(x[:, :, None, None])).reshape(3, 4)
     (g_w,) = jt.grad((y * jt.array(coef)).sum(), [layer.weight_orig])
+    g_w = g_w.reshape(4, 6)
     v1 = l2n(w.T @ u0)
     u1 = l2n(w @ v1)
     np.testing.assert_allclose(layer.weight_v.numpy(), v1, rtol=1e-5, atol=1e-6)
@@ -573,13 +575,13 @@ def test_parity_noise_does_not_hide_a_real_bug(parity_run, monkeypatch):
     """A classic port bug that only gradients show: spectral norm's sigma treated as a constant.
     The affected gradient must fail by far more than tolerance + float32 noise."""
     import jspade.models.normalization as normalization
-    correct = normalization._SpectralNorm.normalized_weight
+    correct = normalization.SpectralNorm.normalized_weight
 
     def sigma_detached(self):
         w = correct(self)
         return self.weight_orig / (self.weight_orig / w).detach()
 
-    monkeypatch.setattr(normalization._SpectralNorm, "normalized_weight", sigma_detached)
+    monkeypatch.setattr(normalization.SpectralNorm, "normalized_weight", sigma_detached)
     buggy = parity_run.step_outputs()
     measured = {c.name: c for c in parity_run.results}
     name = "G_step.grad.G.up_3.conv_1.weight_orig"

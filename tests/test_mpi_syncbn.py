@@ -51,8 +51,7 @@ def mpi_result(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def single():
-    sys.path.insert(0, str(HERE))
-    import mpi_syncbn_worker as worker
+    import mpi_syncbn_worker as worker  # tests/ is on the path of every test module (pytest's rootdir-less import)
     return worker, worker.compute(0, worker.UNION)
 
 

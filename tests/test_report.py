@@ -3,17 +3,15 @@ import base64
 import io
 import json
 import re
-import sys
-from pathlib import Path
 
 from PIL import Image
 
+from jspade.report import write_report
 from jspade.train.trainer import Trainer
 
+from conftest import run_script
 from tiny_models import tiny_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import report  # noqa: E402
 
 
 def test_report_renders_from_a_tiny_run(tmp_path, capsys):
@@ -27,8 +25,7 @@ def test_report_renders_from_a_tiny_run(tmp_path, capsys):
         f.write(json.dumps({"iter": 4, "phase": 1, "fid": 90.25, "fid_best": False}) + "\n")
         f.write('{"iter": 5, "losses": {"GA')  # a line cut short by a crash is skipped
     page.unlink()
-    assert report.main([str(run_dir)]) == 0
-    assert capsys.readouterr().out.strip() == str(page)
+    assert write_report(run_dir) == page
     html = page.read_text()
     charts = re.findall(r"<h2>([^<]+)</h2><img src='data:image/png;base64,([^']+)'", html)
     assert [title for title, _ in charts] == ["Losses", "Learning rate per phase", "FID"]
@@ -41,7 +38,8 @@ def test_report_renders_from_a_tiny_run(tmp_path, capsys):
     assert "[[phases]]" in html  # the configuration
 
 
-def test_report_of_a_folder_that_is_not_a_run_fails_in_one_line(tmp_path, capsys):
-    assert report.main([str(tmp_path)]) == 1
-    err = capsys.readouterr().err.strip()
+def test_report_of_a_folder_that_is_not_a_run_fails_in_one_line(tmp_path):
+    done = run_script("report", tmp_path)
+    assert done.returncode == 1
+    err = done.stderr.strip()
     assert "\n" not in err and str(tmp_path) in err and "log.jsonl" in err

@@ -235,7 +235,7 @@ def test_safe_load_refuses_every_format(tmp_path):
 def test_inference_and_painter_refuse_a_hostile_checkpoint(tmp_path):
     """infer.py --checkpoint (a .pkl, a run folder, an original folder), paint.py --checkpoint/--results."""
     from jspade.inference import load_generator
-    from jspade.painter.server import PainterApp, default_checkpoint
+    from jspade.painter import PainterApp, default_checkpoint
 
     for kind, path, marker in hostile_files(tmp_path):
         if kind.endswith("pth"):  # the original repository's folder of latest_net_G.pth

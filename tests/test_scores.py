@@ -1,23 +1,14 @@
 """Contest score formulas, style similarity (colour-histogram correlation) and mask-accuracy metrics."""
-import importlib.util
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import run_script
 from jspade.metrics import scores
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_evaluate_script():
-    spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "scripts" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from jspade.metrics.evaluation import EvaluationInputs, evaluate
 
 
 # --- formulas -----------------------------------------------------------------------------------
@@ -121,27 +112,33 @@ def test_mask_accuracy_with_a_stub_segmenter_on_16bit_labels(landscape_sample, t
         scores.load_segmenter("segmenter.pkl")
 
 
-# --- the evaluation script (no Inception needed without --real) ---------------------------------
+# --- the evaluation (no Inception needed without real images) -----------------------------------
 
-def test_evaluate_reports_unavailable_metrics_and_writes_json(tmp_path, capsys):
-    evaluate = load_evaluate_script()
+def test_evaluate_reports_unavailable_metrics(tmp_path):
     fake = tmp_path / "fake"
     fake.mkdir()
     for stem in ("x", "y"):
         Image.new("RGB", (16, 16), (90, 120, 200)).save(fake / f"{stem}.png")
-    out = tmp_path / "eval.json"
-    evaluate.main(["--fake", str(fake), "--references", str(fake), "--aesthetic", "6", "--mask-accuracy", "0.9",
-                   "--labels", str(tmp_path), "--out", str(out)])
-    report = json.loads(out.read_text())
-    metrics, reasons = report["metrics"], report["unavailable"]
+    metrics, reasons = evaluate(EvaluationInputs(fake, references=fake, aesthetic=6, mask_accuracy=0.9,
+                                                 labels=tmp_path))
     assert metrics["style_similarity"] == pytest.approx(1.0)
     assert metrics["aesthetic"] == 6 and metrics["mask_accuracy"] == 0.9
     assert metrics["fid"] is None and "--real" in reasons["fid"]
     assert metrics["score_2022"] is None and reasons["score_2022"] == "needs fid"
-    assert "unavailable" in capsys.readouterr().out
 
-    evaluate.main(["--fake", str(fake), "--labels", str(tmp_path), "--segmenter", "seg.pkl", "--out", str(out)])
-    reasons = json.loads(out.read_text())["unavailable"]
+    metrics, reasons = evaluate(EvaluationInputs(fake, labels=tmp_path, segmenter=tmp_path / "seg.pkl"))
     assert "segmentation network" in reasons["mask_accuracy"]
     assert "only from --aesthetic" in reasons["aesthetic"]
     assert reasons["score_2023"] == "needs mask_accuracy, aesthetic, style_similarity, fid"
+
+
+def test_evaluate_script_prints_the_table_and_writes_json(tmp_path):
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    Image.new("RGB", (16, 16), (90, 120, 200)).save(fake / "x.png")
+    out = tmp_path / "eval.json"
+    done = run_script("evaluate", "--fake", fake, "--references", fake, "--aesthetic", "6", "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert "unavailable: needs --real" in done.stdout and "style_similarity  1.0000" in done.stdout
+    report = json.loads(out.read_text())
+    assert report["metrics"]["aesthetic"] == 6 and report["unavailable"]["score_2022"] == "needs mask_accuracy, fid"

@@ -1,20 +1,18 @@
 """Seed selection: every seed's FID is measured the same way twice, the lowest wins, and infer.py
 writes the images of that seed."""
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from jspade.inference import render_folder
 from jspade.metrics import fid as fid_metrics
 from jspade.metrics.torchscript import installed_fid_helper_weights
 from jspade.seed_selection import best_seed
 
+from conftest import run_script
 from tiny_models import tiny_checkpoint
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import infer  # noqa: E402
 
 
 def test_best_seed_is_the_minimum_and_the_smaller_on_ties():
@@ -42,20 +40,23 @@ def write_labels(folder, n=4):
         Image.fromarray(label).save(folder / f"scene{i}.png")
 
 
-def test_infer_picks_the_seed_whose_images_the_statistics_came_from(tmp_path, weights, capsys):
+def test_infer_picks_the_seed_whose_images_the_statistics_came_from(tmp_path, weights):
     ckpt = tiny_checkpoint(tmp_path / "tiny.pkl")
     write_labels(tmp_path / "labels")
-    common = ["--labels", str(tmp_path / "labels"), "--checkpoint", str(ckpt), "--size", "64x32", "--no-progress"]
+
+    def render(out, **options):
+        lines = []
+        done = render_folder(tmp_path / "labels", ckpt, tmp_path / out, size=(64, 32), report=lines.append, **options)
+        return done, lines
+
     # statistics of what seed 12 renders: seed 12 must then have the lowest FID of 10..13
-    assert infer.main(common + ["--out", str(tmp_path / "s12"), "--seed", "12"]) == 0
+    assert render("s12", seed=12)[0][1] == 12
     extractor = fid_metrics.InceptionFeatureExtractor(weights, progress=False)
     fid_metrics.save_statistics(tmp_path / "stats.npz", fid_metrics.folder_statistics(tmp_path / "s12", extractor))
     runs = []
     for out in ("best_a", "best_b"):
-        capsys.readouterr()
-        assert infer.main(common + ["--out", str(tmp_path / out), "--seed", "10", "--seeds", "4",
-                                    "--real-stats", str(tmp_path / "stats.npz")]) == 0
-        lines = capsys.readouterr().out.splitlines()
+        (count, seed, _), lines = render(out, seed=10, seeds=4, real_stats=tmp_path / "stats.npz")
+        assert seed == 12
         fids = {int(l.split()[1][:-1]): float(l.split()[-1]) for l in lines if l.startswith("seed ")}
         runs.append(fids)
         assert sorted(fids) == [10, 11, 12, 13]
@@ -66,10 +67,9 @@ def test_infer_picks_the_seed_whose_images_the_statistics_came_from(tmp_path, we
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "best_a" / p.name)), np.asarray(Image.open(p)))
 
 
-def test_seeds_without_statistics_or_noise_are_refused(tmp_path, capsys):
+def test_seeds_without_statistics_or_noise_are_refused(tmp_path):
     ckpt = tiny_checkpoint(tmp_path / "tiny.pkl")
     write_labels(tmp_path / "labels")
-    with pytest.raises(SystemExit):
-        infer.main(["--labels", str(tmp_path / "labels"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
-                    "--seeds", "3"])
-    assert "--real-stats" in capsys.readouterr().err
+    done = run_script("infer", "--labels", tmp_path / "labels", "--checkpoint", ckpt, "--out", tmp_path / "o",
+                      "--seeds", "3")
+    assert done.returncode == 2 and "--real-stats" in done.stderr and not (tmp_path / "o").exists()

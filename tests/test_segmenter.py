@@ -1,35 +1,27 @@
 """The segmentation network behind mask accuracy: training on synthetic landscapes, held-out accuracy
 against the true vs. shuffled labels, checkpoint round trip, overwrite protection, and
-`scores.mask_accuracy` / `scripts/evaluate.py` against a computation by hand.
+`scores.mask_accuracy` / the evaluation against a computation by hand.
 
 One small segmenter is trained once per module (150 synthetic 96x72 pairs, 6 epochs) through
-`scripts/train_segmenter.py`'s own `train` function.
+`jspade.train.segmenter.train` (what scripts/train_segmenter.py runs).
 """
-import importlib.util
-import json
 import pickle
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import run_script
 from jspade.checkpoint import CheckpointError
 from jspade.data.synthetic import write_synthetic_dataset
 from jspade.metrics import scores
+from jspade.metrics.evaluation import EvaluationInputs, evaluate
 from jspade.models.segmenter import Segmenter
+from jspade.train.segmenter import train as train_segmenter
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZE = (96, 72)
 EPOCHS = 6
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +36,7 @@ def trained(tmp_path_factory):
         shutil.copy(root / "val" / "labels" / f"{other}.png", root / "shuffled" / f"{stem}.png")
     lines = []
     ckpt = root / "seg.pkl"
-    segmenter, history = load_script("train_segmenter").train(
+    segmenter, history = train_segmenter(
         root / "train", "landscape", size=SIZE, epochs=EPOCHS, batch_size=8, lr=1e-2, width=16,
         val=root / "val", out=ckpt, progress=False, log=lines.append)
     return dict(root=root, ckpt=ckpt, segmenter=segmenter, history=history, log=lines)
@@ -116,18 +108,16 @@ def test_predict_returns_ids_at_any_input_size(trained):
 
 
 def test_refuses_to_overwrite_a_checkpoint(trained, tmp_path):
-    train_segmenter = load_script("train_segmenter")
     out = tmp_path / "seg.pkl"
     out.write_bytes(b"precious")
     with pytest.raises(FileExistsError):
-        train_segmenter.train(trained["root"] / "val", size=SIZE, epochs=1, out=out, progress=False)
-    with pytest.raises(SystemExit) as exit_info:
-        train_segmenter.main(["--data", str(trained["root"] / "val"), "--size", "96x72", "--out", str(out)])
-    assert exit_info.value.code == 2
+        train_segmenter(trained["root"] / "val", size=SIZE, epochs=1, out=out, progress=False)
+    done = run_script("train_segmenter", "--data", trained["root"] / "val", "--size", "96x72", "--out", out)
+    assert done.returncode == 2 and "--overwrite" in done.stderr
     assert out.read_bytes() == b"precious"
-    # With --overwrite it trains (one short epoch on the 30 held-out pairs) and replaces the file.
-    assert train_segmenter.main(["--data", str(trained["root"] / "val"), "--size", "96x72", "--epochs", "1",
-                                 "--out", str(out), "--overwrite", "--no-progress"]) == 0
+    # With overwrite it trains (one short epoch on the 30 held-out pairs) and replaces the file.
+    train_segmenter(trained["root"] / "val", size=SIZE, epochs=1, out=out, overwrite=True, progress=False,
+                    log=lambda line: None)
     assert Segmenter.load(out).size == SIZE
 
 
@@ -153,11 +143,8 @@ def test_mask_accuracy_equals_a_computation_by_hand(trained, tmp_path):
     confusion = scores.confusion_matrix(prediction, labels, 29)
     assert miou == pytest.approx(scores.mean_iou(confusion), abs=1e-12)
 
-    # scripts/evaluate.py reports the same numbers (no --real: FID and the scores are unavailable).
-    out = tmp_path / "eval.json"
-    load_script("evaluate").main(["--fake", str(fake), "--labels", str(val / "labels"),
-                                  "--segmenter", str(trained["ckpt"]), "--out", str(out)])
-    report = json.loads(out.read_text())
-    assert report["metrics"]["mask_accuracy"] == pytest.approx(accuracy)
-    assert report["metrics"]["mask_miou"] == pytest.approx(miou)
-    assert report["unavailable"]["score_2022"] == "needs aesthetic, fid"
+    # The evaluation reports the same numbers (no real images: FID and the scores are unavailable).
+    values, reasons = evaluate(EvaluationInputs(fake, labels=val / "labels", segmenter=trained["ckpt"]))
+    assert values["mask_accuracy"] == pytest.approx(accuracy)
+    assert values["mask_miou"] == pytest.approx(miou)
+    assert reasons["score_2022"] == "needs aesthetic, fid"

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from jspade.config import ModelConfig
-from jspade.data.semantics import check_label_ids, instance_edges, make_semantics, one_hot, semantics_for
+from jspade.data.semantics import instance_edges, make_semantics, model_label_id_problem, one_hot, semantics_for
 from jspade.runtime import jt
 
 
@@ -93,7 +93,7 @@ def test_semantics_with_dontcare_and_edge_channel_last(coco_sample):
 
     opt = coco_opt()
     assert opt.semantic_nc == 184
-    check_label_ids(label, opt)  # 182 is the dontcare id: valid when contain_dontcare_label
+    assert model_label_id_problem(label, opt) is None  # 182 is the dontcare id: valid when contain_dontcare_label
     sem = semantics_for(opt, jt.array(label[None, None]), jt.array(inst[None, None])).numpy()
     assert sem.shape == (1, 184, 96, 128) and sem.dtype == np.float32
 
@@ -125,19 +125,18 @@ def test_one_hot_and_make_semantics_small():
     np.testing.assert_array_equal(sem[1, 4], np.zeros((2, 2)))
 
 
-def test_check_label_ids_names_the_offending_id():
+def test_label_id_check_names_the_offending_ids():
     opt = coco_opt()
-    ok = np.array([[0, 181], [182, 5]])
-    check_label_ids(ok, opt)
-    with pytest.raises(ValueError, match=r"train_label/x\.png.*label id 200\b"):
-        check_label_ids(np.array([[0, 200], [3, 4]]), opt, where="train_label/x.png")
-    with pytest.raises(ValueError, match=r"label id -1\b"):
-        check_label_ids(np.array([[-1, 0]]), opt)
-    with pytest.raises(ValueError) as err:  # several bad ids: the first and the others are named
-        check_label_ids(np.array([[254, 183, 0, 255]]), opt)
-    msg = str(err.value)
-    assert "183" in msg and "254" in msg and "255" in msg and "0..182" in msg
+    assert opt.num_label_ids == 183
+    assert model_label_id_problem(np.array([[0, 181], [182, 5]]), opt) is None
+    assert model_label_id_problem(np.array([[0, 200], [3, 4]]), opt) == (
+        "class id(s) [200] out of range (this model takes ids 0..182, 182 = dontcare) in 1 pixel(s)")
+    assert "[-1]" in model_label_id_problem(np.array([[-1, 0]]), opt)
+    msg = model_label_id_problem(np.array([[254, 183, 0, 255, 255]]), opt)  # every bad id is named once
+    assert "[183, 254, 255]" in msg and "in 4 pixel(s)" in msg
+    many = model_label_id_problem(np.arange(200, 220)[None], opt)  # at most ten are listed
+    assert "[200, 201, 202, 203, 204, 205, 206, 207, 208, 209, ...]" in many and "in 20 pixel(s)" in many
     # without a dontcare channel, id label_nc itself is out of range
     no_dc = ModelConfig(label_nc=182, contain_dontcare_label=False)
-    with pytest.raises(ValueError, match=r"label id 182\b"):
-        check_label_ids(np.array([[182]]), no_dc)
+    assert no_dc.num_label_ids == 182
+    assert "[182]" in model_label_id_problem(np.array([[182]]), no_dc)

@@ -7,7 +7,8 @@ import pytest
 
 from jspade.checkpoint import read_checkpoint
 from jspade.runtime import jt
-from jspade.train.trainer import RunFolderError, Trainer, phase_lr
+from jspade.train.schedule import phase_lr
+from jspade.train.trainer import RunFolderError, Trainer
 from jspade.config import Phase
 
 from tiny_models import tiny_config

@@ -22,15 +22,14 @@ As everywhere in Jittor, `len(dataset)` is the number of BATCHES; the number of 
 Randomness (crop, flip) is drawn from numpy.random.default_rng((seed, epoch, index)): `dataset[i]`
 is reproducible, and the epoch advances after each full pass (or `set_epoch(e)` when resuming).
 """
-import re
 from pathlib import Path
 from typing import NamedTuple, Optional
 
 import numpy as np
 
-from jspade.data.io import (IMAGE_EXTENSIONS, LABEL_EXTENSIONS, DataError, Problem, read_image,
-                            read_instance, read_label)
-from jspade.data.labels import LANDSCAPE_LABEL_NC
+from jspade.data.readers import (IMAGE_EXTENSIONS, LABEL_EXTENSIONS, DataError, Problem, list_files,
+                                 natural_key, read_image, read_instance, read_label)
+from jspade.data.labels import LANDSCAPE_LABEL_NC, label_id_problem
 from jspade.data.transforms import (PreprocessOptions, get_params, transform_image, transform_instance,
                                     transform_label)
 from jspade.runtime import jt
@@ -43,21 +42,6 @@ class Sample(NamedTuple):
     label_path: Path
     image_path: Optional[Path]
     instance_path: Optional[Path]
-
-
-def natural_key(text):
-    """Sort key that puts 'img2' before 'img10'."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", str(text))]
-
-
-def list_files(folder, extensions, recursive=False):
-    """Files directly in (or below) `folder` whose suffix is in `extensions`, naturally sorted."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"{folder}: directory not found", folder)
-    found = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted((p for p in found if p.suffix.lower() in extensions and p.is_file()
-                   and not p.name.startswith(".")), key=lambda p: natural_key(p.name))
 
 
 def read_subset(path):
@@ -83,36 +67,33 @@ class Pix2pixDataset(jt.dataset.Dataset):
 
     def __init__(self, root, phase="train", *, label_nc=None, load_size=None, crop_size=None,
                  aspect_ratio=None, preprocess_mode=None, no_flip=False, no_instance=None,
-                 contain_dontcare_label=None, subset=None, max_dataset_size=None, seed=0,
-                 strict=True):
+                 contain_dontcare_label=None, subset=None, seed=0, strict=True):
         super().__init__()
         self.root = Path(root) if root is not None else None
         self.phase = phase
         is_train = phase == "train"
-        opt = self.dataset_defaults(is_train)
+        options = self.dataset_defaults(is_train)
         given = dict(label_nc=label_nc, load_size=load_size, crop_size=crop_size,
                      aspect_ratio=aspect_ratio, preprocess_mode=preprocess_mode,
                      no_instance=no_instance, contain_dontcare_label=contain_dontcare_label)
-        opt.update({k: v for k, v in given.items() if v is not None})
-        if opt.get("label_nc") is None:
+        options.update({k: v for k, v in given.items() if v is not None})
+        if options.get("label_nc") is None:
             raise ValueError(f"{type(self).__name__} needs label_nc")
-        self.label_nc = int(opt["label_nc"])
-        self.contain_dontcare_label = bool(opt["contain_dontcare_label"])
-        self.preprocess = PreprocessOptions(opt["preprocess_mode"], opt["load_size"], opt["crop_size"],
-                                            opt["aspect_ratio"], no_flip, is_train)
+        self.label_nc = int(options["label_nc"])
+        self.contain_dontcare_label = bool(options["contain_dontcare_label"])
+        self.preprocess = PreprocessOptions(options["preprocess_mode"], options["load_size"], options["crop_size"],
+                                            options["aspect_ratio"], no_flip, is_train)
         self.seed = seed
         self.epoch = 0
 
         label_paths, image_paths, instance_paths = self.get_paths()
-        if not opt["no_instance"] and instance_paths is None:
+        if not options["no_instance"] and instance_paths is None:
             raise DataError(f"{type(self).__name__} at {root} has no instance maps; use no_instance=True")
-        self.use_instance = not opt["no_instance"]
+        self.use_instance = not options["no_instance"]
         self.has_images = image_paths is not None
         self.samples, self.problems = self.pair_paths(
             label_paths, image_paths, instance_paths if self.use_instance else None,
             read_subset(subset) if subset else None, subset)
-        if max_dataset_size is not None:
-            self.samples = self.samples[:max_dataset_size]
         if strict and self.problems:
             shown = "\n  ".join(str(p) for p in self.problems[:20])
             more = f"\n  ... and {len(self.problems) - 20} more" if len(self.problems) > 20 else ""
@@ -151,7 +132,8 @@ class Pix2pixDataset(jt.dataset.Dataset):
         for path in paths:
             stem = self.stem_of(path)
             if stem in by_stem:
-                problems.append(Problem(str(path), f"second {what} for stem {stem!r} (also {by_stem[stem]})"))
+                problems.append(Problem(str(path), f"second {what} for stem {stem!r} (also {by_stem[stem]})",
+                                        "duplicate_stem"))
             else:
                 by_stem[stem] = path
         return by_stem
@@ -163,21 +145,22 @@ class Pix2pixDataset(jt.dataset.Dataset):
         images = None if image_paths is None else self._index(image_paths, "image", problems)
         instances = None if instance_paths is None else self._index(instance_paths, "instance map", problems)
         if not labels:  # (then every photo would also be reported unpaired)
-            return [], problems + [Problem(str(self.root), "no label files found")]
+            return [], problems + [Problem(str(self.root), "no label files found", "integrity")]
         stems = set(labels) | set(images or ())
         if subset is not None:
             for stem in subset:
                 if stem not in stems:
-                    problems.append(Problem(stem, f"listed in subset file {subset_path} but no such label/image"))
+                    problems.append(Problem(stem, f"listed in subset file {subset_path} but no such label/image",
+                                            "integrity"))
             stems &= set(subset)
         samples = []
         for stem in sorted(stems, key=natural_key):
             if stem not in labels:
-                problems.append(Problem(stem, f"missing pair: image {images[stem]} has no label file"))
+                problems.append(Problem(stem, f"missing pair: image {images[stem]} has no label file", "missing_pair"))
             elif images is not None and stem not in images:
-                problems.append(Problem(stem, f"missing pair: label {labels[stem]} has no image file"))
+                problems.append(Problem(stem, f"missing pair: label {labels[stem]} has no image file", "missing_pair"))
             elif instances is not None and stem not in instances:
-                problems.append(Problem(stem, f"label {labels[stem]} has no instance map"))
+                problems.append(Problem(stem, f"label {labels[stem]} has no instance map", "integrity"))
             else:
                 samples.append(Sample(stem, labels[stem], images[stem] if images is not None else None,
                                       instances[stem] if instances is not None else None))
@@ -185,9 +168,14 @@ class Pix2pixDataset(jt.dataset.Dataset):
 
     # ---- loading -----------------------------------------------------------------------------
     @property
+    def num_label_ids(self):
+        """Training ids an item's label may hold: the classes (+ the dontcare id label_nc)."""
+        return self.label_nc + int(self.contain_dontcare_label)
+
+    @property
     def semantic_nc(self):
-        """Channels of the generator's input: classes + dontcare + instance edge map."""
-        return self.label_nc + int(self.contain_dontcare_label) + int(self.use_instance)
+        """Channels of the generator's input: the label ids + instance edge map."""
+        return self.num_label_ids + int(self.use_instance)
 
     def set_epoch(self, epoch):
         self.epoch = int(epoch)
@@ -205,18 +193,23 @@ class Pix2pixDataset(jt.dataset.Dataset):
         collated["label"] = collated["label"].astype(np.int32)
         return collated
 
+    def check_label_ids(self, raw):
+        """Raw ids as read -> (training ids, None) or (.., the reason some are out of range)."""
+        ids, invalid = self.map_label_ids(raw)
+        return ids, label_id_problem(raw, invalid, self.accepted_ids)
+
+    @property
+    def accepted_ids(self):
+        """The raw ids this dataset accepts, in words (for error messages)."""
+        dontcare = f", {DONTCARE_VALUE} = dontcare" if self.contain_dontcare_label else ", no dontcare id"
+        return f"label_nc={self.label_nc}: raw ids 0..{self.label_nc - 1}{dontcare}"
+
     def load_label(self, sample):
         """Read a label map and map it to training ids; raises DataError on an out-of-range id."""
-        raw = read_label(sample.label_path)
-        ids, invalid = self.map_label_ids(raw)
-        if invalid.any():
-            bad = np.unique(raw[invalid])
-            raise DataError(f"{sample.label_path}: class id(s) {bad[:10].tolist()} out of range for "
-                            f"label_nc={self.label_nc}{self._dontcare_note()}", sample.label_path)
+        ids, problem = self.check_label_ids(read_label(sample.label_path))
+        if problem:
+            raise DataError(f"{sample.label_path}: {problem}", sample.label_path, "bad_class_id")
         return ids
-
-    def _dontcare_note(self):
-        return f" (+ dontcare {DONTCARE_VALUE})" if self.contain_dontcare_label else " (no dontcare label)"
 
     def __getitem__(self, index):
         sample = self.samples[index]
@@ -247,7 +240,7 @@ class Pix2pixDataset(jt.dataset.Dataset):
 def _check_same_size(path, shape, label_path, label_shape):
     if tuple(shape) != tuple(label_shape):
         raise DataError(f"{path}: size {shape[1]}x{shape[0]} differs from its label {label_path} "
-                        f"({label_shape[1]}x{label_shape[0]})", path)
+                        f"({label_shape[1]}x{label_shape[0]})", path, "size_mismatch")
 
 
 class LandscapeDataset(Pix2pixDataset):
@@ -285,9 +278,8 @@ class CocoStuffDataset(Pix2pixDataset):
 
     @staticmethod
     def dataset_defaults(is_train):
-        return dict(label_nc=182, contain_dontcare_label=True, no_instance=False,
-                    preprocess_mode="resize_and_crop", load_size=286 if is_train else 256,
-                    crop_size=256, aspect_ratio=1.0)
+        return {**Pix2pixDataset.dataset_defaults(is_train), "label_nc": 182, "contain_dontcare_label": True,
+                "no_instance": False}
 
     def get_paths(self):
         phase = "val" if self.phase == "test" else self.phase
@@ -306,9 +298,7 @@ class ADE20KDataset(Pix2pixDataset):
 
     @staticmethod
     def dataset_defaults(is_train):
-        return dict(label_nc=150, contain_dontcare_label=True, no_instance=True,
-                    preprocess_mode="resize_and_crop", load_size=286 if is_train else 256,
-                    crop_size=256, aspect_ratio=1.0)
+        return {**Pix2pixDataset.dataset_defaults(is_train), "label_nc": 150, "contain_dontcare_label": True}
 
     def get_paths(self):
         split = "training" if self.phase == "train" else "validation"
@@ -319,8 +309,9 @@ class ADE20KDataset(Pix2pixDataset):
         invalid = (raw < 0) | (raw > self.label_nc)
         return np.where(raw == 0, self.label_nc, raw - 1).astype(np.int32), invalid
 
-    def _dontcare_note(self):
-        return " (raw ids 1..label_nc, 0 = dontcare)"
+    @property
+    def accepted_ids(self):
+        return f"label_nc={self.label_nc}: raw ids 1..{self.label_nc}, 0 = dontcare"
 
 
 class CityscapesDataset(Pix2pixDataset):
@@ -357,12 +348,6 @@ class FolderDataset(Pix2pixDataset):
         self.instance_dir = None if instance_dir is None else base / instance_dir
         opts.setdefault("no_instance", instance_dir is None)
         super().__init__(root if root is not None else self.label_dir, phase, **opts)
-
-    @staticmethod
-    def dataset_defaults(is_train):
-        return dict(label_nc=None, contain_dontcare_label=False, no_instance=True,
-                    preprocess_mode="resize_and_crop", load_size=286 if is_train else 256,
-                    crop_size=256, aspect_ratio=1.0)
 
     def get_paths(self):
         return (list_files(self.label_dir, LABEL_EXTENSIONS),

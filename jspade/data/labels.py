@@ -54,6 +54,18 @@ LANDSCAPE_IDS = {c.name: c.id for c in LANDSCAPE_CLASSES}
 LANDSCAPE_PALETTE = np.array([c.color for c in LANDSCAPE_CLASSES], dtype=np.uint8)
 
 
+def label_id_problem(raw, invalid, accepted):
+    """The one check of a label map's ids, with the one wording: None when the mask `invalid` (the
+    pixels of `raw` a model cannot take) is empty, else
+    'class id(s) [41, 300] out of range (<accepted>) in 7 pixel(s)'. `accepted` says in words what
+    is allowed (e.g. 'ids 0..28')."""
+    if not invalid.any():
+        return None
+    bad = np.unique(raw[invalid])
+    shown = str(bad[:10].tolist())[:-1] + (", ...]" if bad.size > 10 else "]")
+    return f"class id(s) {shown} out of range ({accepted}) in {int(invalid.sum())} pixel(s)"
+
+
 def make_palette(label_nc: int) -> np.ndarray:
     """A deterministic (label_nc, 3) uint8 palette of distinct, never-dark colours.
 

@@ -2,6 +2,7 @@
 as the original `Pix2PixModel.preprocess_input` builds them."""
 import numpy as np
 
+from jspade.data.labels import label_id_problem
 from jspade.runtime import jt
 
 
@@ -35,14 +36,12 @@ def make_semantics(label, num_classes_with_dontcare, instance=None):
 
 def semantics_for(opt, label, instance=None):
     """`make_semantics` with the channel count and instance use taken from a ModelConfig."""
-    n = opt.label_nc + int(opt.contain_dontcare_label)
-    return make_semantics(label, n, None if opt.no_instance else instance)
+    return make_semantics(label, opt.num_label_ids, None if opt.no_instance else instance)
 
 
-def check_label_ids(label: np.ndarray, opt, where="label"):
-    """Raise a ValueError naming `where` and the offending id when a label holds an id the model cannot take."""
-    n = opt.label_nc + int(opt.contain_dontcare_label)
-    bad = np.unique(label[(label < 0) | (label >= n)])
-    if bad.size:
-        raise ValueError(f"{where}: label id {int(bad[0])} is out of range 0..{n - 1}"
-                         + (f" (also {', '.join(map(str, bad[1:6]))})" if bad.size > 1 else ""))
+def model_label_id_problem(label: np.ndarray, opt):
+    """None when every id of a label map (training ids) is one the model takes, else the reason
+    (`labels.label_id_problem`'s wording)."""
+    n = opt.num_label_ids
+    dontcare = f", {opt.label_nc} = dontcare" if opt.contain_dontcare_label else ""
+    return label_id_problem(label, (label < 0) | (label >= n), f"this model takes ids 0..{n - 1}{dontcare}")

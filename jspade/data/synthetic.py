@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from jspade.data.labels import LANDSCAPE_IDS as ID
-from jspade.io import save_image_atomic
+from jspade.atomic import save_image_atomic
 
 # Photo colours (RGB) per class; display colours live in labels.py.
 PHOTO_COLORS = {

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from jspade.data.io import DataError
+from jspade.config import image_size
+from jspade.data.readers import DataError
 
 PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop",
                     "scale_shortside", "scale_shortside_and_crop", "fixed", "none")
@@ -51,73 +52,72 @@ class PreprocessOptions:
         return self.is_train and not self.no_flip
 
 
-def resized_size(opt: PreprocessOptions, size):
-    """(width, height) after the resize step of `opt.preprocess_mode`, before any crop."""
+def resized_size(preprocess: PreprocessOptions, size):
+    """(width, height) after the resize step of `preprocess.preprocess_mode`, before any crop."""
     w, h = size
-    mode = opt.preprocess_mode
+    mode = preprocess.preprocess_mode
     if "resize" in mode:
-        return opt.load_size, opt.load_size
+        return preprocess.load_size, preprocess.load_size
     if "scale_width" in mode:
-        return opt.load_size, int(opt.load_size * h / w)
+        return preprocess.load_size, int(preprocess.load_size * h / w)
     if "scale_shortside" in mode:
-        if min(w, h) == opt.load_size:
+        if min(w, h) == preprocess.load_size:
             return w, h
-        long_side = int(opt.load_size * max(w, h) / min(w, h))
-        return (opt.load_size, long_side) if w <= h else (long_side, opt.load_size)
+        long_side = int(preprocess.load_size * max(w, h) / min(w, h))
+        return (preprocess.load_size, long_side) if w <= h else (long_side, preprocess.load_size)
     if mode == "fixed":
-        return opt.crop_size, round(opt.crop_size / opt.aspect_ratio)
+        return image_size(preprocess.crop_size, preprocess.aspect_ratio)
     if mode == "none":
         return max(32, int(round(w / 32) * 32)), max(32, int(round(h / 32) * 32))
     return w, h  # 'crop'
 
 
-def output_size(opt: PreprocessOptions, size):
-    """(width, height) of the transformed sample."""
-    if "crop" in opt.preprocess_mode:
-        return opt.crop_size, opt.crop_size
-    return resized_size(opt, size)
-
-
-def get_params(opt: PreprocessOptions, size, rng: np.random.Generator):
+def get_params(preprocess: PreprocessOptions, size, rng: np.random.Generator):
     """The random choices for one sample of original size `size` = (w, h)."""
-    new_w, new_h = resized_size(opt, size)
-    if "crop" in opt.preprocess_mode and (new_w < opt.crop_size or new_h < opt.crop_size):
+    new_w, new_h = resized_size(preprocess, size)
+    if "crop" in preprocess.preprocess_mode and (new_w < preprocess.crop_size or new_h < preprocess.crop_size):
         raise DataError(
-            f"a {size[0]}x{size[1]} picture is {new_w}x{new_h} after {opt.preprocess_mode!r} with "
-            f"load_size={opt.load_size}: smaller than crop_size={opt.crop_size}")
+            f"a {size[0]}x{size[1]} picture is {new_w}x{new_h} after {preprocess.preprocess_mode!r} with "
+            f"load_size={preprocess.load_size}: smaller than crop_size={preprocess.crop_size}")
     # Always draw both values so the random stream does not depend on the mode.
-    x = int(rng.integers(0, max(0, new_w - opt.crop_size) + 1))
-    y = int(rng.integers(0, max(0, new_h - opt.crop_size) + 1))
+    x = int(rng.integers(0, max(0, new_w - preprocess.crop_size) + 1))
+    y = int(rng.integers(0, max(0, new_h - preprocess.crop_size) + 1))
     flip = bool(rng.random() > 0.5)
-    return {"crop_pos": (x, y), "flip": flip and opt.flips}
+    return {"crop_pos": (x, y), "flip": flip and preprocess.flips}
 
 
-def transform(image: Image.Image, opt: PreprocessOptions, params, method=Image.BICUBIC) -> Image.Image:
+def transform(image: Image.Image, preprocess: PreprocessOptions, params, method=Image.BICUBIC) -> Image.Image:
     """Resize / crop / flip a PIL image; use method=Image.NEAREST for label and instance maps."""
-    new_size = resized_size(opt, image.size)
+    new_size = resized_size(preprocess, image.size)
     if new_size != image.size:
         image = image.resize(new_size, method)
-    if "crop" in opt.preprocess_mode:
+    if "crop" in preprocess.preprocess_mode:
         x, y = params["crop_pos"]
-        image = image.crop((x, y, x + opt.crop_size, y + opt.crop_size))
+        image = image.crop((x, y, x + preprocess.crop_size, y + preprocess.crop_size))
     if params["flip"]:
         image = image.transpose(Image.FLIP_LEFT_RIGHT)
     return image
 
 
-def transform_label(label: np.ndarray, opt: PreprocessOptions, params) -> np.ndarray:
+def transform_label(label: np.ndarray, preprocess: PreprocessOptions, params) -> np.ndarray:
     """int HxW id map -> int64 [1, H', W'] (nearest neighbour: ids are never blended)."""
-    out = transform(Image.fromarray(label.astype(np.int32)), opt, params, Image.NEAREST)
+    out = transform(Image.fromarray(label.astype(np.int32)), preprocess, params, Image.NEAREST)
     return np.asarray(out).astype(np.int64)[None]
 
 
-def transform_instance(instance: np.ndarray, opt: PreprocessOptions, params) -> np.ndarray:
+def transform_instance(instance: np.ndarray, preprocess: PreprocessOptions, params) -> np.ndarray:
     """int HxW instance map -> int32 [1, H', W']."""
-    out = transform(Image.fromarray(instance.astype(np.int32)), opt, params, Image.NEAREST)
+    out = transform(Image.fromarray(instance.astype(np.int32)), preprocess, params, Image.NEAREST)
     return np.asarray(out).astype(np.int32)[None]
 
 
-def transform_image(image: np.ndarray, opt: PreprocessOptions, params) -> np.ndarray:
+def transform_image(image: np.ndarray, preprocess: PreprocessOptions, params) -> np.ndarray:
     """uint8 HxWx3 RGB -> float32 [3, H', W'] in [-1, 1]."""
-    out = np.asarray(transform(Image.fromarray(image), opt, params, Image.BICUBIC))
+    out = np.asarray(transform(Image.fromarray(image), preprocess, params, Image.BICUBIC))
     return (out.transpose(2, 0, 1).astype(np.float32) / 127.5) - 1.0
+
+
+def to_uint8_images(images) -> np.ndarray:
+    """Generator output, [-1, 1] NCHW (a jt.Var or an array) -> uint8 NHWC RGB, rounded to nearest."""
+    array = images.numpy() if hasattr(images, "numpy") else np.asarray(images)
+    return np.clip((array + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)

@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jspade.data.datasets import build_dataset
-from jspade.data.io import DataError, Problem, open_image, read_label
+from jspade.data.readers import DataError, Problem, open_image, read_label
 from jspade.data.transforms import get_params
 
 __all__ = ["Problem", "validate_dataset", "validate_samples"]
@@ -22,7 +22,7 @@ def validate_dataset(name, root, progress=False, **opts):
     try:
         dataset = build_dataset(name, root, strict=False, **opts)
     except (DataError, OSError) as error:  # layout not found at all
-        return [Problem(str(root), str(error))]
+        return [Problem(str(root), str(error), error.kind if isinstance(error, DataError) else "unreadable")]
     return list(dataset.problems) + validate_samples(dataset, progress)
 
 
@@ -35,15 +35,12 @@ def validate_samples(dataset, progress=False):
         try:
             raw = read_label(sample.label_path)
         except DataError as error:
-            problems.append(Problem(str(sample.label_path), _reason(error)))
+            problems.append(Problem(str(sample.label_path), _reason(error), error.kind))
             raw = None
         if raw is not None:
-            _, invalid = dataset.map_label_ids(raw)
-            if invalid.any():
-                bad = np.unique(raw[invalid])
-                problems.append(Problem(str(sample.label_path), (
-                    f"class id(s) {bad[:20].tolist()} out of range for label_nc={dataset.label_nc}"
-                    f"{dataset._dontcare_note()} in {int(invalid.sum())} pixel(s)")))
+            _, problem = dataset.check_label_ids(raw)
+            if problem:
+                problems.append(Problem(str(sample.label_path), problem, "bad_class_id"))
         label_size = None if raw is None else (raw.shape[1], raw.shape[0])
         others = []
         if dataset.has_images:
@@ -54,18 +51,18 @@ def validate_samples(dataset, progress=False):
             try:
                 size = _decoded_size(path)
             except DataError as error:
-                problems.append(Problem(str(path), _reason(error)))
+                problems.append(Problem(str(path), _reason(error), error.kind))
                 continue
             if label_size is not None and size != label_size:
                 problems.append(Problem(str(path), (
                     f"{what} size {size[0]}x{size[1]} differs from label {sample.label_path.name} "
-                    f"({label_size[0]}x{label_size[1]})")))
+                    f"({label_size[0]}x{label_size[1]})"), "size_mismatch"))
         if label_size is not None and label_size not in crop_checked:
             crop_checked.add(label_size)
             try:  # the crop must fit inside the resized picture
                 get_params(dataset.preprocess, label_size, np.random.default_rng(0))
             except DataError as error:
-                problems.append(Problem(str(sample.label_path), str(error)))
+                problems.append(Problem(str(sample.label_path), str(error), error.kind))
     return problems
 
 

@@ -18,13 +18,13 @@ import scipy.linalg
 from PIL import Image
 from tqdm import tqdm
 
-from jspade.io import atomic_path
+from jspade.atomic import atomic_path
+from jspade.data.readers import IMAGE_EXTENSIONS, list_files
 from jspade.metrics.torchscript import installed_fid_helper_weights, load_fid_inception_weights
 from jspade.models.inception import FEATURE_DIM, FIDInceptionV3
 from jspade.runtime import jt
 
 WEIGHTS_ENV = "JSPADE_FID_WEIGHTS"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Stored in statistics caches: statistics from another network or preprocessing are not comparable.
 EXTRACTOR_ID = "fid-inception-2015-12-05 pool3; RGB/255, torch-bilinear 299x299, [-1,1]"
 
@@ -45,12 +45,8 @@ def load_fid_inception(weights=None):
 
 
 def list_images(directory):
-    """Image files (.jpg/.jpeg/.png) directly inside `directory`, in sorted file-name order."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise NotADirectoryError(f"not a directory: {directory}")
-    return sorted((p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
-                  key=lambda p: p.name)
+    """Image files directly inside `directory`, in natural file-name order (readers.list_files)."""
+    return list_files(directory, IMAGE_EXTENSIONS)
 
 
 def read_rgb(path):
@@ -89,7 +85,7 @@ class InceptionFeatureExtractor:
         return np.concatenate(chunks, axis=0)
 
     def folder_features(self, directory):
-        """N x 2048 float32, one row per image of `list_images(directory)` (sorted names)."""
+        """N x 2048 float32, one row per image of `list_images(directory)` (natural name order)."""
         paths = list_images(directory)
         if not paths:
             raise ValueError(f"no .jpg/.png images in {directory}")

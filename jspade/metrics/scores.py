@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from jspade.metrics.fid import list_images
+from jspade.data.readers import LABEL_EXTENSIONS, list_files
+from jspade.metrics.fid import list_images, read_rgb
 
 FID_CLAMP = 100.0
 HISTOGRAM_BINS = 256
@@ -70,11 +71,6 @@ def style_similarity(image, reference, bins=HISTOGRAM_BINS):
     return float(np.mean([histogram_correlation(ours[c], theirs[c]) for c in range(3)]))
 
 
-def _read_rgb(path):
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
-
-
 def _images_by_stem(directory):
     return {path.stem: path for path in list_images(directory)}
 
@@ -110,7 +106,7 @@ def mean_style_similarity(pairs, bins=HISTOGRAM_BINS):
     """Average `style_similarity` over (output path, reference path) pairs."""
     if not pairs:
         raise ValueError("no (output, reference) pairs to compare")
-    return float(np.mean([style_similarity(_read_rgb(a), _read_rgb(b), bins) for a, b in pairs]))
+    return float(np.mean([style_similarity(read_rgb(a), read_rgb(b), bins) for a, b in pairs]))
 
 
 # --- segmentation metrics (mask accuracy) ---------------------------------------------------------
@@ -145,8 +141,9 @@ def mean_iou(confusion):
     return float((intersection[present] / union[present]).mean()) if present.any() else float("nan")
 
 
-class SegmenterUnavailable(RuntimeError):
-    """Mask accuracy needs a trained segmentation network checkpoint, and none was found."""
+class SegmenterUnavailable(ValueError):
+    """No segmentation network checkpoint at the given path (mask accuracy and the curation's
+    agreement check need one)."""
 
 
 def load_segmenter(checkpoint):
@@ -157,8 +154,7 @@ def load_segmenter(checkpoint):
     path = Path(checkpoint)
     if not path.is_file():
         raise SegmenterUnavailable(
-            f"no segmentation network checkpoint at {checkpoint} (train one with "
-            "scripts/train_segmenter.py); scores that need mask accuracy are unavailable")
+            f"no segmentation network checkpoint at {checkpoint} (train one with scripts/train_segmenter.py)")
     from jspade.models.segmenter import Segmenter  # imports Jittor: only when a segmenter is used
     return Segmenter.load(path)
 
@@ -171,7 +167,7 @@ def mask_accuracy(fake_dir, label_dir, segmenter, num_classes=29, with_miou=Fals
     a prediction of another size is resized (nearest) to the label's. Label pixels outside
     [0, num_classes) are ignored. With `with_miou`, returns (pixel accuracy, mIoU) from the same
     confusion matrix."""
-    labels = {path.stem: path for path in Path(label_dir).glob("*.png")}
+    labels = {path.stem: path for path in list_files(label_dir, LABEL_EXTENSIONS)}
     confusion = np.zeros((num_classes, num_classes), np.int64)
     outputs = sorted(_images_by_stem(fake_dir).items())
     if not outputs:

@@ -5,11 +5,11 @@ import math
 from jspade.runtime import jt
 from jittor import nn
 
-from jspade.models.normalization import SyncBatchNorm, _SpectralNorm
+from jspade.models.normalization import SpectralNorm, SyncBatchNorm
 
 
 def _weight_of(m):
-    return m.weight_orig if isinstance(m, _SpectralNorm) else getattr(m, "weight", None)
+    return m.weight_orig if isinstance(m, SpectralNorm) else getattr(m, "weight", None)
 
 
 class BaseNetwork(nn.Module):
@@ -24,7 +24,7 @@ class BaseNetwork(nn.Module):
                 w.update(jt.randn(w.shape) * gain + 1.0)
                 m.bias.update(jt.zeros(m.bias.shape))
                 continue
-            if not isinstance(m, (nn.Conv2d, nn.Linear, _SpectralNorm)):
+            if not isinstance(m, (nn.Conv2d, nn.Linear, SpectralNorm)):
                 continue
             fan_out, fan_in = w.shape[0], w.shape[1]
             receptive = int(w.numel() // (fan_out * fan_in))

@@ -31,9 +31,13 @@ class SPADEResnetBlock(nn.Module):
         return x_s + dx
 
 
+# num_upsampling_layers -> how many times the generator doubles its latent map's size
+UPSAMPLINGS = {"normal": 5, "more": 6, "most": 7}
+
+
 def latent_size(crop_size, aspect_ratio, num_upsampling_layers):
     """(sw, sh): the spatial size the generator starts from."""
-    num_up = {"normal": 5, "more": 6, "most": 7}[num_upsampling_layers]
+    num_up = UPSAMPLINGS[num_upsampling_layers]
     sw = crop_size // (2 ** num_up)
     return sw, round(sw / aspect_ratio)
 
@@ -48,7 +52,7 @@ def check_output_size(crop_size, aspect_ratio, num_upsampling_layers, netG="spad
     if netG != "spade":
         raise ValueError(f"netG {netG!r} is not recognized (spade | tsit)")
     sw, sh = latent_size(crop_size, aspect_ratio, num_upsampling_layers)
-    scale = 2 ** {"normal": 5, "more": 6, "most": 7}[num_upsampling_layers]
+    scale = 2 ** UPSAMPLINGS[num_upsampling_layers]
     want = (round(crop_size / aspect_ratio), crop_size)
     if (sh * scale, sw * scale) != want:
         raise ValueError(f"crop_size {crop_size} with aspect_ratio {aspect_ratio:.4g} makes {sw * scale}x{sh * scale} "
@@ -77,7 +81,7 @@ class SPADEGenerator(BaseNetwork):
     def __init__(self, opt):
         self.opt = opt
         nf = opt.ngf
-        if opt.num_upsampling_layers not in ("normal", "more", "most"):
+        if opt.num_upsampling_layers not in UPSAMPLINGS:
             raise ValueError(f"num_upsampling_layers {opt.num_upsampling_layers!r} not recognized")
         self.sw, self.sh = latent_size(opt.crop_size, opt.aspect_ratio, opt.num_upsampling_layers)
         if self.sw < 1 or self.sh < 1:

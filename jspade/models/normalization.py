@@ -23,7 +23,7 @@ def l2_normalize(v, eps=1e-12):
     return v / jt.maximum(jt.sqrt((v * v).sum()), eps)
 
 
-class _SpectralNorm(nn.Module):
+class SpectralNorm(nn.Module):
     """Shared power-iteration logic; subclasses hold `weight_orig` and apply the normalised weight."""
 
     n_power_iterations = 1
@@ -49,7 +49,7 @@ class _SpectralNorm(nn.Module):
         return self.weight_orig / sigma
 
 
-class SpectralConv2d(_SpectralNorm):
+class SpectralConv2d(SpectralNorm):
     """`spectral_norm(nn.Conv2d(...))` with the same state names."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
@@ -61,20 +61,6 @@ class SpectralConv2d(_SpectralNorm):
 
     def execute(self, x):
         return nn.conv2d(x, self.normalized_weight(), self.bias, self.stride, self.padding)
-
-
-class SpectralLinear(_SpectralNorm):
-    """`spectral_norm(nn.Linear(...))` with the same state names."""
-
-    def __init__(self, in_features, out_features, bias=True):
-        lin = nn.Linear(in_features, out_features, bias=bias)
-        self.weight_orig = lin.weight
-        self.bias = lin.bias
-        self._init_uv()
-
-    def execute(self, x):
-        y = jt.matmul(x, self.normalized_weight().transpose())
-        return y + self.bias if self.bias is not None else y
 
 
 def spectral_v_from_weight(weight_orig, weight, u):

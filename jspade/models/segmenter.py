@@ -27,7 +27,7 @@ from jspade.runtime import jt
 from jittor import nn
 
 from jspade.checkpoint import CheckpointError, load_state_strict, state_arrays
-from jspade.io import atomic_path
+from jspade.atomic import atomic_path
 from jspade.safe_load import safe_load
 from jspade.models.resize import resize_bilinear, upsample2x
 

@@ -23,7 +23,7 @@ SNAPSHOT_NETWORKS = ("G", "E")
 SNAPSHOT_KEYS = ("config", "position", "vgg_pretrained", "ema_networks", "ema_updates", "fid_history")
 _SNAPSHOT = re.compile(r"^iter_(\d+)\.pkl$")
 _PHASE_END = re.compile(r"^phase(\d+)_end\.pkl$")
-_TEMP = re.compile(r"^\..+\.tmp(\.[A-Za-z0-9]+)?$")  # jspade.io.atomic_path's temporary names
+_TEMP = re.compile(r"^\..+\.tmp(\.[A-Za-z0-9]+)?$")  # jspade.atomic.atomic_path's temporary names
 
 
 def is_snapshot(filename):

@@ -32,8 +32,9 @@ from jspade.data.datasets import build_dataset
 from jspade.data.labels import colorize
 from jspade.data.semantics import semantics_for
 from jspade.data.synthetic import write_synthetic_dataset
+from jspade.data.transforms import to_uint8_images
 from jspade.data.validate import validate_dataset
-from jspade.io import save_image_atomic, write_bytes_atomic
+from jspade.atomic import save_image_atomic, write_bytes_atomic
 from jspade.models.base import trainable_parameters
 from jspade.models.generator import check_output_size
 from jspade.models.spade_model import SPADEModel
@@ -43,7 +44,8 @@ from jspade.train.diffaugment import DiffAugment
 from jspade.train.ema import ModelEMA
 from jspade.train.fid_tracker import REAL_STATS_FILE, FIDHistory, HeldOutFID, drop_samples, is_held_out
 from jspade.train.optim import Adam
-from jspade.train.schedule import EpochOrder, Position, Schedule, phase_lr  # noqa: F401 (re-exported)
+from jspade.train.schedule import EpochOrder, Schedule
+from jspade.train.progress import training_bar
 
 RUN_MARKER = ".jspade-run"
 
@@ -69,12 +71,6 @@ def sample_grid(labels, fakes, reals, label_nc):
         cells = [colorize(labels[i], label_nc), fakes[i]] + ([reals[i]] if reals is not None else [])
         rows.append(np.concatenate(cells, axis=1))
     return np.concatenate(rows, axis=0)
-
-
-def to_uint8_images(x):
-    """[-1, 1] NCHW -> list of HxWx3 uint8."""
-    arr = np.clip((x.numpy() + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-    return list(arr.transpose(0, 2, 3, 1))
 
 
 class Trainer:
@@ -190,8 +186,7 @@ class Trainer:
             if not d.root:
                 raise ValueError("no training data: pass --data DIR (or --data.dataset synthetic)")
             return Path(d.root)
-        width = m.crop_size
-        height = round(width / m.aspect_ratio)
+        width, height = m.image_size
         root = Path(d.root or f"{self.cfg.train.output_dir}/synthetic_{width}x{height}")
         have = len(list((root / "labels").glob("*.png"))) if (root / "labels").exists() else 0
         if have < d.synthetic_n and is_main_rank():
@@ -476,9 +471,7 @@ class Trainer:
         if t.max_iters:
             total = min(total, t.max_iters)
         self._announce(total)
-        from tqdm import tqdm
-        self.bar = tqdm(total=total, initial=min(self.pos.iteration, total), desc="train", unit="it",
-                        disable=not self.progress, dynamic_ncols=True)
+        self.bar = training_bar(total, self.pos.iteration, t.max_minutes, disable=not self.progress)
         self.started = time.time()
         self.model.train()
         self.log_file = open(self.run_dir / "log.jsonl", "a") if is_main_rank() else None

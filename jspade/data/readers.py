@@ -5,6 +5,7 @@ from the message alone. Label and instance maps keep their integer values: a 16-
 go through an 8-bit conversion (PIL's `convert('L')` clips, `astype(uint8)` wraps), which would
 silently corrupt class ids.
 """
+import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,24 +20,47 @@ LABEL_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
 _ID_MODES = {"L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N", "1"}
 
 
+# What kind of fault a Problem (or DataError) is, named where it is found: curation sorts problems
+# by kind, never by their wording.
+PROBLEM_KINDS = ("unreadable", "missing_pair", "size_mismatch", "bad_class_id", "duplicate_stem", "integrity")
+
+
+def natural_key(text):
+    """Sort key that puts 'img2' before 'img10'."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", str(text))]
+
+
+def list_files(folder, extensions, recursive=False):
+    """Files directly in (or below) `folder` whose suffix is in `extensions`, naturally sorted by
+    name: the one folder listing of the project (datasets, inference, FID, scores)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: directory not found", folder)
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted((p for p in found if p.suffix.lower() in extensions and p.is_file()
+                   and not p.name.startswith(".")), key=lambda p: natural_key(p.name))
+
+
 class DataError(ValueError):
     """A dataset file is missing, unreadable or holds values the model cannot use."""
 
-    def __init__(self, message, path=None):
+    def __init__(self, message, path=None, kind="integrity"):
         super().__init__(message)
         self.path = None if path is None else str(path)
+        self.kind = kind
 
 
 def open_image(path):
     """Open and fully decode an image (a truncated file fails here, not later in a transform)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: file not found", path)
+        raise DataError(f"{path}: file not found", path, "unreadable")
     try:
         image = Image.open(path)
         image.load()
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... for bad files
-        raise DataError(f"{path}: cannot read image ({type(error).__name__}: {error})", path) from error
+        raise DataError(f"{path}: cannot read image ({type(error).__name__}: {error})", path,
+                        "unreadable") from error
     return image
 
 
@@ -46,7 +70,7 @@ def _read_ids(path, what):
         raise DataError(
             f"{path}: {what} has mode {image.mode!r}; expected a single-channel map of integer ids "
             "(8/16-bit grayscale or palette PNG). Colour-coded maps must be converted to ids first.",
-            path)
+            path, "unreadable")
     return np.asarray(image).astype(np.int32)  # palette PNGs give their indices
 
 
@@ -72,9 +96,11 @@ def read_image(path) -> np.ndarray:
 
 
 class Problem(NamedTuple):
-    """One fault found in a dataset: the file (or the stem, for a missing pair) and what is wrong."""
+    """One fault found in a dataset: the file (or the stem, for a missing pair), what is wrong, and
+    its kind (one of PROBLEM_KINDS)."""
     where: str
     reason: str
+    kind: str = "integrity"
 
     def __str__(self):
         return f"{self.where}: {self.reason}"
