@@ -4,27 +4,22 @@ sample step; this makes it for any run folder, also one still training).
 
   python scripts/report.py results/demo_cpu-20250101-120000
 """
-import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from jspade.report import ReportError, write_report  # noqa: E402
+from jspade import cli
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = cli.ArgumentParser(description=__doc__)
     ap.add_argument("run", type=Path, metavar="RUN_FOLDER", help="a jspade training run folder")
     args = ap.parse_args(argv)
-    try:
-        path = write_report(args.run)
-    except ReportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(path)
+
+    from jspade.report import write_report
+
+    print(write_report(args.run))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))
