@@ -56,7 +56,7 @@ def _charts(losses, fids):
                                 (axes[1], "discriminator losses", lambda k: k in D_LOSSES)):
             for name in filter(keep, names):
                 points = [(r["iter"], r["losses"][name]) for r in losses if name in r["losses"]]
-                ax.plot(*zip(*points), label=name, linewidth=1)
+                ax.plot(*zip(*points), label=name, linewidth=1, marker="." if len(points) < 30 else None)
             ax.set_title(title)
             ax.set_xlabel("iteration")
             ax.grid(alpha=0.3)
@@ -68,7 +68,8 @@ def _charts(losses, fids):
         fig, ax = plt.subplots(figsize=(6, 3.2))
         for phase in sorted({r["phase"] for r in losses}):
             points = [(r["iter"], r["lr"]) for r in losses if r["phase"] == phase]
-            ax.plot(*zip(*points), label=f"phase {phase}", drawstyle="steps-post")
+            ax.plot(*zip(*points), label=f"phase {phase}", drawstyle="steps-post",
+                    marker="." if len(points) < 30 else None)
         ax.set_title("learning rate (before TTUR: G uses lr/2, D lr*2)")
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
@@ -111,7 +112,7 @@ def write_report(run_dir):
     summary = []
     if losses:
         last = losses[-1]
-        summary.append(f"iteration {last['iter']} (phase {last['phase']}, epoch {last['epoch']}), "
+        summary.append(f"last logged: iteration {last['iter']} (phase {last['phase']}, epoch {last['epoch']}), "
                        f"{last['time'] / 60:.1f} min")
     if fids:
         best = min(fids, key=lambda r: r["fid"])

@@ -20,6 +20,11 @@ that has torch; see scripts/benchmark_original.py), each in its own fresh proces
 --netG tsit times the TSIT generator instead of SPADE's (crop size and height multiples of 128, e.g.
 --crop-size 256 --aspect-ratio 2); with --compare-pytorch PATH_TO_TSIT_REPO --torch-python PYTHON it
 also times the original TSIT code (EndlessSora/TSIT) on the same config, right after, and prints the ratio.
+
+  python scripts/benchmark.py --ema-vs-raw results/demo_cpu-... --val results/synthetic_128x96/val
+
+instead prints, for each numbered checkpoint of a run trained with train.ema_decay, the FID of its raw
+and of its EMA generator on the held-out pairs in --val (the run's cached real statistics are reused).
 """
 import json
 import resource
@@ -56,7 +61,14 @@ def main(argv=None):
                     help="a Python with torch, for --compare-pytorch (default: this one)")
     ap.add_argument("--compare-jspade", metavar="JSPADE_REPO", help="also time another jspade checkout")
     ap.add_argument("--repeats", type=cli.int_at_least(1), default=2, help="rounds of the side-by-side comparison")
+    ap.add_argument("--ema-vs-raw", type=Path, metavar="RUN_FOLDER",
+                    help="FID of the raw and the EMA generator of each numbered checkpoint of a run (needs --val)")
+    ap.add_argument("--val", type=Path, metavar="DIR", help="held-out pairs (imgs/, labels/) for --ema-vs-raw")
     args = ap.parse_args(argv)
+    if args.ema_vs_raw:
+        if args.val is None:
+            ap.error("--ema-vs-raw needs --val DIR (the held-out pairs)")
+        return ema_vs_raw(args.ema_vs_raw, args.val, args.json)
     if args.compare_jspade or (args.compare_pytorch is not None and args.netG == "spade"):
         if args.netG != "spade":
             ap.error("--compare-jspade times SPADE only")
@@ -287,6 +299,37 @@ def time_original_tsit(args):
         raise SystemExit(f"benchmark.py: the original TSIT code in {args.compare_pytorch} failed "
                          f"with {args.torch_python}: {tail[0]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+
+
+def ema_vs_raw(run_dir, val_dir, as_json=False):
+    from jspade.data.datasets import build_dataset
+    from jspade.inference import load_generator
+    from jspade.train.fid_tracker import REAL_STATS_FILE, HeldOutFID
+
+    rows, tracker = [], None
+    for path in sorted((run_dir / "checkpoints").glob("iter_*.pkl")):
+        row = {"checkpoint": path.name}
+        for weights in ("raw", "ema"):
+            model, opt = load_generator(path, use_ema=weights == "ema")
+            if model.weights != weights:
+                break  # no EMA weights in this checkpoint
+            if tracker is None:
+                held_out = build_dataset("landscape", val_dir, phase="val", label_nc=opt.label_nc,
+                                         crop_size=opt.crop_size, aspect_ratio=opt.aspect_ratio,
+                                         preprocess_mode="fixed", no_flip=True)
+                tracker = HeldOutFID(held_out, opt, run_dir / REAL_STATS_FILE)
+            row[f"fid_{weights}"] = round(tracker.measure(model.netG, model.netE), 3)
+        if "fid_ema" in row:
+            rows.append(row)
+            print(f"{row['checkpoint']}: FID raw {row['fid_raw']:.2f}, EMA {row['fid_ema']:.2f}", flush=True)
+    if not rows:
+        print(f"no numbered checkpoint with EMA weights in {run_dir}/checkpoints", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(rows))
+    return 0
 
 
 if __name__ == "__main__":

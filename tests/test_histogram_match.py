@@ -62,3 +62,24 @@ def test_evaluate_shows_the_effect_of_matching_on_style_similarity(landscape_sam
                                           progress=False))
     before, after = values["style_similarity"], values["style_similarity_matched"]
     assert before < 0.5 and after > 0.99
+
+
+def test_infer_match_histogram_gives_outputs_their_reference_colours(landscape_sample, tmp_path):
+    from jspade.inference import render_folder
+    from tiny_models import tiny_checkpoint
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pkl")
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "refs").mkdir()
+    for i, image in enumerate(photos(landscape_sample)[:2]):
+        label = np.zeros((32, 64), np.uint8)
+        label[16:] = 5 + i
+        Image.fromarray(label).save(tmp_path / "labels" / f"s{i}.png")
+        Image.fromarray(image).save(tmp_path / "refs" / f"s{i}.png")
+    options = dict(style_dir=tmp_path / "refs", size=(128, 64), quality=100)
+    assert render_folder(tmp_path / "labels", ckpt, tmp_path / "plain", **options)[0] == 2
+    assert render_folder(tmp_path / "labels", ckpt, tmp_path / "matched", match_histogram=True, **options)[0] == 2
+    for i in range(2):
+        ref = np.asarray(Image.open(tmp_path / "refs" / f"s{i}.png"))
+        plain = np.asarray(Image.open(tmp_path / "plain" / f"s{i}.jpg"))
+        matched = np.asarray(Image.open(tmp_path / "matched" / f"s{i}.jpg"))
+        assert style_similarity(matched, ref) > 0.8 > style_similarity(plain, ref)

