@@ -7,7 +7,19 @@ from jspade.models.normalization import SPADE, conv2d
 from jspade.models.resize import resize_nearest, upsample2x
 
 
-class SPADEResnetBlock(nn.Module):
+class ModulatedResnetBlock(nn.Module):
+    """A residual block whose normalisations are modulated by a conditioning map `cond` (the
+    segmentation map for SPADE, a content-stream feature for FADE); a learned 1x1 shortcut when
+    fin != fout. Subclasses build conv_0, conv_1, (conv_s) and norm_0, norm_1, (norm_s)."""
+
+    def execute(self, x, cond):
+        x_s = self.conv_s(self.norm_s(x, cond)) if self.learned_shortcut else x
+        dx = self.conv_0(nn.leaky_relu(self.norm_0(x, cond), 0.2))
+        dx = self.conv_1(nn.leaky_relu(self.norm_1(dx, cond), 0.2))
+        return x_s + dx
+
+
+class SPADEResnetBlock(ModulatedResnetBlock):
     """Residual block whose every normalisation is SPADE; a learned 1x1 shortcut when fin != fout."""
 
     def __init__(self, fin, fout, norm_G, semantic_nc):
@@ -24,11 +36,6 @@ class SPADEResnetBlock(nn.Module):
         if self.learned_shortcut:
             self.norm_s = SPADE(spade_config, fin, semantic_nc)
 
-    def execute(self, x, seg):
-        x_s = self.conv_s(self.norm_s(x, seg)) if self.learned_shortcut else x
-        dx = self.conv_0(nn.leaky_relu(self.norm_0(x, seg), 0.2))
-        dx = self.conv_1(nn.leaky_relu(self.norm_1(dx, seg), 0.2))
-        return x_s + dx
 
 
 # num_upsampling_layers -> how many times the generator doubles its latent map's size

@@ -199,22 +199,27 @@ def nonspade_norm_conv(norm_type, in_channels, out_channels, kernel_size, stride
     return nn.Sequential(conv, norm)
 
 
+def param_free_norm(kind, config_text, norm_nc):
+    """(normalisation, kernel size) of a modulated norm's config, '<kind><norm><k>x<k>' (kind 'spade' or
+    'fade'; norm 'instance', 'batch' or 'syncbatch'), as the original parses e.g. 'spadesyncbatch3x3'."""
+    parsed = re.fullmatch(rf"{kind}(\D+)(\d)x\d", config_text)
+    if parsed is None:
+        raise ValueError(f"{config_text!r} is not a {kind.upper()} norm (expected e.g. '{kind}syncbatch3x3')")
+    norm_type, ks = parsed.group(1), int(parsed.group(2))
+    if norm_type == "instance":
+        return InstanceNorm2d(norm_nc), ks
+    if norm_type in ("syncbatch", "batch"):
+        return SyncBatchNorm(norm_nc, affine=False, sync=norm_type == "syncbatch"), ks
+    raise ValueError(f"{norm_type!r} is not a recognized param-free norm type in {kind.upper()}")
+
+
 class SPADE(nn.Module):
     """Spatially-adaptive normalisation. `config_text` is e.g. 'spadesyncbatch3x3' or 'spadeinstance5x5'."""
 
     nhidden = 128
 
     def __init__(self, config_text, norm_nc, label_nc):
-        parsed = re.fullmatch(r"spade(\D+)(\d)x\d", config_text)
-        if parsed is None:
-            raise ValueError(f"{config_text!r} is not a SPADE norm (expected e.g. 'spadesyncbatch3x3')")
-        param_free_norm_type, ks = parsed.group(1), int(parsed.group(2))
-        if param_free_norm_type == "instance":
-            self.param_free_norm = InstanceNorm2d(norm_nc)
-        elif param_free_norm_type in ("syncbatch", "batch"):
-            self.param_free_norm = SyncBatchNorm(norm_nc, affine=False, sync=param_free_norm_type == "syncbatch")
-        else:
-            raise ValueError(f"{param_free_norm_type!r} is not a recognized param-free norm type in SPADE")
+        self.param_free_norm, ks = param_free_norm("spade", config_text, norm_nc)
         pw = ks // 2
         self.mlp_shared = nn.Sequential(nn.Conv2d(label_nc, self.nhidden, ks, padding=pw), nn.ReLU())
         self.mlp_gamma = nn.Conv2d(self.nhidden, norm_nc, ks, padding=pw)
@@ -233,16 +238,7 @@ class FADE(nn.Module):
     hidden layer, no resizing). `config_text` is e.g. 'fadesyncbatch3x3' or 'fadeinstance3x3'."""
 
     def __init__(self, config_text, norm_nc, feature_nc):
-        parsed = re.fullmatch(r"fade(\D+)(\d)x\d", config_text)
-        if parsed is None:
-            raise ValueError(f"{config_text!r} is not a FADE norm (expected e.g. 'fadesyncbatch3x3')")
-        param_free_norm_type, ks = parsed.group(1), int(parsed.group(2))
-        if param_free_norm_type == "instance":
-            self.param_free_norm = InstanceNorm2d(norm_nc)
-        elif param_free_norm_type in ("syncbatch", "batch"):
-            self.param_free_norm = SyncBatchNorm(norm_nc, affine=False, sync=param_free_norm_type == "syncbatch")
-        else:
-            raise ValueError(f"{param_free_norm_type!r} is not a recognized param-free norm type in FADE")
+        self.param_free_norm, ks = param_free_norm("fade", config_text, norm_nc)
         pw = ks // 2
         self.mlp_gamma = nn.Conv2d(feature_nc, norm_nc, ks, padding=pw)
         self.mlp_beta = nn.Conv2d(feature_nc, norm_nc, ks, padding=pw)

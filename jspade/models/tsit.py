@@ -13,7 +13,7 @@ from jspade.runtime import jt
 from jittor import nn
 
 from jspade.models.base import BaseNetwork
-from jspade.models.generator import check_tsit_size
+from jspade.models.generator import ModulatedResnetBlock, check_tsit_size
 from jspade.models.normalization import FADE, InstanceNorm2d, SyncBatchNorm, conv2d
 from jspade.models.resize import resize_nearest, upsample2x
 
@@ -77,7 +77,7 @@ class Stream(BaseNetwork):
         return features
 
 
-class FADEResnetBlock(nn.Module):
+class FADEResnetBlock(ModulatedResnetBlock):
     """SPADEResnetBlock with FADE for SPADE and fmiddle = fin (not min(fin, fout))."""
 
     def __init__(self, fin, fout, norm_G):
@@ -92,12 +92,6 @@ class FADEResnetBlock(nn.Module):
         self.norm_1 = FADE(fade_config, fin, fin)
         if self.learned_shortcut:
             self.norm_s = FADE(fade_config, fin, fin)
-
-    def execute(self, x, feature):
-        x_s = self.conv_s(self.norm_s(x, feature)) if self.learned_shortcut else x
-        dx = self.conv_0(nn.leaky_relu(self.norm_0(x, feature), 0.2))
-        dx = self.conv_1(nn.leaky_relu(self.norm_1(dx, feature), 0.2))
-        return x_s + dx
 
 
 def _mean_std(x, eps=1e-5):
