@@ -84,6 +84,17 @@ def check_tsit_size(crop_size, aspect_ratio, num_upsampling_layers):
                          "crop_size 256, aspect_ratio 2)")
 
 
+def first_feature_map(generator, seg, z=None):
+    """What a generator's decoder starts from (SPADE's and TSIT's alike): fc(z) as a 16ngf x sh x sw map
+    in VAE mode (z ~ N(0, 1) when not given), else fc (a 3x3 convolution) of the downsampled segmentation."""
+    opt = generator.opt
+    if opt.use_vae:
+        if z is None:
+            z = jt.randn(seg.shape[0], opt.z_dim)
+        return generator.fc(z).reshape(-1, 16 * opt.ngf, generator.sh, generator.sw)
+    return generator.fc(resize_nearest(seg, (generator.sh, generator.sw)))
+
+
 class SPADEGenerator(BaseNetwork):
     def __init__(self, opt):
         self.opt = opt
@@ -115,12 +126,7 @@ class SPADEGenerator(BaseNetwork):
 
     def execute(self, seg, z=None):
         opt = self.opt
-        if opt.use_vae:
-            if z is None:
-                z = jt.randn(seg.shape[0], opt.z_dim)
-            x = self.fc(z).reshape(-1, 16 * opt.ngf, self.sh, self.sw)
-        else:
-            x = self.fc(resize_nearest(seg, (self.sh, self.sw)))
+        x = first_feature_map(self, seg, z)
         x = self.head_0(x, seg)
         x = upsample2x(x)
         x = self.G_middle_0(x, seg)

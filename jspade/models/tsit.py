@@ -13,7 +13,7 @@ from jspade.runtime import jt
 from jittor import nn
 
 from jspade.models.base import BaseNetwork
-from jspade.models.generator import ModulatedResnetBlock, check_tsit_size
+from jspade.models.generator import ModulatedResnetBlock, check_tsit_size, first_feature_map
 from jspade.models.normalization import FADE, InstanceNorm2d, SyncBatchNorm, conv2d
 from jspade.models.resize import resize_nearest, upsample2x
 
@@ -156,12 +156,7 @@ class TSITGenerator(BaseNetwork):
         opt = self.opt
         ft = self.content_stream(seg)
         sft = self.style_stream(style) if opt.style_stream and style is not None else None
-        if opt.use_vae:
-            if z is None:
-                z = jt.randn(seg.shape[0], opt.z_dim)
-            x = self.fc(z).reshape(-1, 16 * opt.ngf, self.sh, self.sw)
-        else:
-            x = self.fc(resize_nearest(seg, (self.sh, self.sw)))
+        x = first_feature_map(self, seg, z)
 
         def styled(x, level):
             return fadain(x, sft[level], opt.alpha) if sft is not None else x
