@@ -15,7 +15,7 @@ from jittor import nn
 from jspade.models.base import BaseNetwork
 from jspade.models.generator import ModulatedResnetBlock, check_tsit_size, first_feature_map
 from jspade.models.normalization import FADE, InstanceNorm2d, SyncBatchNorm, conv2d
-from jspade.models.resize import resize_nearest, upsample2x
+from jspade.models.resize import upsample2x
 
 
 def downsample_half(x):
