@@ -281,3 +281,22 @@ def test_train_script_restarts_a_crashed_run_and_finishes_it(tmp_path):
     kinds = [e.get("event") for e in events if "event" in e]
     assert kinds == ["restart", "resume"]
     assert read_checkpoint(out / "run" / "checkpoints" / "latest.pkl")["position"]["iteration"] == 8
+
+
+def test_a_replay_after_a_crash_between_two_writes_keeps_the_numbered_checkpoint(tmp_path, capsys):
+    """A crash after iter_0000004.pkl was written but before latest.pkl was refreshed: the resume
+    replays iterations 3-4 and must keep the existing snapshot rather than fail or overwrite it."""
+    data = tmp_path / "data"
+    cfg = lambda n: tiny_config(tmp_path, data, max_iters=n, save_every=2)  # noqa: E731
+    Trainer(cfg(2), progress=False).train()
+    ckpts = tmp_path / "run" / "checkpoints"
+    at_2 = (ckpts / "latest.pkl").read_bytes()
+    Trainer(cfg(4), resume=True, progress=False).train()
+    snapshot = (ckpts / "iter_0000004.pkl").read_bytes()
+    (ckpts / "latest.pkl").write_bytes(at_2)  # as if the crash came between the two writes
+    resumed = Trainer(cfg(4), resume=True, progress=False)
+    assert resumed.pos.iteration == 2
+    resumed.train()
+    assert "iter_0000004.pkl exists already; keeping it" in capsys.readouterr().err
+    assert (ckpts / "iter_0000004.pkl").read_bytes() == snapshot
+    assert read_checkpoint(ckpts / "latest.pkl")["position"]["iteration"] == 4
