@@ -1,6 +1,8 @@
 """Shared test fixtures. Real sample data and reference vectors live in ../shared beside the
 project (never copied into it); tests that need them skip, saying why, where it is absent."""
+import faulthandler
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("JSPADE_DEVICE", "cpu")  # tests are sized for CPU
 
 import jspade  # noqa: E402,F401  (configures Jittor before any test imports it)
+
+# A native crash prints every thread's Python stack and ends the process with its real signal
+# (Jittor's own SIGSEGV handler exits with status 1, which would hide it among ordinary failures).
+for _sig in (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE):
+    signal.signal(_sig, signal.SIG_DFL)
+faulthandler.enable(file=sys.__stderr__, all_threads=True)  # re-armed: importing Jittor replaced it
 
 SHARED = Path(os.environ.get("JSPADE_SHARED", ROOT.parent / "shared"))
 
