@@ -188,12 +188,20 @@ def compare(args):
     if args.compare_pytorch:
         runs["original"] = [args.torch_python, str(here.with_name("benchmark_original.py")), str(args.compare_pytorch)]
     results = {name: [] for name in runs}
-    for r in range(args.repeats):
-        for name, cmd in runs.items():
-            results[name].append(_run_child(cmd + _child_args(args) + ["--reuse-fake"] * (
-                args.reuse_fake and name == "jspade")))
-            print(f"round {r + 1}/{args.repeats} {name}: " + ", ".join(
-                f"{key} {fmt.format(results[name][-1][key])}" for key, _, fmt in FIGURES), file=sys.stderr, flush=True)
+    try:
+        for r in range(args.repeats):
+            for name, cmd in runs.items():
+                results[name].append(_run_child(cmd + _child_args(args) + ["--reuse-fake"] * (
+                    args.reuse_fake and name == "jspade")))
+                print(f"round {r + 1}/{args.repeats} {name}: " + ", ".join(
+                    f"{key} {fmt.format(results[name][-1][key])}" for key, _, fmt in FIGURES), file=sys.stderr,
+                    flush=True)
+    except SystemExit as failure:  # keep the rounds that completed
+        done = min(len(v) for v in results.values())
+        if done == 0:
+            raise
+        print(f"{failure}; reporting the {done} complete round(s)", file=sys.stderr)
+        results = {name: v[:done] for name, v in results.items()}
 
     def span(values, fmt):
         lo, hi = min(values), max(values)
