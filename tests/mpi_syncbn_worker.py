@@ -9,6 +9,7 @@ By hand:  JSPADE_DEVICE=cpu mpirun --allow-run-as-root --oversubscribe -np 2 \
 """
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("JSPADE_DEVICE", "cpu")
 
