@@ -36,7 +36,7 @@ def mpi_result(tmp_path_factory):
     if mpirun is None:
         pytest.skip("mpirun is not installed (OpenMPI): the 2-rank SyncBatchNorm test cannot run")
     out = tmp_path_factory.mktemp("mpi")
-    env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR") if k in os.environ}
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR", "PYTHONPATH") if k in os.environ}
     env["JSPADE_DEVICE"] = "cpu"
     cmd = [mpirun, "--allow-run-as-root", "--oversubscribe", "-np", "2", sys.executable, str(WORKER), str(out)]
     try:
