@@ -51,7 +51,7 @@ def test_holdout_fraction_is_fixed_and_never_trained_on(tmp_path):
     held_out = {s.stem for s in trainer.held_out_dataset().samples}
     assert held_out and not train_stems & held_out and len(train_stems | held_out) == 16
     assert held_out == {s for s in train_stems | held_out if is_held_out(s, 0.25)}
-    assert trainer.iterations_per_phase() == [2 * (len(train_stems) // 2)]
+    assert trainer.phase_sizes() == [len(train_stems)]  # the schedule counts only the training pairs
 
 
 def test_fid_needs_held_out_pairs(tmp_path):
