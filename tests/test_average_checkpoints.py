@@ -2,20 +2,30 @@
 import numpy as np
 import pytest
 
-from jspade.checkpoint import average_checkpoints, load_checkpoint, read_checkpoint, save_checkpoint
+from jspade.checkpoint import average_checkpoints, load_checkpoint, read_checkpoint, save_checkpoint, state_arrays
 from jspade.config import Config, ModelConfig
 from jspade.models.spade_model import SPADEModel
 from jspade.runtime import jt
 
 
-def test_average_of_two_checkpoints(tmp_path):
+def two_checkpoints(folder, with_ema=False):
+    """(config, paths) of two checkpoints of one tiny model with different random weights (and EMA copies)."""
     cfg = Config.default()
     cfg.model = ModelConfig(label_nc=29, crop_size=64, aspect_ratio=2.0, ngf=4, use_vae=False)
     paths = []
     for seed in (1, 2):
         jt.set_global_seed(seed)
-        paths.append(save_checkpoint(tmp_path / f"{seed}.pkl", SPADEModel(cfg.model, with_vgg=False),
-                                     {"config": cfg.to_dict()}))
+        extra = {"config": cfg.to_dict()}
+        model = SPADEModel(cfg.model, with_vgg=False)
+        if with_ema:
+            extra["ema_networks"] = {"G": state_arrays(SPADEModel(cfg.model, with_discriminator=False,
+                                                                  with_vgg=False).netG)}
+        paths.append(save_checkpoint(folder / f"{seed}.pkl", model, extra))
+    return cfg, paths
+
+
+def test_average_of_two_checkpoints(tmp_path):
+    cfg, paths = two_checkpoints(tmp_path)
     out = tmp_path / "avg.pkl"
     assert average_checkpoints(paths, out) == ["G"]
     a, b = (read_checkpoint(p)["networks"]["G"] for p in paths)
@@ -33,16 +43,7 @@ def test_average_of_two_checkpoints(tmp_path):
 
 
 def test_ema_weights_are_averaged_too_unless_no_ema(tmp_path):
-    from jspade.checkpoint import state_arrays
-    cfg = Config.default()
-    cfg.model = ModelConfig(label_nc=29, crop_size=64, aspect_ratio=2.0, ngf=4, use_vae=False)
-    paths = []
-    for seed in (1, 2):
-        jt.set_global_seed(seed)
-        model = SPADEModel(cfg.model, with_vgg=False)
-        ema = SPADEModel(cfg.model, with_discriminator=False, with_vgg=False)
-        paths.append(save_checkpoint(tmp_path / f"{seed}.pkl", model,
-                                     {"config": cfg.to_dict(), "ema_networks": {"G": state_arrays(ema.netG)}}))
+    _, paths = two_checkpoints(tmp_path, with_ema=True)
     assert average_checkpoints(paths, tmp_path / "avg.pkl") == ["G"]
     a, b = (read_checkpoint(p)["ema_networks"]["G"] for p in paths)
     avg = read_checkpoint(tmp_path / "avg.pkl")

@@ -7,6 +7,16 @@ from jspade.models.normalization import SPADE, conv2d
 from jspade.models.resize import resize_nearest, upsample2x
 
 
+def residual_convs(block, fin, fmiddle, fout, spectral):
+    """A residual block's convolutions, with the original's names: conv_0 (fin -> fmiddle), conv_1
+    (fmiddle -> fout), and the bias-free 1x1 shortcut conv_s when fin != fout."""
+    block.learned_shortcut = fin != fout
+    block.conv_0 = conv2d(fin, fmiddle, 3, padding=1, spectral=spectral)
+    block.conv_1 = conv2d(fmiddle, fout, 3, padding=1, spectral=spectral)
+    if block.learned_shortcut:
+        block.conv_s = conv2d(fin, fout, 1, bias=False, spectral=spectral)
+
+
 class ModulatedResnetBlock(nn.Module):
     """A residual block whose normalisations are modulated by a conditioning map `cond` (the
     segmentation map for SPADE, a content-stream feature for FADE); a learned 1x1 shortcut when
@@ -23,13 +33,8 @@ class SPADEResnetBlock(ModulatedResnetBlock):
     """Residual block whose every normalisation is SPADE; a learned 1x1 shortcut when fin != fout."""
 
     def __init__(self, fin, fout, norm_G, semantic_nc):
-        self.learned_shortcut = fin != fout
         fmiddle = min(fin, fout)
-        spectral = "spectral" in norm_G
-        self.conv_0 = conv2d(fin, fmiddle, 3, padding=1, spectral=spectral)
-        self.conv_1 = conv2d(fmiddle, fout, 3, padding=1, spectral=spectral)
-        if self.learned_shortcut:
-            self.conv_s = conv2d(fin, fout, 1, bias=False, spectral=spectral)
+        residual_convs(self, fin, fmiddle, fout, spectral="spectral" in norm_G)
         spade_config = norm_G.replace("spectral", "")
         self.norm_0 = SPADE(spade_config, fin, semantic_nc)
         self.norm_1 = SPADE(spade_config, fmiddle, semantic_nc)

@@ -13,8 +13,8 @@ from jspade.runtime import jt
 from jittor import nn
 
 from jspade.models.base import BaseNetwork
-from jspade.models.generator import ModulatedResnetBlock, check_tsit_size, first_feature_map
-from jspade.models.normalization import FADE, InstanceNorm2d, SyncBatchNorm, conv2d
+from jspade.models.generator import ModulatedResnetBlock, check_tsit_size, first_feature_map, residual_convs
+from jspade.models.normalization import FADE, InstanceNorm2d, SyncBatchNorm
 from jspade.models.resize import upsample2x
 
 
@@ -39,15 +39,11 @@ class StreamResnetBlock(nn.Module):
     1x1 shortcut, normalised and activated too, when fin != fout."""
 
     def __init__(self, fin, fout, norm_S):
-        self.learned_shortcut = fin != fout
-        spectral = "spectral" in norm_S
+        residual_convs(self, fin, fin, fout, spectral="spectral" in norm_S)
         norm_type = norm_S.replace("spectral", "")
-        self.conv_0 = conv2d(fin, fin, 3, padding=1, spectral=spectral)
-        self.conv_1 = conv2d(fin, fout, 3, padding=1, spectral=spectral)
         self.norm_layer_in = _stream_norm(norm_type, fin)
         self.norm_layer_out = _stream_norm(norm_type, fout)
         if self.learned_shortcut:
-            self.conv_s = conv2d(fin, fout, 1, bias=False, spectral=spectral)
             self.norm_layer_s = _stream_norm(norm_type, fout)
 
     def execute(self, x):
@@ -81,13 +77,8 @@ class FADEResnetBlock(ModulatedResnetBlock):
     """SPADEResnetBlock with FADE for SPADE and fmiddle = fin (not min(fin, fout))."""
 
     def __init__(self, fin, fout, norm_G):
-        self.learned_shortcut = fin != fout
-        spectral = "spectral" in norm_G
+        residual_convs(self, fin, fin, fout, spectral="spectral" in norm_G)
         fade_config = norm_G.replace("spectral", "")
-        self.conv_0 = conv2d(fin, fin, 3, padding=1, spectral=spectral)
-        self.conv_1 = conv2d(fin, fout, 3, padding=1, spectral=spectral)
-        if self.learned_shortcut:
-            self.conv_s = conv2d(fin, fout, 1, bias=False, spectral=spectral)
         self.norm_0 = FADE(fade_config, fin, fin)
         self.norm_1 = FADE(fade_config, fin, fin)
         if self.learned_shortcut:
