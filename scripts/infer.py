@@ -73,7 +73,8 @@ def main(argv=None):
     if args.match_histogram and args.style_dir is None and args.label_to_img is None:
         ap.error("--match-histogram needs reference photos: --style-dir or --label-to-img")
 
-    from jspade.inference import render_folder
+    from jspade.data.readers import DataError
+    from jspade.inference import StyleUnsupported, render_folder
 
     try:
         count, seed, weights = render_folder(
@@ -85,6 +86,9 @@ def main(argv=None):
             report=lambda line: print(line, flush=True))
     except FileExistsError as error:
         ap.error(str(error))
+    except (DataError, StyleUnsupported) as error:  # nothing was written: say so, then each problem
+        cli.report(ap.prog, DataError(f"refusing to render: {error}"))
+        return 1
     print(f"wrote {count} image(s) to {args.out}" + (f" with seed {seed}" if args.seeds > 1 else "")
           + f" ({weights} weights)")
     return 0

@@ -29,7 +29,7 @@ def write_refs(folder, stems, colors):
 
 def test_renders_one_jpg_per_label_at_contest_size(tmp_path, vae_checkpoint, landscape_sample):
     out = tmp_path / "sub"
-    assert render_folder(landscape_sample / "val" / "labels", vae_checkpoint, out) == 2
+    assert render_folder(landscape_sample / "val" / "labels", vae_checkpoint, out)[0] == 2
     names = sorted(p.name for p in out.iterdir())
     assert names == ["487121_2d0257e293_b.jpg", "487122_12f4df64fa_b.jpg"]
     for n in names:
@@ -119,7 +119,7 @@ def test_original_pytorch_checkpoint_folder(tmp_path, nvlabs_checkpoint_dir, ref
     height, width = labels.shape[1:]
     out = tmp_path / "torch"
     assert render_folder(tmp_path / "labels", nvlabs_checkpoint_dir, out, size=(width, height),
-                         model_overrides=options) == len(labels)
+                         model_overrides=options)[0] == len(labels)
 
     generator = reference.fresh_model().netG
     generator.eval()
