@@ -19,8 +19,8 @@ if jt.in_mpi:
     for net in model.networks().values():
         net.mpi_param_broadcast(0)
 model.train()
-opt_G = Adam(trainable_parameters(model.netG), 2e-4)
-opt_D = Adam(trainable_parameters(model.netD), 8e-4)
+optimizer_G = Adam(trainable_parameters(model.netG), 2e-4)
+optimizer_D = Adam(trainable_parameters(model.netD), 8e-4)
 
 rng = np.random.default_rng(7)
 label = rng.integers(0, 29, (4, 1, 32, 64)).astype(np.int32)
@@ -33,13 +33,13 @@ real = jt.array(image[shard])
 names = {id(v): f"{net}.{k}" for net, m in (("G", model.netG), ("D", model.netD)) for k, v in m.state_dict().items()}
 arrays = {}
 g_losses, _, _ = model.generator_losses(sem, real)
-grads = opt_G.gradients(sum(g_losses.values()))
-arrays.update({f"grad.{names[id(p)]}": g.numpy() for p, g in zip(opt_G.params, grads)})
-opt_G.apply(grads)
+grads = optimizer_G.gradients(sum(g_losses.values()))
+arrays.update({f"grad.{names[id(p)]}": g.numpy() for p, g in zip(optimizer_G.params, grads)})
+optimizer_G.apply(grads)
 d_losses = model.discriminator_losses(sem, real)
-grads = opt_D.gradients(sum(d_losses.values()))
-arrays.update({f"grad.{names[id(p)]}": g.numpy() for p, g in zip(opt_D.params, grads)})
-opt_D.apply(grads)
+grads = optimizer_D.gradients(sum(d_losses.values()))
+arrays.update({f"grad.{names[id(p)]}": g.numpy() for p, g in zip(optimizer_D.params, grads)})
+optimizer_D.apply(grads)
 if rank == 0:
     arrays.update({f"G.{k}": v.numpy() for k, v in model.netG.state_dict().items()})
     arrays.update({f"D.{k}": v.numpy() for k, v in model.netD.state_dict().items()})

@@ -194,7 +194,7 @@ def test_two_phases_with_a_subset_and_lr_decay_across_the_boundary(tmp_path, sub
         + [(i, 2, 2, 1e-4) for i in range(8, 11)])
     phase1 = read_checkpoint(run_dir / "checkpoints" / "phase1_end.pkl")
     assert phase1["position"] == {"iteration": 4, "phase": 1, "epoch": 0, "batch": 0} and "optimizers" in phase1
-    assert trainer.opt_G.lr == 1e-4 / 2 and trainer.opt_D.lr == 1e-4 * 2  # TTUR on the decayed lr
+    assert trainer.optimizer_G.lr == 1e-4 / 2 and trainer.optimizer_D.lr == 1e-4 * 2  # TTUR on the decayed lr
 
 
 def test_resume_in_the_middle_of_phase_2_equals_the_uninterrupted_run(tmp_path, subset_data):
@@ -207,7 +207,7 @@ def test_resume_in_the_middle_of_phase_2_equals_the_uninterrupted_run(tmp_path, 
     resumed.train()
     a, b = g_weights(straight), g_weights(resumed)
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-5
-    for opt_a, opt_b in ((straight.opt_G, resumed.opt_G), (straight.opt_D, resumed.opt_D)):
+    for opt_a, opt_b in ((straight.optimizer_G, resumed.optimizer_G), (straight.optimizer_D, resumed.optimizer_D)):
         assert opt_a.step_count == opt_b.step_count == 10
         assert max(float(np.abs(x.numpy() - y.numpy()).max()) for x, y in zip(opt_a.v, opt_b.v)) < 1e-9
 

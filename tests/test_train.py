@@ -54,7 +54,7 @@ def test_resume_equals_uninterrupted_training(tmp_path):
     a, b = g_weights(straight), g_weights(resumed)
     worst = max(float(np.abs(a[k] - b[k]).max()) for k in a)
     assert worst < 1e-5, worst
-    for opt_a, opt_b in ((straight.opt_G, resumed.opt_G), (straight.opt_D, resumed.opt_D)):
+    for opt_a, opt_b in ((straight.optimizer_G, resumed.optimizer_G), (straight.optimizer_D, resumed.optimizer_D)):
         assert opt_a.step_count == opt_b.step_count == 6
 
 

@@ -110,8 +110,8 @@ class Trainer:
         g_params = trainable_parameters(self.model.netG)
         if self.model.netE is not None:
             g_params += trainable_parameters(self.model.netE)
-        self.opt_G = Adam(g_params, lr=0.0, betas=self._betas())
-        self.opt_D = Adam(trainable_parameters(self.model.netD), lr=0.0, betas=self._betas())
+        self.optimizer_G = Adam(g_params, lr=0.0, betas=self._betas())
+        self.optimizer_D = Adam(trainable_parameters(self.model.netD), lr=0.0, betas=self._betas())
         self.ema = self._build_ema()
         self._ema_calibrated_at = None
         self.fid_history = FIDHistory()
@@ -255,9 +255,9 @@ class Trainer:
 
     def _set_lr(self, lr):
         if self.cfg.train.no_ttur:
-            self.opt_G.lr, self.opt_D.lr = lr, lr
+            self.optimizer_G.lr, self.optimizer_D.lr = lr, lr
         else:
-            self.opt_G.lr, self.opt_D.lr = lr / 2, lr * 2
+            self.optimizer_G.lr, self.optimizer_D.lr = lr / 2, lr * 2
 
     def _load_vgg(self):
         if self.model.vgg is None:
@@ -368,7 +368,7 @@ class Trainer:
         self.calibrate_ema()  # collective under MPI: before the rank check
         if not is_main_rank():
             return
-        extra = {"optimizers": {"G": self.opt_G.state_dict(), "D": self.opt_D.state_dict()},
+        extra = {"optimizers": {"G": self.optimizer_G.state_dict(), "D": self.optimizer_D.state_dict()},
                  "position": self.schedule.state_dict(), "config": self.cfg.to_dict(),
                  "vgg_pretrained": self.vgg_pretrained, "fid_history": self.fid_history.entries}
         if self.ema is not None:
@@ -398,8 +398,8 @@ class Trainer:
         if point.full_state is not None:
             load_networks(point.full_state, self.model, networks=("D",), source=str(point.full_state_path))
         if point.full_state is point.payload:
-            self.opt_G.load_state_dict(point.payload["optimizers"]["G"])
-            self.opt_D.load_state_dict(point.payload["optimizers"]["D"])
+            self.optimizer_G.load_state_dict(point.payload["optimizers"]["G"])
+            self.optimizer_D.load_state_dict(point.payload["optimizers"]["D"])
         try:
             self.schedule.load_state_dict(point.payload["position"])
         except ValueError as e:
@@ -426,9 +426,9 @@ class Trainer:
         train.reuse_fake). Returns float losses."""
         g_losses, fake, _ = self.model.generator_losses(sem, real)
         g_total = sum(g_losses.values())
-        self.opt_G.step(g_total, fetch=list(g_losses.values()) + [fake] * self.cfg.train.reuse_fake)
+        self.optimizer_G.step(g_total, fetch=list(g_losses.values()) + [fake] * self.cfg.train.reuse_fake)
         d_losses = self.model.discriminator_losses(sem, real, fake=fake if self.cfg.train.reuse_fake else None)
-        self.opt_D.step(sum(d_losses.values()), fetch=list(d_losses.values()))
+        self.optimizer_D.step(sum(d_losses.values()), fetch=list(d_losses.values()))
         return {k: float(v.item()) for k, v in {**g_losses, **d_losses}.items()}
 
     def write_samples(self, tag):
@@ -557,7 +557,7 @@ class Trainer:
         limits = [f"{t.max_iters} iterations" if t.max_iters else "", f"{t.max_minutes:g} minutes" if t.max_minutes else ""]
         log(f"training {self.run_dir}: {total} iterations over {len(self.cfg.phases)} phase(s)"
             + (f", stopping after {' or '.join(x for x in limits if x)}" if any(limits) else ""))
-        n_trainable = sum(int(np.prod(p.shape)) for opt in (self.opt_G, self.opt_D) for p in opt.params)
+        n_trainable = sum(int(np.prod(p.shape)) for optimizer in (self.optimizer_G, self.optimizer_D) for p in optimizer.params)
         full, snap = run_folder.checkpoint_sizes(self.model, n_trainable)
         # every save_every iterations, plus the one written when the run stops (unless it fell on one)
         n_snap = (total // t.save_every if t.save_every else 0) + int(not t.save_every or total % t.save_every > 0)
