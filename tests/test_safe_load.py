@@ -254,8 +254,7 @@ def test_inference_and_painter_refuse_a_hostile_checkpoint(tmp_path):
 
 def test_vgg_fid_and_segmenter_weights_refuse_hostile_files(tmp_path):
     """train.py --train.vgg_weights (.pkl and .pth), evaluate.py's FID weights, --segmenter."""
-    from jspade.data.curation import load_segmenter as curation_segmenter
-    from jspade.metrics.scores import load_segmenter as scores_segmenter
+    from jspade.metrics.scores import load_segmenter  # the one loader (clean_dataset.py and evaluate.py)
     from jspade.metrics.torchscript import load_fid_inception_weights
     from jspade.models.vgg import VGG19
 
@@ -264,8 +263,7 @@ def test_vgg_fid_and_segmenter_weights_refuse_hostile_files(tmp_path):
         assert_refused(lambda: vgg.load_weights(path), path, marker)
         assert_refused(lambda: load_fid_inception_weights(path), path, marker)
         if kind == "pkl":
-            assert_refused(lambda: curation_segmenter(path), path, marker)
-            assert_refused(lambda: scores_segmenter(path), path, marker)
+            assert_refused(lambda: load_segmenter(path), path, marker)
 
 
 def test_resume_refuses_a_hostile_latest_and_changes_nothing(tmp_path):
