@@ -25,8 +25,9 @@ def to_numpy(v):
 
 
 def state_arrays(module):
-    """{name: float32 ndarray} of every parameter and buffer, PyTorch-style names."""
-    return {k: to_numpy(v) for k, v in module.state_dict().items()}
+    """{name: float32 ndarray} of every parameter and buffer, PyTorch-style names. Copies: a
+    checkpoint must not hold views of memory Jittor may free or reuse while it is written."""
+    return {k: np.array(to_numpy(v), copy=True) for k, v in module.state_dict().items()}
 
 
 def _fill_spectral_v(state, wanted):

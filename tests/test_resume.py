@@ -249,8 +249,10 @@ def test_a_run_killed_by_a_signal_is_restarted_with_resume(tmp_path, crash, rest
 
 
 def test_train_script_restarts_a_crashed_run_and_finishes_it(tmp_path):
-    """scripts/train.py --train.restart_on_crash 1: the training child is killed with SIGSEGV after its
-    first snapshot; the run is restarted with --resume and reaches its end, both events in log.jsonl."""
+    """scripts/train.py --train.restart_on_crash: the training child is killed with SIGSEGV after its
+    first snapshot; the run is restarted with --resume and reaches its end, both events in log.jsonl.
+    (Two restarts are allowed: Jittor's intermittent native crash, which this option exists for, was
+    once seen in the restarted child too; every restart must then be followed by its resume.)"""
     import subprocess
     import time
     from pathlib import Path
@@ -261,7 +263,7 @@ def test_train_script_restarts_a_crashed_run_and_finishes_it(tmp_path):
                "--model.ngf", "8", "--model.ndf", "8", "--model.n_layers_D", "3", "--data.root", str(tmp_path / "data"),
                "--data.synthetic_n", "16", "--train.output_dir", str(out), "--name", "run", "--train.max_minutes", "0",
                "--train.max_iters", "8", "--train.save_every", "2", "--train.sample_every", "0",
-               "--phases", "2:2:0.0004", "--no-progress", "--train.restart_on_crash", "1"]
+               "--phases", "2:2:0.0004", "--no-progress", "--train.restart_on_crash", "2"]
     parent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "JSPADE_DEVICE": "cpu"})
     deadline = time.time() + 600
@@ -275,11 +277,11 @@ def test_train_script_restarts_a_crashed_run_and_finishes_it(tmp_path):
     os.kill(int(training[0]), signal.SIGSEGV)
     stdout, stderr = parent.communicate(timeout=600)
     assert parent.returncode == 0, stderr[-3000:]
-    assert "died from SIGSEGV; restart 1 of 1" in stderr and "Fatal Python error: Segmentation fault" in stderr
+    assert "died from SIGSEGV; restart 1 of 2" in stderr and "Fatal Python error: Segmentation fault" in stderr
     assert stdout.strip().splitlines()[-1] == str((out / "run").resolve())
     events = [json.loads(x) for x in (out / "run" / "log.jsonl").read_text().splitlines()]
     kinds = [e.get("event") for e in events if "event" in e]
-    assert kinds == ["restart", "resume"]
+    assert kinds[:2] == ["restart", "resume"] and kinds in (["restart", "resume"], ["restart", "resume"] * 2)
     assert read_checkpoint(out / "run" / "checkpoints" / "latest.pkl")["position"]["iteration"] == 8
 
 
