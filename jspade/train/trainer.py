@@ -121,9 +121,9 @@ class Trainer:
         self._commit_run_dir(resumed, overwrite)
         self.samples = None
         self.report_path = None
-        if cfg.train.fid_every and self.held_out_dataset().total_len < 2:  # fail now, not at the first FID
-            raise ValueError(f"train.fid_every: the held-out set has {self.held_out_dataset().total_len} "
-                             "pair(s); FID needs at least 2")
+        held_out = self.held_out_dataset().total_len if cfg.train.fid_every else None
+        if held_out is not None and held_out < 2:  # fail now, not at the first FID
+            raise ValueError(f"train.fid_every: the held-out set has {held_out} pair(s); FID needs at least 2")
 
     @property
     def pos(self):
