@@ -20,6 +20,7 @@
   `jspade.runtime` before Jittor is imported; `--verbose` keeps them.
 """
 import argparse
+import math
 import os
 import pickle
 import sys
@@ -128,33 +129,15 @@ def show_jittor_log():
 
 
 # --- argparse types: validated values, with the limit in the message ---
-def int_at_least(minimum, maximum=None):
-    """An integer in [minimum, maximum] (no upper bound when maximum is None)."""
+def _bounded(convert, what, low, high, low_open):
+    """An argparse type: `convert(text)`, finite, in [low, high] ((low, high] when low_open); None
+    leaves a side unbounded. The message names the limit that was crossed."""
 
     def parse(text):
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        if maximum is not None and value > maximum:
-            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
-        return value
-
-    parse.__name__ = "integer"
-    return parse
-
-
-def float_within(low=None, high=None, low_open=False):
-    """A finite float in [low, high] ((low, high] when low_open); None leaves a side unbounded."""
-    import math
-
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
         if low is not None and (value <= low if low_open else value < low):
@@ -163,8 +146,32 @@ def float_within(low=None, high=None, low_open=False):
             raise argparse.ArgumentTypeError(f"must be at most {high}, got {text}")
         return value
 
-    parse.__name__ = "number"
+    parse.__name__ = what.split()[-1]  # argparse's "invalid <name> value" wording
     return parse
+
+
+def int_at_least(minimum, maximum=None):
+    """An integer in [minimum, maximum] (no upper bound when maximum is None)."""
+    return _bounded(int, "an integer", minimum, maximum, low_open=False)
+
+
+def float_within(low=None, high=None, low_open=False):
+    """A finite float in [low, high] ((low, high] when low_open); None leaves a side unbounded."""
+    return _bounded(float, "a number", low, high, low_open)
+
+
+def add_reference_photo_options(parser, folder_flag, purpose):
+    """The two ways to give each label its reference photo, as infer.py and evaluate.py both take them:
+    a folder of photos named like the labels (`folder_flag`), or the 2023 track's label_to_img.json
+    with --style-root. `purpose` ends each help text (what the photos are used for)."""
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument(folder_flag, type=existing_path("folder"), metavar="DIR",
+                        help=f"reference photos named like the labels (<stem>.jpg); {purpose}")
+    choice.add_argument("--label-to-img", type=existing_path("file"), metavar="JSON",
+                        help="the 2023 track's label_to_img.json, {label file: reference image file}, "
+                             f"with --style-root; {purpose}")
+    parser.add_argument("--style-root", type=existing_path("folder"), metavar="DIR",
+                        help="folder the --label-to-img image names are relative to")
 
 
 def output_folder(text):

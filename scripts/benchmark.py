@@ -18,8 +18,8 @@ that has torch; see scripts/benchmark_original.py), each in its own fresh proces
   ... --reuse-fake   # this jspade with train.reuse_fake (the others as they are)
 
 --netG tsit times the TSIT generator instead of SPADE's (crop size and height multiples of 128, e.g.
---crop-size 256 --aspect-ratio 2); with --compare-pytorch PATH_TO_TSIT_REPO --torch-python PYTHON it
-also times the original TSIT code (EndlessSora/TSIT) on the same config, right after, and prints the ratio.
+--crop-size 256 --aspect-ratio 2); --compare-pytorch then names a checkout of EndlessSora/TSIT (with its
+sync_batchnorm folder, from vacancy/Synchronized-BatchNorm-PyTorch, as its README says).
 
   python scripts/benchmark.py --ema-vs-raw results/demo_cpu-... --val results/synthetic_128x96/val
 
@@ -69,9 +69,7 @@ def main(argv=None):
         if args.val is None:
             ap.error("--ema-vs-raw needs --val DIR (the held-out pairs)")
         return ema_vs_raw(args.ema_vs_raw, args.val, args.json)
-    if args.compare_jspade or (args.compare_pytorch is not None and args.netG == "spade"):
-        if args.netG != "spade":
-            ap.error("--compare-jspade times SPADE only")
+    if args.compare_jspade or args.compare_pytorch is not None:
         return compare(args)
 
     import numpy as np
@@ -143,10 +141,6 @@ def main(argv=None):
 
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["config"]["netG"] = args.netG
-    if args.compare_pytorch is not None:
-        result["original_tsit"] = time_original_tsit(args)
-        result["original_tsit"]["ratio_jspade_to_original"] = \
-            result["train_iter_s"] / result["original_tsit"]["train_iter_s"]
     if args.json:
         print(json.dumps(result))
     else:
@@ -168,6 +162,20 @@ def _child_args(args):
     return out + ["--json"]
 
 
+def _command_lines(args):
+    """{name: command} of each implementation compared; the options they share are added later."""
+    here = Path(__file__).resolve()
+    tsit = args.netG == "tsit"
+    runs = {"jspade": [sys.executable, str(here), "--netG", args.netG] + ["--reuse-fake"] * args.reuse_fake}
+    if args.compare_jspade:
+        runs["jspade (other checkout)"] = [sys.executable, str(Path(args.compare_jspade) / "scripts" / "benchmark.py"),
+                                           "--netG", args.netG]
+    if args.compare_pytorch:
+        runs["original"] = [args.torch_python, str(here.with_name("benchmark_original.py")),
+                            str(args.compare_pytorch)] + ["--tsit"] * tsit
+    return runs
+
+
 def _run_child(cmd):
     """One benchmark in a fresh process (so that its peak memory is its own); its last line is JSON."""
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -181,18 +189,12 @@ def compare(args):
     """Time jspade and the other implementations alternately, each round in fresh processes, and print
     each figure's range and the range of the per-round ratio jspade / other (the machine is shared, so
     only figures measured back to back are compared)."""
-    here = Path(__file__).resolve()
-    runs = {"jspade": [sys.executable, str(here)]}
-    if args.compare_jspade:
-        runs["jspade (other checkout)"] = [sys.executable, str(Path(args.compare_jspade) / "scripts" / "benchmark.py")]
-    if args.compare_pytorch:
-        runs["original"] = [args.torch_python, str(here.with_name("benchmark_original.py")), str(args.compare_pytorch)]
+    runs = _command_lines(args)
     results = {name: [] for name in runs}
     try:
         for r in range(args.repeats):
             for name, cmd in runs.items():
-                results[name].append(_run_child(cmd + _child_args(args) + ["--reuse-fake"] * (
-                    args.reuse_fake and name == "jspade")))
+                results[name].append(_run_child(cmd + _child_args(args)))
                 print(f"round {r + 1}/{args.repeats} {name}: " + ", ".join(
                     f"{key} {fmt.format(results[name][-1][key])}" for key, _, fmt in FIGURES), file=sys.stderr,
                     flush=True)
@@ -207,7 +209,7 @@ def compare(args):
         lo, hi = min(values), max(values)
         return fmt.format(lo) if fmt.format(lo) == fmt.format(hi) else f"{fmt.format(lo)}-{fmt.format(hi)}"
 
-    summary = {"config": {k: getattr(args, k) for k in SHARED_OPTIONS + ("use_vae",)}, "vgg": not args.no_vgg,
+    summary = {"config": {k: getattr(args, k) for k in SHARED_OPTIONS + ("use_vae", "netG")}, "vgg": not args.no_vgg,
                "repeats": args.repeats, "results": results}
     names = list(runs)
     header = ["figure"] + names + [f"ratio jspade / {n}" for n in names[1:]]
@@ -226,89 +228,6 @@ def compare(args):
         for row in rows:
             print(" | ".join(row))
     return 0
-
-
-# Run by --torch-python with the original TSIT repository on sys.path (with its sync_batchnorm folder, from
-# vacancy/Synchronized-BatchNorm-PyTorch, as its README says). torchvision (for the VGG19 of the perceptual
-# loss), dill and PIL are only imported, not needed for a training step: they are replaced by stand-ins so
-# that torch + numpy suffice (the VGG19 stand-in has torchvision's layers, random weights).
-_ORIGINAL_TSIT_DRIVER = r"""
-import json, sys, time, types
-from argparse import Namespace
-args = json.loads(sys.argv[1])
-sys.path.insert(0, args["repo"])
-import numpy as np
-import torch
-import torch.nn as nn
-
-def vgg19(pretrained=False):
-    layers, c = [], 3
-    for v in [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2, 2))
-        else:
-            layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU(inplace=True)]
-            c = v
-    return types.SimpleNamespace(features=nn.Sequential(*layers))
-
-for name in ("torchvision", "torchvision.models", "dill", "PIL", "PIL.Image"):
-    sys.modules.setdefault(name, types.ModuleType(name))
-sys.modules["torchvision"].models = sys.modules["torchvision.models"]
-sys.modules["torchvision.models"].vgg19 = vgg19
-sys.modules["PIL"].Image = sys.modules["PIL.Image"]
-nn.Module.cuda = lambda self, device=None: self  # the original's VGGLoss calls .cuda() even on the CPU
-from trainers.pix2pix_trainer import Pix2PixTrainer
-
-h = round(args["crop_size"] / args["aspect_ratio"])
-opt = Namespace(
-    task="SIS", netG="tsit", netD="multiscale", netD_subarch="n_layer", num_D=2, n_layers_D=4,
-    ngf=args["ngf"], ndf=args["ndf"], norm_G="spectralfadesyncbatch3x3", norm_D="spectralinstance",
-    norm_E="spectralinstance", norm_S="spectralinstance", label_nc=args["label_nc"], output_nc=3,
-    contain_dontcare_label=False, no_instance=True, semantic_nc=args["label_nc"], crop_size=args["crop_size"],
-    aspect_ratio=args["aspect_ratio"], num_upsampling_layers="more", use_vae=args["use_vae"], z_dim=256,
-    gan_mode="hinge", no_ganFeat_loss=False, no_vgg_loss=not args["vgg"], lambda_feat=10.0, lambda_vgg=10.0,
-    lambda_kld=0.05, init_type="xavier", init_variance=0.02, isTrain=True, continue_train=False, gpu_ids=[],
-    # no_TTUR with float betas (0.0, 0.9): the TTUR path passes betas (0, 0.9), which torch >= 2.x refuses
-    # (an int beside a float); only the learning rates differ, not the work of an iteration.
-    no_TTUR=True, beta1=0.0, beta2=0.9, lr=0.0002, no_ss=True, alpha=1.0, which_epoch="latest")
-trainer = Pix2PixTrainer(opt)
-rng = np.random.default_rng(0)
-b = args["batch_size"]
-data = {"label": torch.from_numpy(rng.integers(0, args["label_nc"], (b, 1, h, args["crop_size"]))),
-        "instance": torch.zeros(b, 1, h, args["crop_size"]),
-        "image": torch.from_numpy(rng.uniform(-1, 1, (b, 3, h, args["crop_size"])).astype(np.float32))}
-
-def step():
-    trainer.run_generator_one_step(dict(data))
-    trainer.run_discriminator_one_step(dict(data))
-
-for _ in range(args["warmup"]):
-    step()
-t = time.perf_counter()
-for _ in range(args["iters"]):
-    step()
-print(json.dumps({"train_iter_s": (time.perf_counter() - t) / args["iters"], "torch": torch.__version__,
-                  "threads": torch.get_num_threads()}))
-"""
-
-
-def time_original_tsit(args):
-    """Seconds per training iteration (generator step + discriminator step, as the original's train.py
-    runs them) of the original TSIT code on the benchmark's config, in a separate `--torch-python`."""
-    import subprocess
-    config = {"repo": str(args.compare_pytorch.resolve()), "ngf": args.ngf, "ndf": args.ndf,
-              "crop_size": args.crop_size, "aspect_ratio": args.aspect_ratio, "batch_size": args.batch_size,
-              "label_nc": args.label_nc, "use_vae": args.use_vae, "vgg": not args.no_vgg,
-              "iters": args.iters, "warmup": args.warmup}
-    done = subprocess.run([args.torch_python, "-c", _ORIGINAL_TSIT_DRIVER, json.dumps(config)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
-        raise SystemExit(f"benchmark.py: the original TSIT code in {args.compare_pytorch} failed "
-                         f"with {args.torch_python}: {tail[0]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 
 
 def ema_vs_raw(run_dir, val_dir, as_json=False):

@@ -59,6 +59,11 @@ def _install_stand_ins():
         import dill  # noqa: F401
     except ImportError:
         sys.modules["dill"] = pickle
+    try:
+        import PIL.Image  # noqa: F401  (TSIT's util imports it; a training step does not use it)
+    except ImportError:
+        sys.modules["PIL"] = types.SimpleNamespace(Image=types.ModuleType("PIL.Image"))
+        sys.modules["PIL.Image"] = sys.modules["PIL"].Image
 
 
 def original_options(args):
@@ -129,7 +134,7 @@ def main(argv=None):
     ap.add_argument("--no-vgg", action="store_true")
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--json", action="store_true", help="print the result as one line of JSON")
     ap.add_argument("--tsit", action="store_true", help="ORIGINAL_REPO is EndlessSora/TSIT: its SIS generator")
     ap.add_argument("--saved-activations", action="store_true",
                     help="instead of timing: bytes each training step keeps for its backward pass, and the "
@@ -156,11 +161,12 @@ def main(argv=None):
         trainer.run_generator_one_step(dict(data))
         trainer.run_discriminator_one_step(dict(data))
 
-    semantics, _ = model.preprocess_input(dict(data))
+    semantics, real = model.preprocess_input(dict(data))
+    generator_inputs = (semantics, real) if args.tsit else (semantics,)  # TSIT's forward(input, real, z)
 
     def infer():
         with torch.no_grad():
-            model.netG(semantics)
+            model.netG(*generator_inputs)
 
     if args.saved_activations:
         print(json.dumps(saved_activation_bytes(trainer, data, args)))
@@ -183,11 +189,7 @@ def main(argv=None):
     model.train()
     result["train_iter_s"] = timed(train_iter, args.iters)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k:>16}: {v}")
+    print(json.dumps(result, indent=None if args.json else 2))  # --json: one line, as benchmark.py reads it
     return 0
 
 

@@ -51,13 +51,7 @@ def build_parser():
     ev.add_argument("--real-cache", type=Path, metavar="NPZ",
                     help="when --real is a folder: reuse these statistics if they match its current "
                          "file list, else recompute and write them here")
-    ev.add_argument("--references", type=cli.existing_path("folder"), metavar="DIR",
-                    help="style reference images, matched to the outputs by file stem (style similarity)")
-    ev.add_argument("--label-to-img", type=cli.existing_path("file"), metavar="JSON",
-                    help="the 2023 contest's label_to_img.json, {label file: reference image file}; "
-                         "use with --style-root (style similarity)")
-    ev.add_argument("--style-root", type=cli.existing_path("folder"), metavar="DIR",
-                    help="folder holding the reference images named in --label-to-img")
+    cli.add_reference_photo_options(ev, "--references", "for the style-similarity term")
     ev.add_argument("--match-histogram", action="store_true",
                     help="also report style similarity after histogram matching each output to its "
                          "reference (what infer.py --match-histogram would give)")

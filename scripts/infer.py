@@ -42,13 +42,7 @@ def main(argv=None):
                     help="noise seed; the same seed gives the same images")
     ap.add_argument("--samples", type=cli.int_at_least(1), default=1,
                     help="variations per label: 1 writes <stem>.jpg, K>1 writes <stem>_0.jpg .. <stem>_{K-1}.jpg")
-    style = ap.add_mutually_exclusive_group()
-    style.add_argument("--style-dir", type=cli.existing_path("folder"),
-                       help="reference photos named like the labels (<stem>.jpg)")
-    style.add_argument("--label-to-img", type=cli.existing_path("file"),
-                       help="JSON map label file -> reference image (2023 track)")
-    ap.add_argument("--style-root", type=cli.existing_path("folder"),
-                    help="folder the --label-to-img image names are relative to")
+    cli.add_reference_photo_options(ap, "--style-dir", "they guide the style (VAE encoder or style stream)")
     ap.add_argument("--seeds", type=cli.int_at_least(1), default=1, metavar="K",
                     help="render with seeds --seed .. --seed+K-1, print each one's FID against --real-stats "
                          "and write the images of the lowest (needs a VAE model)")

@@ -11,7 +11,7 @@ from jspade.train.schedule import phase_lr
 from jspade.train.trainer import RunFolderError, Trainer
 from jspade.config import Phase
 
-from tiny_models import tiny_config
+from tiny_models import straight_and_resumed_runs, tiny_config
 
 
 def g_weights(trainer):
@@ -41,16 +41,8 @@ def test_overfit_fixed_batch_lowers_reconstruction_error(tmp_path):
 
 
 def test_resume_equals_uninterrupted_training(tmp_path):
-    data = tmp_path / "data"
-    straight = Trainer(tiny_config(tmp_path / "a", data, max_iters=6), progress=False)
-    straight.train()
-
-    first = Trainer(tiny_config(tmp_path / "b", data, max_iters=3), progress=False)
-    first.train()  # stops mid-epoch (8 batches per epoch) with a checkpoint
-    resumed = Trainer(tiny_config(tmp_path / "b", data, max_iters=6), resume=True, progress=False)
-    assert resumed.pos.iteration == 3 and resumed.pos.batch == 3
-    resumed.train()
-
+    # stops mid-epoch (8 batches per epoch) with a checkpoint
+    straight, resumed = straight_and_resumed_runs(tiny_config, tmp_path, stop_at=3, total=6)
     a, b = g_weights(straight), g_weights(resumed)
     worst = max(float(np.abs(a[k] - b[k]).max()) for k in a)
     assert worst < 1e-5, worst

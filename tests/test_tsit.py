@@ -17,6 +17,7 @@ from jspade.models.spade_model import SPADEModel
 from jspade.models.tsit import TSITGenerator, downsample_half, fadain
 from jspade.runtime import jt
 
+from tiny_models import straight_and_resumed_runs
 
 
 def tsit_opt(**kw):
@@ -235,20 +236,13 @@ def tiny_tsit_config(output_dir, data_root, **train):
 
 
 def test_tsit_training_step_and_exact_resume(tmp_path):
-    from jspade.train.trainer import Trainer
-    data = tmp_path / "synthetic"
-    whole = Trainer(tiny_tsit_config(tmp_path / "a", data, max_iters=3), progress=False)
-    whole.train()
-    first = Trainer(tiny_tsit_config(tmp_path / "b", data, max_iters=2), progress=False)
-    first.train()  # stops mid-epoch (4 batches per epoch) with a checkpoint
-    resumed = Trainer(tiny_tsit_config(tmp_path / "b", data, max_iters=3), resume=True, progress=False)
-    assert resumed.pos.iteration == 2
-    resumed.train()
+    # stops mid-epoch (4 batches per epoch) with a checkpoint
+    whole, resumed = straight_and_resumed_runs(tiny_tsit_config, tmp_path, stop_at=2, total=3)
     a, b = whole.model.netG.state_dict(), resumed.model.netG.state_dict()
     assert any(k.startswith("style_stream.") for k in a)
     for k in ("content_stream.res_0.conv_0.weight_orig", "style_stream.res_3.conv_1.weight_orig", "fc.weight"):
         np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), atol=1e-5, err_msg=k)
-    log = (tmp_path / "a" / "run" / "log.jsonl").read_text()
+    log = (tmp_path / "straight" / "run" / "log.jsonl").read_text()
     assert log.count("\"GAN\"") >= 3 and "NaN" not in log
 
 

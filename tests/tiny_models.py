@@ -19,6 +19,20 @@ def tiny_config(output_dir, data_root, **train):
     return Config(model, data, t, [Phase(epochs=2, batch_size=2, lr=4e-4)])
 
 
+def straight_and_resumed_runs(make_config, tmp_path, stop_at, total):
+    """Train `total` iterations in one go, and again stopping at `stop_at` (inside the first epoch) and
+    resuming to `total`: returns both trainers (the resumed one checked to start mid-epoch at `stop_at`)."""
+    from jspade.train.trainer import Trainer
+    data = tmp_path / "data"
+    straight = Trainer(make_config(tmp_path / "straight", data, max_iters=total), progress=False)
+    straight.train()
+    Trainer(make_config(tmp_path / "split", data, max_iters=stop_at), progress=False).train()
+    resumed = Trainer(make_config(tmp_path / "split", data, max_iters=total), resume=True, progress=False)
+    assert (resumed.pos.iteration, resumed.pos.batch) == (stop_at, stop_at)
+    resumed.train()
+    return straight, resumed
+
+
 def tiny_checkpoint(path):
     """A random 64x32 VAE model that reacts visibly to its label: with the default init (gain 0.02) and
     untouched batch-norm statistics a random generator's output barely depends on the label, so the

@@ -7,20 +7,31 @@ from jspade.models.normalization import SPADE, conv2d
 from jspade.models.resize import resize_nearest, upsample2x
 
 
-def residual_convs(block, fin, fmiddle, fout, spectral):
+def residual_convs(block, fin, fmiddle, fout, norm):
     """A residual block's convolutions, with the original's names: conv_0 (fin -> fmiddle), conv_1
-    (fmiddle -> fout), and the bias-free 1x1 shortcut conv_s when fin != fout."""
+    (fmiddle -> fout), and the bias-free 1x1 shortcut conv_s when fin != fout. "spectral" in the norm
+    option puts spectral norm on the convolutions; returns the rest, the norm layers' own option."""
+    spectral = "spectral" in norm
     block.learned_shortcut = fin != fout
     block.conv_0 = conv2d(fin, fmiddle, 3, padding=1, spectral=spectral)
     block.conv_1 = conv2d(fmiddle, fout, 3, padding=1, spectral=spectral)
     if block.learned_shortcut:
         block.conv_s = conv2d(fin, fout, 1, bias=False, spectral=spectral)
+    return norm.replace("spectral", "")
 
 
 class ModulatedResnetBlock(nn.Module):
     """A residual block whose normalisations are modulated by a conditioning map `cond` (the
     segmentation map for SPADE, a content-stream feature for FADE); a learned 1x1 shortcut when
-    fin != fout. Subclasses build conv_0, conv_1, (conv_s) and norm_0, norm_1, (norm_s)."""
+    fin != fout. `make_norm(config, channels)` builds one modulated norm; `config` is norm_G without
+    "spectral", which instead puts spectral norm on the convolutions (as the original's)."""
+
+    def __init__(self, fin, fmiddle, fout, norm_G, make_norm):
+        config = residual_convs(self, fin, fmiddle, fout, norm_G)
+        self.norm_0 = make_norm(config, fin)
+        self.norm_1 = make_norm(config, fmiddle)
+        if self.learned_shortcut:
+            self.norm_s = make_norm(config, fin)
 
     def execute(self, x, cond):
         x_s = self.conv_s(self.norm_s(x, cond)) if self.learned_shortcut else x
@@ -33,14 +44,8 @@ class SPADEResnetBlock(ModulatedResnetBlock):
     """Residual block whose every normalisation is SPADE; a learned 1x1 shortcut when fin != fout."""
 
     def __init__(self, fin, fout, norm_G, semantic_nc):
-        fmiddle = min(fin, fout)
-        residual_convs(self, fin, fmiddle, fout, spectral="spectral" in norm_G)
-        spade_config = norm_G.replace("spectral", "")
-        self.norm_0 = SPADE(spade_config, fin, semantic_nc)
-        self.norm_1 = SPADE(spade_config, fmiddle, semantic_nc)
-        if self.learned_shortcut:
-            self.norm_s = SPADE(spade_config, fin, semantic_nc)
-
+        super().__init__(fin, min(fin, fout), fout, norm_G,
+                         lambda config, channels: SPADE(config, channels, semantic_nc))
 
 
 # num_upsampling_layers -> how many times the generator doubles its latent map's size

@@ -39,8 +39,7 @@ class StreamResnetBlock(nn.Module):
     1x1 shortcut, normalised and activated too, when fin != fout."""
 
     def __init__(self, fin, fout, norm_S):
-        residual_convs(self, fin, fin, fout, spectral="spectral" in norm_S)
-        norm_type = norm_S.replace("spectral", "")
+        norm_type = residual_convs(self, fin, fin, fout, norm_S)
         self.norm_layer_in = _stream_norm(norm_type, fin)
         self.norm_layer_out = _stream_norm(norm_type, fout)
         if self.learned_shortcut:
@@ -74,15 +73,11 @@ class Stream(BaseNetwork):
 
 
 class FADEResnetBlock(ModulatedResnetBlock):
-    """SPADEResnetBlock with FADE for SPADE and fmiddle = fin (not min(fin, fout))."""
+    """SPADEResnetBlock with FADE for SPADE and fmiddle = fin (not min(fin, fout)); the conditioning
+    feature has as many channels as the block's input."""
 
     def __init__(self, fin, fout, norm_G):
-        residual_convs(self, fin, fin, fout, spectral="spectral" in norm_G)
-        fade_config = norm_G.replace("spectral", "")
-        self.norm_0 = FADE(fade_config, fin, fin)
-        self.norm_1 = FADE(fade_config, fin, fin)
-        if self.learned_shortcut:
-            self.norm_s = FADE(fade_config, fin, fin)
+        super().__init__(fin, fin, fout, norm_G, lambda config, channels: FADE(config, channels, channels))
 
 
 def _mean_std(x, eps=1e-5):
