@@ -176,6 +176,18 @@ def require_style_encoder(model, opt):
                                "style images cannot be used")
 
 
+def takes_style_photos(model, opt):
+    """Whether a reference photo changes this model's output: through the VAE style encoder, or
+    through a TSIT generator's style stream."""
+    return has_style_encoder(model, opt) or has_style_stream(model.netG)
+
+
+def require_style_photos(model, opt):
+    if not takes_style_photos(model, opt):
+        raise StyleUnsupported("this model has no style encoder (it was trained without use_vae) and no TSIT "
+                               "style stream: style images cannot be used")
+
+
 def encode_style(model, opt, photos):
     """Style codes of photos (HxWx3 uint8 RGB arrays) through the encoder: (mu, logvar), float32
     numpy arrays [B, z_dim], for `render(..., styles=...)`."""
@@ -190,20 +202,22 @@ def noise_for(seed, index, sample, dim):
     return np.random.default_rng((seed, index, sample)).standard_normal(dim).astype(np.float32)
 
 
-def render(model, opt, labels, seed=0, indices=None, sample=0, references=None, styles=None):
+def render(model, opt, labels, seed=0, indices=None, sample=0, references=None, styles=None, style_photos=None):
     """Generate images for a batch of label arrays -> list of HxWx3 uint8 at the model's size.
-    Style from `references` (reference photo paths: through the encoder, and through TSIT's style
-    stream when the generator has one) or `styles` ((mu, logvar) of `encode_style`), else random z
-    (VAE models)."""
+    Style from reference photos, as paths (`references`) or HxWx3 uint8 arrays (`style_photos`):
+    through the encoder (unless `styles` already holds their codes) and through TSIT's style stream
+    when the generator has one; or from `styles` alone ((mu, logvar) of `encode_style`); else random
+    z (VAE models)."""
     size = model_size(opt)
     indices = list(range(len(labels))) if indices is None else indices
-    photos = None
     if references is not None:
-        pictures = [read_image(p) for p in references]
+        style_photos = [read_image(p) for p in references]
+    photos = None
+    if style_photos is not None:
         if has_style_stream(model.netG):
-            photos = photo_tensor(pictures, size)
-        if opt.use_vae or photos is None:
-            styles = encode_style(model, opt, pictures)
+            photos = photo_tensor(style_photos, size)
+        if styles is None and (opt.use_vae or photos is None):
+            styles = encode_style(model, opt, style_photos)
     elif styles is not None:
         require_style_encoder(model, opt)
     sem = semantics_for(opt, label_tensor(labels, size))

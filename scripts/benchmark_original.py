@@ -26,6 +26,7 @@ import sys
 import time
 import types
 from argparse import Namespace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -121,6 +122,41 @@ def saved_activation_bytes(trainer, data, args):
             "trained_weights_bytes": weights, "weights_grads_adam_bytes": 4 * weights, "vgg_weights_bytes": vgg}
 
 
+def train_for_minutes(trainer, args):
+    """The original train.py's loop on the pairs of TRAIN_ON (imgs/<stem>.jpg, labels/<stem>.png, already at
+    the model's size) for --minutes: shuffled epochs, whole batches only (its loader drops the last),
+    random horizontal flips, generator step then discriminator step. Saves `latest_net_G.pth` and an
+    `opt.txt` into --save-to, the checkpoint folder jspade's infer.py reads. Returns the iterations done."""
+    from PIL import Image
+    root, out = Path(args.train_on), Path(args.save_to)
+    stems = sorted(p.stem for p in (root / "labels").glob("*.png"))
+    photos = np.stack([np.asarray(Image.open(root / "imgs" / f"{s}.jpg").convert("RGB")) for s in stems])
+    labels = np.stack([np.asarray(Image.open(root / "labels" / f"{s}.png")) for s in stems])[:, None]
+    images = torch.from_numpy(photos).permute(0, 3, 1, 2).float() / 127.5 - 1  # its ToTensor + Normalize(0.5, 0.5)
+    labels = torch.from_numpy(labels.astype(np.int64))
+    rng = np.random.default_rng(args.seed)
+    b = args.batch_size
+    deadline, iterations = time.perf_counter() + 60 * args.minutes, 0
+    while time.perf_counter() < deadline:
+        order = rng.permutation(len(stems))
+        for first in range(0, len(stems) - b + 1, b):
+            idx = torch.from_numpy(order[first:first + b])
+            flip = torch.from_numpy(rng.random(b) > 0.5)[:, None, None, None]
+            image, label = images[idx], labels[idx]
+            data = {"label": torch.where(flip, label.flip(3), label), "image": torch.where(flip, image.flip(3), image),
+                    "instance": torch.zeros(b, 1, *label.shape[2:]), "path": [""] * b}
+            trainer.run_generator_one_step(data)
+            trainer.run_discriminator_one_step(data)
+            iterations += 1
+            if time.perf_counter() >= deadline:
+                break
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(trainer.pix2pix_model.netG.state_dict(), out / "latest_net_G.pth")
+    opt = trainer.opt
+    (out / "opt.txt").write_text("".join(f"{k}: {v}\n" for k, v in sorted(vars(opt).items())))
+    return iterations
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("original_repo", help="a checkout of github.com/NVlabs/SPADE")
@@ -139,16 +175,31 @@ def main(argv=None):
     ap.add_argument("--saved-activations", action="store_true",
                     help="instead of timing: bytes each training step keeps for its backward pass, and the "
                          "bytes of weights + gradients + Adam moments (for GPU memory estimates)")
+    train = ap.add_argument_group("training instead of timing")
+    train.add_argument("--train-on", metavar="DIR", help="train the original on these pairs (imgs/, labels/)")
+    train.add_argument("--minutes", type=float, default=8.0, help="wall-clock minutes of training")
+    train.add_argument("--lr", type=float, default=4e-4, help="base lr (TTUR: G lr/2, D 2 lr), as the demo's")
+    train.add_argument("--seed", type=int, default=0, help="torch seed for the initial weights and data order")
+    train.add_argument("--save-to", metavar="DIR", help="where latest_net_G.pth and opt.txt go")
     args = ap.parse_args(argv)
+    if args.train_on and not args.save_to:
+        ap.error("--train-on needs --save-to")
 
     sys.path.insert(0, args.original_repo)
     _install_stand_ins()
     from trainers.pix2pix_trainer import Pix2PixTrainer
 
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     opt = tsit_options(args) if args.tsit else original_options(args)
+    opt.lr = args.lr
     with contextlib.redirect_stdout(io.StringIO()):  # create_network prints each network's size
         trainer = Pix2PixTrainer(opt)
+    if args.train_on:
+        started = time.perf_counter()
+        iterations = train_for_minutes(trainer, args)
+        print(json.dumps({"iterations": iterations, "minutes": (time.perf_counter() - started) / 60,
+                          "checkpoint": str(args.save_to), "torch": torch.__version__}))
+        return 0
     model = trainer.pix2pix_model
     h = round(args.crop_size / args.aspect_ratio)
     rng = np.random.default_rng(0)

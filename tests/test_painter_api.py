@@ -419,3 +419,23 @@ def test_all_interfaces_keeps_host_and_origin_protection(checkpoint):
         assert local.exposure_warning() is None
     finally:
         local.server_close()
+
+
+def test_tsit_style_stream_takes_the_style_image():
+    """A TSIT generator with a style stream and no encoder: the painter accepts style images and
+    feeds them to the stream, so two different photos give two different renders."""
+    opt = ModelConfig(netG="tsit", label_nc=29, crop_size=256, aspect_ratio=2.0, ngf=2, ndf=4, use_vae=False,
+                      num_upsampling_layers="more", norm_G="spectralfadeinstance3x3", style_stream=True,
+                      alpha=1.0, init_variance=1.0)
+    app = PainterApp(SPADEModel(opt, with_discriminator=False, with_vgg=False), opt, "tsit")
+    assert app.info()["style_supported"] is True
+    label = np.zeros((128, 256), np.int32)
+    label[64:] = 3
+    bright = app.add_style(np.full((90, 120, 3), 230, np.uint8), "bright")
+    dark = app.add_style(np.full((90, 120, 3), 20, np.uint8) + np.arange(120, dtype=np.uint8)[None, :, None], "dark")
+    assert bright.code is None and bright.photo.shape == (128, 256, 3)
+    with_bright, _, _ = app.render(label, 0, app.get_style("bright"))
+    with_dark, _, _ = app.render(label, 0, dark)
+    plain, _, _ = app.render(label, 0, None)
+    assert np.abs(with_bright.astype(int) - with_dark.astype(int)).mean() > 1
+    assert np.abs(with_bright.astype(int) - plain.astype(int)).mean() > 1

@@ -16,13 +16,15 @@ import threading
 import time
 from collections import OrderedDict, deque
 from pathlib import Path
+from typing import NamedTuple, Optional
 
 import numpy as np
 from PIL import Image
 
 from jspade.data.labels import LANDSCAPE_LABEL_NC, LANDSCAPE_NAMES, palette_for
 from jspade.inference import (StyleUnsupported, encode_style, has_style_encoder, load_generator, model_size,
-                              render, require_style_encoder, resolve_checkpoint)
+                              render, require_style_photos, resolve_checkpoint, takes_style_photos)
+from jspade.models.spade_model import has_style_stream
 
 MAX_BODY = 8 * 1024 * 1024          # request bodies (base64 inflates files by 4/3)
 MAX_LABEL_SIDE = 2048
@@ -132,6 +134,13 @@ def default_checkpoint(results_dir):
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
+class Style(NamedTuple):
+    """A style image as the model uses it: (mu, logvar) from the encoder, and the photo at the
+    model's size for a TSIT style stream; each None where the model has no such input."""
+    code: Optional[tuple]
+    photo: Optional[np.ndarray]
+
+
 class PainterApp:
     """One generator behind a lock, with validated decoding of what the page sends."""
 
@@ -140,13 +149,13 @@ class PainterApp:
         self.size = model_size(opt)  # (w, h)
         self.num_ids = opt.label_nc + int(opt.contain_dontcare_label)
         self.classes = class_table(opt)
-        self.style_supported = has_style_encoder(model, opt)
+        self.style_supported = takes_style_photos(model, opt)
         self.log = log or (lambda msg: None)
         self.max_pending = max_pending
         self._model_lock = threading.Lock()
         self._state_lock = threading.Lock()  # pending count, style cache, timings
         self._pending = 0
-        self._styles = OrderedDict()  # style id -> (mu, logvar) float32 arrays
+        self._styles = OrderedDict()  # style id -> Style
         self._times = deque(maxlen=50)
         self.warmup_ms = None
         self.renders = 0
@@ -212,22 +221,32 @@ class PainterApp:
                 self._pending -= 1
 
     def require_style(self):
-        """ApiError 400 unless the model has a style encoder."""
+        """ApiError 400 unless a style image can change this model's output."""
         try:
-            require_style_encoder(self.model, self.opt)
+            require_style_photos(self.model, self.opt)
         except StyleUnsupported as error:
             raise ApiError(400, str(error), code="no_style") from None
 
     def _encode_style(self, rgb):
-        mu, logvar = encode_style(self.model, self.opt, [rgb])
-        return mu[0], logvar[0]
+        """What a render needs of a style image: its code through the encoder, and for a TSIT style
+        stream the photo itself (kept at the model's size)."""
+        code = None
+        if has_style_encoder(self.model, self.opt):
+            mu, logvar = encode_style(self.model, self.opt, [rgb])
+            code = (mu[0], logvar[0])
+        photo = None
+        if has_style_stream(self.model.netG):
+            photo = np.asarray(Image.fromarray(rgb).resize(self.size, Image.BICUBIC))
+        return Style(code, photo)
 
     def _generate(self, label, seed, style):
-        styles = None if style is None else tuple(a[None] for a in style)
-        return render(self.model, self.opt, [label], seed=seed, indices=[0], styles=styles)[0]
+        style = style or Style(None, None)
+        styles = None if style.code is None else tuple(a[None] for a in style.code)
+        photos = None if style.photo is None else [style.photo]
+        return render(self.model, self.opt, [label], seed=seed, indices=[0], styles=styles, style_photos=photos)[0]
 
     def add_style(self, rgb, style_id):
-        """Encode a style image once and remember its (mu, logvar) under `style_id`."""
+        """Encode a style image once and remember it under `style_id`."""
         self.require_style()
         with self._state_lock:
             if style_id in self._styles:
