@@ -471,7 +471,8 @@ class Trainer:
         if t.max_iters:
             total = min(total, t.max_iters)
         self._announce(total)
-        self.bar = training_bar(total, self.pos.iteration, t.max_minutes, disable=not self.progress)
+        self.bar = training_bar(total, self.pos.iteration, t.max_minutes, disable=not self.progress,
+                                uncounted_seconds=lambda: self.fid_seconds)  # as time_to_stop counts
         self.started = time.time()
         self.model.train()
         self.log_file = open(self.run_dir / "log.jsonl", "a") if is_main_rank() else None
