@@ -13,6 +13,7 @@ gives each run's iterations and FIDs; --json adds the per-run records. Only figu
 are comparable: both implementations share the machine in the same minutes.
 """
 import json
+import shlex
 import subprocess
 import sys
 import tomllib
@@ -27,7 +28,7 @@ TEST_SCENES_START = 2_000_000  # training scenes are 0.., the demo's validation 
 def train_jspade(args, seed, out):
     cmd = [sys.executable, str(HERE / "train.py"), "--config", str(args.config), "--no-progress",
            "--train.seed", str(seed), "--train.max_minutes", str(args.minutes),
-           "--train.output_dir", str(out), "--name", f"jspade_seed{seed}"]
+           "--train.output_dir", str(out), "--name", f"jspade_seed{seed}"] + shlex.split(args.jspade_args)
     run(cmd, f"jspade seed {seed}")
     run_dir = out / f"jspade_seed{seed}"
     iterations = max(json.loads(line).get("iter", 0) for line in (run_dir / "log.jsonl").read_text().splitlines())
@@ -70,6 +71,10 @@ def main(argv=None):
                     help="held-out synthetic scenes rendered for FID (default: %(default)s)")
     ap.add_argument("--out", type=cli.output_folder, default=Path("results/compare_training"),
                     help="runs, renders and the result table go here (default: %(default)s)")
+    ap.add_argument("--jspade-args", default="", metavar="ARGS",
+                    help="more train.py flags for the jspade runs, e.g. '--train.reuse_fake true' (an option to measure)")
+    ap.add_argument("--skip-original", action="store_true",
+                    help="train and score jspade only (e.g. an option against an earlier table on the same scenes)")
     ap.add_argument("--json", action="store_true", help="also print the per-run records as JSON")
     args = ap.parse_args(argv)
 
@@ -92,10 +97,12 @@ def main(argv=None):
     for seed in args.seeds:
         run_dir, jspade_iters = train_jspade(args, seed, args.out)
         data_root = Path(tomllib.loads((run_dir / "config.toml").read_text())["data"]["root"])
-        original_dir, original_iters = train_original(args, seed, data_root, args.out, preset)
-        record = {"seed": seed, "jspade_iterations": jspade_iters, "original_iterations": original_iters}
-        for name, checkpoint, ema in (("jspade_ema", run_dir, True), ("jspade_raw", run_dir, False),
-                                      ("original", original_dir, False)):
+        runs = [("jspade_ema", run_dir, True), ("jspade_raw", run_dir, False)]
+        record = {"seed": seed, "jspade_iterations": jspade_iters, "original_iterations": None, "fid_original": None}
+        if not args.skip_original:
+            original_dir, record["original_iterations"] = train_original(args, seed, data_root, args.out, preset)
+            runs.append(("original", original_dir, False))
+        for name, checkpoint, ema in runs:
             rendered = args.out / "renders" / f"{name}_seed{seed}"
             render_folder(test / "labels", checkpoint, rendered, size=size, use_ema=ema, overwrite=True,
                           report=lambda *a, **k: None)
@@ -103,7 +110,8 @@ def main(argv=None):
         records.append(record)
         print(json.dumps(record), file=sys.stderr, flush=True)
 
-    print(f"{args.minutes:g} minutes each, FID on {args.test_scenes} held-out scenes")
+    print(f"{args.minutes:g} minutes each, FID on {args.test_scenes} held-out scenes"
+          + (f"; jspade with {args.jspade_args}" if args.jspade_args else ""))
     print("seed | jspade iterations | original iterations | FID jspade EMA | FID jspade raw | FID original")
     for r in records:
         print(f"{r['seed']} | {r['jspade_iterations']} | {r['original_iterations']} | {r['fid_jspade_ema']} | "
