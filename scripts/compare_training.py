@@ -114,8 +114,8 @@ def main(argv=None):
           + (f"; jspade with {args.jspade_args}" if args.jspade_args else ""))
     print("seed | jspade iterations | original iterations | FID jspade EMA | FID jspade raw | FID original")
     for r in records:
-        print(f"{r['seed']} | {r['jspade_iterations']} | {r['original_iterations']} | {r['fid_jspade_ema']} | "
-              f"{r['fid_jspade_raw']} | {r['fid_original']}")
+        print(" | ".join("-" if r[k] is None else str(r[k]) for k in (
+            "seed", "jspade_iterations", "original_iterations", "fid_jspade_ema", "fid_jspade_raw", "fid_original")))
     (args.out / "results.json").write_text(json.dumps(records, indent=1))
     if args.json:
         print(json.dumps(records))
