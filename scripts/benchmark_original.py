@@ -77,7 +77,7 @@ def original_options(args):
         init_type="xavier", init_variance=0.02, z_dim=256, use_vae=args.use_vae, norm_E="spectralinstance",
         netD="multiscale", netD_subarch="n_layer", num_D=2, n_layers_D=4, ndf=args.ndf, norm_D="spectralinstance",
         gan_mode="hinge", no_ganFeat_loss=False, lambda_feat=10.0, no_vgg_loss=args.no_vgg, lambda_vgg=10.0,
-        lambda_kld=0.05, lr=2e-4, beta1=0.0, beta2=0.9, no_TTUR=False, niter=50, niter_decay=0)
+        lambda_kld=0.05, lr=args.lr, beta1=0.0, beta2=0.9, no_TTUR=False, niter=50, niter_decay=0)
 
 
 def tsit_options(args):
@@ -191,7 +191,6 @@ def main(argv=None):
 
     torch.manual_seed(args.seed)
     opt = tsit_options(args) if args.tsit else original_options(args)
-    opt.lr = args.lr
     with contextlib.redirect_stdout(io.StringIO()):  # create_network prints each network's size
         trainer = Pix2PixTrainer(opt)
     if args.train_on:

@@ -80,7 +80,7 @@ def main(argv=None):
 
     from jspade.data.synthetic import write_synthetic_dataset
     from jspade.inference import render_folder
-    from jspade.metrics.fid import fid
+    from jspade.metrics.fid import InceptionFeatureExtractor, fid
 
     preset = tomllib.loads(args.config.read_text())
     if preset["data"].get("dataset") != "synthetic":
@@ -93,6 +93,7 @@ def main(argv=None):
         write_synthetic_dataset(test, args.test_scenes, size=size, seed=preset["data"].get("synthetic_seed", 0),
                                 start=TEST_SCENES_START)
 
+    extractor = InceptionFeatureExtractor()  # loaded once for every FID below
     records = []
     for seed in args.seeds:
         run_dir, jspade_iters = train_jspade(args, seed, args.out)
@@ -106,7 +107,8 @@ def main(argv=None):
             rendered = args.out / "renders" / f"{name}_seed{seed}"
             render_folder(test / "labels", checkpoint, rendered, size=size, use_ema=ema, overwrite=True,
                           report=lambda *a, **k: None)
-            record[f"fid_{name}"] = round(fid(rendered, test / "imgs", real_cache=args.out / "test_stats.npz"), 2)
+            score = fid(rendered, test / "imgs", extractor, real_cache=args.out / "test_stats.npz")
+            record[f"fid_{name}"] = round(score, 2)
         records.append(record)
         print(json.dumps(record), file=sys.stderr, flush=True)
 
