@@ -18,7 +18,10 @@ class Adam:
 
     def gradients(self, loss):
         """d loss / d params, averaged over MPI ranks (each rank's loss is the mean over its shard)."""
-        grads = jt.grad(loss, self.params)
+        # retain_graph=False: Jittor otherwise keeps every intermediate of the forward and backward
+        # graphs that lies between a live parameter and a live gradient (for a second backward),
+        # until the update has run: 2.1 GB more at the peak of a SPADE step at ngf 64, 256x192.
+        grads = jt.grad(loss, self.params, retain_graph=False)
         if jt.in_mpi:
             grads = [g.mpi_all_reduce("mean") for g in grads]
         return grads
