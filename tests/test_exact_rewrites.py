@@ -50,3 +50,64 @@ def test_discriminator_step_reuses_a_given_fake_only_when_asked():
     assert_close(reused["D_Fake"].numpy(), expected.numpy(), "D_Fake on the given fake")
     fresh = model.discriminator_losses(seg, real)  # the default renders its own fake
     assert abs(float(fresh["D_Fake"].item()) - float(expected.item())) > 1e-6
+
+
+def test_spade_reads_label_ids_as_the_dense_convolution_of_the_one_hot_map():
+    """SPADE's mlp_shared from the label ids (label_conv) equals the dense convolution of the semantics,
+    forward and weight gradient: plain one-hot, one-hot + instance edges, and a pixel with no class."""
+    from jspade.data.semantics import instance_edges
+    from jspade.models.normalization import SPADE, SegmentationMap
+    from jspade.models.resize import resize_nearest
+    rng = np.random.default_rng(7)
+    label = rng.integers(0, 6, (2, 1, 12, 16)).astype(np.int32)
+    label[0, 0, 0, 0] = 6  # outside the 6 classes: an all-zero one-hot pixel
+    sem = make_semantics(jt.array(label), 6)
+    edges = instance_edges(jt.array(rng.integers(0, 3, (2, 1, 12, 16)).astype(np.int32)))
+    for semantics in (sem, jt.concat([sem, edges], dim=1)):
+        jt.set_global_seed(0, different_seed_for_mpi=False)
+        spade = SPADE("spadeinstance3x3", 4, semantics.shape[1])
+        conv = spade.mlp_shared[0]
+        for size in ((12, 16), (6, 8), (24, 32)):
+            from_ids = spade.hidden_from_ids(SegmentationMap(semantics, 6), size)
+            dense = conv(resize_nearest(semantics, size))
+            assert_close(from_ids.numpy(), dense.numpy(), f"mlp_shared at {size}")
+            w = jt.array(rng.standard_normal(dense.shape).astype(np.float32))
+            for a, b, name in zip(jt.grad((from_ids * w).sum(), [conv.weight, conv.bias]),
+                                  jt.grad((dense * w).sum(), [conv.weight, conv.bias]), ("weight", "bias")):
+                assert_close(a.numpy(), b.numpy(), f"mlp_shared {name} gradient at {size}")
+
+
+def test_generator_with_label_ids_equals_the_dense_generator():
+    """The whole SPADE generator, forward and every parameter gradient, with SPADE reading label ids
+    against the same generator convolving the dense one-hot map (the original's form)."""
+    import jspade.models.generator as generator
+    opt = ModelConfig(label_nc=5, ngf=4, ndf=4, crop_size=64, aspect_ratio=1.0, use_vae=False, no_vgg_loss=True)
+    jt.set_global_seed(0, different_seed_for_mpi=False)
+    model = SPADEModel(opt, with_discriminator=False)
+    netG = model.netG
+    netG.train()
+    jt.sync_all(True)
+    state = {k: v.numpy().copy() for k, v in netG.state_dict().items()}
+    seg = labels_and_segmap(n=2, classes=5, h=64, w=64)
+    w = jt.array(np.random.default_rng(8).standard_normal((2, 3, 64, 64)).astype(np.float32))
+    params = [p for p in netG.parameters() if not p.is_stop_grad()]
+
+    def step():
+        out = netG(seg)
+        return out.numpy(), [g.numpy() for g in jt.grad((out * w).sum(), params)]
+
+    with_ids = step()
+    netG.load_parameters(state)  # the same spectral u/v and running statistics for the second pass
+    original = generator.SegmentationMap
+    generator.SegmentationMap = lambda semantics, num_ids: semantics  # SPADE then convolves the dense map
+    try:
+        dense = step()
+    finally:
+        generator.SegmentationMap = original
+    assert_close(with_ids[0], dense[0], "generator output")
+    scale = max(np.abs(g).max() for g in dense[1])
+    for (name, _), a, b in zip([(n, p) for n, p in netG.named_parameters() if not p.is_stop_grad()],
+                               with_ids[1], dense[1]):
+        # gradients reaching a bias in front of a batch norm cancel to ~0: compare on the step's scale
+        err = np.abs(a - b).max()
+        assert err <= 1e-3 * scale, f"{name}: max error {err:.3g} (largest gradient {scale:.3g})"

@@ -3,7 +3,7 @@ from jspade.runtime import jt
 from jittor import nn
 
 from jspade.models.base import BaseNetwork
-from jspade.models.normalization import SPADE, conv2d
+from jspade.models.normalization import SPADE, SegmentationMap, conv2d
 from jspade.models.resize import resize_nearest, upsample2x
 
 
@@ -137,15 +137,16 @@ class SPADEGenerator(BaseNetwork):
     def execute(self, seg, z=None):
         opt = self.opt
         x = first_feature_map(self, seg, z)
-        x = self.head_0(x, seg)
+        cond = SegmentationMap(seg, opt.num_label_ids)  # SPADE layers read its label ids
+        x = self.head_0(x, cond)
         x = upsample2x(x)
-        x = self.G_middle_0(x, seg)
+        x = self.G_middle_0(x, cond)
         if opt.num_upsampling_layers in ("more", "most"):
             x = upsample2x(x)
-        x = self.G_middle_1(x, seg)
+        x = self.G_middle_1(x, cond)
         for up in (self.up_0, self.up_1, self.up_2, self.up_3):
-            x = up(upsample2x(x), seg)
+            x = up(upsample2x(x), cond)
         if opt.num_upsampling_layers == "most":
-            x = self.up_4(upsample2x(x), seg)
+            x = self.up_4(upsample2x(x), cond)
         x = self.conv_img(nn.leaky_relu(x, 0.2))
         return jt.tanh(x)

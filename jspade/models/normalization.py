@@ -16,6 +16,7 @@ import numpy as np
 from jspade.runtime import jt
 from jittor import nn
 
+from jspade.models.label_conv import label_conv
 from jspade.models.resize import resize_nearest
 
 
@@ -213,6 +214,33 @@ def param_free_norm(kind, config_text, norm_nc):
     raise ValueError(f"{norm_type!r} is not a recognized param-free norm type in {kind.upper()}")
 
 
+class SegmentationMap:
+    """A generator's conditioning map as SPADE reads it: the semantics (one-hot over the first `num_ids`
+    channels, then any other channels, e.g. instance edges) and its label ids. A convolution of a
+    one-hot map is a gather of weight columns by label (`label_conv`): the same sums with 1/num_ids of
+    the multiply-adds, so SPADE's mlp_shared reads the ids and convolves only the other channels.
+    The semantics must be one-hot there, as `data.semantics.make_semantics` builds them."""
+
+    def __init__(self, semantics, num_ids):
+        self.semantics, self.num_ids = semantics, num_ids
+        ids, hot = jt.argmax(semantics[:, :num_ids], dim=1)
+        # a pixel with no class (all zeros) reads no weights: label num_ids, outside the table
+        ids = jt.ternary(hot > 0, ids.int32(), jt.array(num_ids, dtype="int32"))
+        self.ids = ids.reshape(semantics.shape[0], 1, *semantics.shape[2:]).stop_grad()
+        self._resized = {}
+
+    def at(self, size):
+        """(ids [N, H, W], other channels or None) at `size`, resized as F.interpolate 'nearest' does."""
+        size = (int(size[0]), int(size[1]))
+        if size not in self._resized:
+            ids = resize_nearest(self.ids, size)
+            other = None
+            if self.semantics.shape[1] > self.num_ids:
+                other = resize_nearest(self.semantics[:, self.num_ids:], size)
+            self._resized[size] = (ids.reshape(ids.shape[0], *size), other)
+        return self._resized[size]
+
+
 class SPADE(nn.Module):
     """Spatially-adaptive normalisation. `config_text` is e.g. 'spadesyncbatch3x3' or 'spadeinstance5x5'."""
 
@@ -226,10 +254,24 @@ class SPADE(nn.Module):
         self.mlp_beta = nn.Conv2d(self.nhidden, norm_nc, ks, padding=pw)
 
     def execute(self, x, segmap):
+        """`segmap`: the semantics (a Var) or a SegmentationMap of them (the generators pass one)."""
         normalized = self.param_free_norm(x)
-        segmap = resize_nearest(segmap, x.shape[2:])
-        actv = self.mlp_shared(segmap)
+        if isinstance(segmap, SegmentationMap):
+            actv = nn.relu(self.hidden_from_ids(segmap, x.shape[2:]))
+        else:
+            actv = self.mlp_shared(resize_nearest(segmap, x.shape[2:]))
         return normalized * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)
+
+    def hidden_from_ids(self, segmap, size):
+        """mlp_shared's convolution of the semantics, from their label ids (before its ReLU)."""
+        conv = self.mlp_shared[0]
+        ids, other = segmap.at(size)
+        k, pad = segmap.num_ids, conv.padding[0]
+        weight = conv.weight if other is None else conv.weight[:, :k]
+        out = label_conv(ids, weight, conv.bias, pad)
+        if other is not None:
+            out = out + nn.conv2d(other, conv.weight[:, k:], None, 1, pad)
+        return out
 
 
 class FADE(nn.Module):

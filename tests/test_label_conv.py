@@ -1,0 +1,108 @@
+"""label_conv computes the convolution of a one-hot label map from the labels; it must equal the dense
+convolution of the one-hot map (forward, weight and bias gradients), tap for tap at the borders."""
+import numpy as np
+import pytest
+
+from jspade.models.label_conv import label_conv, label_conv_weight_grad
+from jspade.runtime import jt
+
+
+def onehot(labels, num_labels):
+    return (labels[:, None] == jt.arange(num_labels).reshape(1, num_labels, 1, 1)).float32()
+
+
+def assert_close(actual, expected, what):
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    err = np.abs(actual - expected).max()
+    assert err <= 1e-5 * max(np.abs(expected).max(), 1.0), f"{what}: max error {err:.3g}"
+
+
+def random_case(n, h, w, k, classes=29, channels=16, num_labels=None, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = jt.array(rng.integers(0, classes, (n, h, w)).astype(np.int32))
+    weight = jt.array(rng.standard_normal((channels, num_labels or classes, k, k)).astype(np.float32))
+    bias = jt.array(rng.standard_normal(channels).astype(np.float32))
+    return rng, labels, weight, bias
+
+
+SHAPES = [(12, 16, 3, 1), (5, 7, 3, 1), (12, 16, 1, 0), (5, 7, 1, 0)]
+
+
+@pytest.mark.parametrize("h,w,k,pad", SHAPES)
+def test_forward_equals_dense_convolution_of_the_onehot_map(h, w, k, pad):
+    _, labels, weight, bias = random_case(2, h, w, k)
+    dense = jt.nn.conv2d(onehot(labels, 29), weight, bias, 1, pad)
+    assert_close(label_conv(labels, weight, bias, pad).numpy(), dense.numpy(), "with bias")
+    assert_close(label_conv(labels, weight, None, pad).numpy(),
+                 jt.nn.conv2d(onehot(labels, 29), weight, None, 1, pad).numpy(), "without bias")
+
+
+@pytest.mark.parametrize("h,w,k,pad", SHAPES)
+def test_weight_and_bias_gradients_equal_the_dense_convolutions(h, w, k, pad):
+    rng, labels, weight, bias = random_case(2, h, w, k, seed=1)
+    probe = jt.array(rng.standard_normal((2, 16, h, w)).astype(np.float32))
+    ours = jt.grad((label_conv(labels, weight, bias, pad) * probe).sum(), [weight, bias])
+    dense = jt.grad((jt.nn.conv2d(onehot(labels, 29), weight, bias, 1, pad) * probe).sum(), [weight, bias])
+    assert_close(ours[0].numpy(), dense[0].numpy(), "weight gradient")
+    assert_close(ours[1].numpy(), dense[1].numpy(), "bias gradient")
+    # the public weight-gradient kernel is the same sum
+    assert_close(label_conv_weight_grad(labels, probe, 29, k, pad).numpy(), dense[0].numpy(), "kernel")
+
+
+def test_more_input_channels_than_labels_present():
+    rng, labels, weight, bias = random_case(2, 12, 16, 3, classes=20, num_labels=35, seed=2)
+    x = onehot(labels, 35)
+    assert_close(label_conv(labels, weight, bias).numpy(), jt.nn.conv2d(x, weight, bias, 1, 1).numpy(),
+                 "forward")
+    probe = jt.array(rng.standard_normal((2, 16, 12, 16)).astype(np.float32))
+    grad = jt.grad((label_conv(labels, weight, bias) * probe).sum(), weight).numpy()
+    assert_close(grad, jt.grad((jt.nn.conv2d(x, weight, bias, 1, 1) * probe).sum(), weight).numpy(),
+                 "weight gradient")
+    assert not grad[:, 20:].any(), "labels that never occur must get zero gradient"
+
+
+def test_labels_outside_the_range_are_all_zero_onehot_pixels():
+    _, labels, weight, bias = random_case(1, 6, 8, 3, seed=3)
+    raw = labels.numpy()
+    raw[0, 0, :4] = [-1, 29, 1000, -7]
+    labels = jt.array(raw)
+    assert_close(label_conv(labels, weight, bias).numpy(),
+                 jt.nn.conv2d(onehot(labels, 29), weight, bias, 1, 1).numpy(), "forward")
+
+
+def test_taps_line_up_at_the_corners():
+    """One pixel of label 1 in the top-left corner, one of label 2 in the bottom-right, label 0
+    elsewhere: each output pixel must read exactly the taps the padding rule says it reads."""
+    h, w, c, k = 5, 6, 3, 4
+    raw = np.zeros((1, h, w), np.int32)
+    raw[0, 0, 0], raw[0, h - 1, w - 1] = 1, 2
+    labels = jt.array(raw)
+    weight_np = np.arange(c * k * 9, dtype=np.float32).reshape(c, k, 3, 3)  # every tap distinct
+    weight = jt.array(weight_np)
+    out = label_conv(labels, weight, None, 1).numpy()[0]
+    # (0, 0) reads the corner through the centre tap, (1, 1) through the top-left tap
+    padded = np.pad(raw[0], 1, constant_values=-1)
+    expected = np.zeros((c, h, w), np.float32)
+    for y in range(h):
+        for x in range(w):
+            for ky in range(3):
+                for kx in range(3):
+                    lab = padded[y + ky, x + kx]
+                    if lab >= 0:
+                        expected[:, y, x] += weight_np[:, lab, ky, kx]
+    assert_close(out, expected, "forward")
+    assert_close(out[:, 0, 0], weight_np[:, 1, 1, 1] + weight_np[:, 0, 1:, 1:].sum((1, 2))
+                 - weight_np[:, 0, 1, 1], "corner pixel")
+    # gradient of a single output pixel: dW[:, l, ky, kx] = 1 where that pixel's tap reads label l
+    for y, x in [(0, 0), (1, 1), (h - 1, w - 1), (h - 2, w - 2), (0, w - 1)]:
+        dy = np.zeros((1, c, h, w), np.float32)
+        dy[0, :, y, x] = 1
+        dw = label_conv_weight_grad(labels, jt.array(dy), k, 3, 1).numpy()
+        want = np.zeros((c, k, 3, 3), np.float32)
+        for ky in range(3):
+            for kx in range(3):
+                lab = padded[y + ky, x + kx]
+                if lab >= 0:
+                    want[:, lab, ky, kx] = 1
+        np.testing.assert_array_equal(dw, want, err_msg=f"weight gradient of output pixel {(y, x)}")
