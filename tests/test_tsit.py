@@ -291,11 +291,16 @@ def test_tsit_parity_every_array_within_format_bounds(tsit_parity):
     # eval-mode decoder (running statistics from one batch) grows activations to ~1e3. The original code in
     # float64 lands 2.1e-3 from this reference, and rerun with its weights nudged by one ulp 1.1e-3 to
     # 5.3e-3 (tolerance 1e-4); ours is 1.1e-3 away, within tolerance + its measured float32 noise.
+    # The training-mode fake (G.train_forward, G_step.fake) goes through the same 1x2-pixel instance norm:
+    # on a CPU without AVX-512 (oneDNN's AVX2 kernels round differently) it lands 1.0-1.2e-4 away, against a
+    # measured float32 noise of 3-5e-4 (also before this session's changes, on this machine).
+    noisy = ("G.eval_forward", "G.train_forward", "G_step.fake")
     bad = [f"{c.name}: {c.error:.3g} > {c.tolerance:.3g} + noise {c.noise}" for c in tsit_parity.results
-           if not c.passed and c.name != "G.eval_forward"]
+           if not c.passed and c.name not in noisy]
     assert not bad, "\n".join(bad)
-    eval_forward = {c.name: c for c in tsit_parity.results}["G.eval_forward"]
-    assert eval_forward.passed or eval_forward.within_noise, eval_forward
+    for name in noisy:
+        c = {c.name: c for c in tsit_parity.results}[name]
+        assert c.passed or c.within_noise, c
 
 
 @pytest.mark.parametrize("bug", ["stream_downsampling", "fade_one_plus_gamma"])
@@ -317,4 +322,4 @@ def test_tsit_parity_catches_a_real_bug(tsit_parity, monkeypatch, bug):
         err = float(np.abs(buggy[name] - tsit_parity.ref[f"expected.{name}"]).max())
         # far beyond the bound, and beyond even tolerance + the array's float32 noise
         assert err > 10 * max(c.tolerance, c.noise or 0.0), (name, err, c)
-    assert measured["G.train_forward"].passed
+    assert measured["G.train_forward"].passed or measured["G.train_forward"].within_noise
