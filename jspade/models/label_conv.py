@@ -32,6 +32,7 @@ gives). The result equals `jt.nn.conv2d(onehot(labels, K), weight, bias, stride=
 to float32 rounding (the order of the sums differs); it is differentiable w.r.t. weight and bias, not
 labels. With `jt.flags.use_cuda` it *is* that dense convolution, so nothing changes on the GPU.
 """
+from jspade.data.semantics import one_hot
 from jspade.runtime import jt
 
 # Output channels per block: the inner loops work on CB contiguous floats (4 AVX registers). The forward
@@ -285,7 +286,12 @@ def _check(labels, kernel_size):
 
 
 def _onehot(labels, num_labels):
-    return (labels[:, None] == jt.arange(num_labels).reshape(1, num_labels, 1, 1)).float32()
+    return one_hot(labels[:, None], num_labels)
+
+
+def _kernel(src, kh, kw):
+    """An entry point's source with its template arguments filled in."""
+    return src.replace("{kh}", str(kh)).replace("{kw}", str(kw)).replace("{cb}", str(_CB))
 
 
 def label_conv_weight_grad(labels, dy, num_labels, kernel_size, padding):
@@ -301,18 +307,16 @@ def label_conv_weight_grad(labels, dy, num_labels, kernel_size, padding):
         x = _onehot(labels, num_labels)
         w = jt.zeros((c, num_labels, kh, kw), "float32")
         return jt.grad((jt.nn.conv2d(x, w, None, 1, padding) * dy.detach()).sum(), w)
-    src = _WEIGHT_GRAD_SRC.replace("{kh}", str(kh)).replace("{kw}", str(kw)).replace("{cb}", str(_CB))
     return jt.code((c, num_labels, kh, kw), "float32", [labels, dy.float32()],
-                   cpu_header=_HEADER, cpu_src=src, data={"padding": float(padding)})
+                   cpu_header=_HEADER, cpu_src=_kernel(_WEIGHT_GRAD_SRC, kh, kw), data={"padding": float(padding)})
 
 
 def _forward(labels, weight, bias, padding):
     c, _, kh, kw = weight.shape
     n, h, w = labels.shape
     shape = (n, c, h + 2 * padding - kh + 1, w + 2 * padding - kw + 1)
-    src = _FORWARD_SRC.replace("{kh}", str(kh)).replace("{kw}", str(kw)).replace("{cb}", str(_CB))
     return jt.code(shape, "float32", [labels, weight, bias],
-                   cpu_header=_HEADER, cpu_src=src, data={"padding": float(padding)})
+                   cpu_header=_HEADER, cpu_src=_kernel(_FORWARD_SRC, kh, kw), data={"padding": float(padding)})
 
 
 class _LabelConv(jt.Function):
