@@ -16,6 +16,7 @@ that has torch; see scripts/benchmark_original.py), each in its own fresh proces
       --compare-pytorch /work/orig-spade --torch-python /work/torchvenv/bin/python --repeats 3
   ... --compare-jspade /path/to/other/jspade   # also time another jspade checkout (e.g. before a change)
   ... --reuse-fake   # this jspade with train.reuse_fake (the others as they are)
+  ... --no-winograd  # this jspade with Jittor's direct 3x3 convolutions (the others as they are)
 
 --netG tsit times the TSIT generator instead of SPADE's (crop size and height multiples of 128, e.g.
 --crop-size 256 --aspect-ratio 2); --compare-pytorch then names a checkout of EndlessSora/TSIT (with its
@@ -48,6 +49,8 @@ def main(argv=None):
     ap.add_argument("--no-vgg", action="store_true", help="drop the VGG loss (it is on by default)")
     ap.add_argument("--reuse-fake", action="store_true",
                     help="D step on the G step's fake (train.reuse_fake; not the original's arithmetic)")
+    ap.add_argument("--no-winograd", action="store_true",
+                    help="3x3 convolutions by Jittor's direct algorithm instead of Winograd (JSPADE_WINOGRAD=0)")
     ap.add_argument("--iters", type=cli.int_at_least(1), default=10, help="timed iterations")
     ap.add_argument("--warmup", type=cli.int_at_least(0), default=3,
                     help="untimed iterations first (kernel compilation)")
@@ -77,10 +80,13 @@ def main(argv=None):
     from jspade.runtime import jt
     from jspade.config import ModelConfig
     from jspade.data.semantics import semantics_for
+    from jspade.models import winograd
     from jspade.models.base import trainable_parameters
     from jspade.models.spade_model import SPADEModel
     from jspade.train.optim import Adam
 
+    if args.no_winograd:
+        winograd.set_enabled(False)
     opt = ModelConfig(label_nc=args.label_nc, crop_size=args.crop_size, aspect_ratio=args.aspect_ratio,
                       ngf=args.ngf, ndf=args.ndf, use_vae=args.use_vae, no_vgg_loss=args.no_vgg, netG=args.netG)
     model = SPADEModel(opt)
@@ -113,7 +119,7 @@ def main(argv=None):
 
     result = {"config": {k: getattr(args, k) for k in ("ngf", "ndf", "crop_size", "aspect_ratio", "batch_size",
                                                        "label_nc", "use_vae")},
-              "vgg": not args.no_vgg, "device": "cuda" if jt.flags.use_cuda else "cpu"}
+              "vgg": not args.no_vgg, "device": "cuda" if jt.flags.use_cuda else "cpu", "winograd": winograd.enabled()}
     model.eval()
 
     def infer():
@@ -166,7 +172,8 @@ def _command_lines(args):
     """{name: command} of each implementation compared; the options they share are added later."""
     here = Path(__file__).resolve()
     tsit = args.netG == "tsit"
-    runs = {"jspade": [sys.executable, str(here), "--netG", args.netG] + ["--reuse-fake"] * args.reuse_fake}
+    runs = {"jspade": [sys.executable, str(here), "--netG", args.netG] + ["--reuse-fake"] * args.reuse_fake
+            + ["--no-winograd"] * args.no_winograd}
     if args.compare_jspade:
         runs["jspade (other checkout)"] = [sys.executable, str(Path(args.compare_jspade) / "scripts" / "benchmark.py"),
                                            "--netG", args.netG]

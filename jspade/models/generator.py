@@ -2,6 +2,7 @@
 from jspade.runtime import jt
 from jittor import nn
 
+from jspade.models import winograd
 from jspade.models.base import BaseNetwork
 from jspade.models.normalization import SPADE, SegmentationMap, conv2d
 from jspade.models.resize import resize_nearest, upsample2x
@@ -119,7 +120,7 @@ class SPADEGenerator(BaseNetwork):
             self.fc = nn.Linear(opt.z_dim, 16 * nf * self.sw * self.sh)
         else:
             # the downsampled segmentation map -> the first feature map
-            self.fc = nn.Conv2d(opt.semantic_nc, 16 * nf, 3, padding=1)
+            self.fc = winograd.Conv2d(opt.semantic_nc, 16 * nf, 3, padding=1)
         block = lambda fin, fout: SPADEResnetBlock(fin, fout, opt.norm_G, opt.semantic_nc)
         self.head_0 = block(16 * nf, 16 * nf)
         self.G_middle_0 = block(16 * nf, 16 * nf)
@@ -132,7 +133,7 @@ class SPADEGenerator(BaseNetwork):
         if opt.num_upsampling_layers == "most":
             self.up_4 = block(1 * nf, nf // 2)
             final_nc = nf // 2
-        self.conv_img = nn.Conv2d(final_nc, 3, 3, padding=1)
+        self.conv_img = winograd.Conv2d(final_nc, 3, 3, padding=1)
 
     def execute(self, seg, z=None):
         opt = self.opt

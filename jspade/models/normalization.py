@@ -16,6 +16,7 @@ import numpy as np
 from jspade.runtime import jt
 from jittor import nn
 
+from jspade.models import winograd
 from jspade.models.label_conv import label_conv
 from jspade.models.resize import resize_nearest
 
@@ -54,14 +55,14 @@ class SpectralConv2d(SpectralNorm):
     """`spectral_norm(nn.Conv2d(...))` with the same state names."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
-        conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
+        conv = winograd.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
         self.weight_orig = conv.weight
         self.bias = conv.bias
         self.stride, self.padding = stride, padding
         self._init_uv()
 
     def execute(self, x):
-        return nn.conv2d(x, self.normalized_weight(), self.bias, self.stride, self.padding)
+        return winograd.conv2d(x, self.normalized_weight(), self.bias, self.stride, self.padding)
 
 
 def spectral_v_from_weight(weight_orig, weight, u):
@@ -178,7 +179,7 @@ class InstanceNorm2d(nn.Module):
 
 
 def conv2d(in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, spectral=False):
-    cls = SpectralConv2d if spectral else nn.Conv2d
+    cls = SpectralConv2d if spectral else winograd.Conv2d
     return cls(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
 
 
@@ -249,9 +250,9 @@ class SPADE(nn.Module):
     def __init__(self, config_text, norm_nc, label_nc):
         self.param_free_norm, ks = param_free_norm("spade", config_text, norm_nc)
         pw = ks // 2
-        self.mlp_shared = nn.Sequential(nn.Conv2d(label_nc, self.nhidden, ks, padding=pw), nn.ReLU())
-        self.mlp_gamma = nn.Conv2d(self.nhidden, norm_nc, ks, padding=pw)
-        self.mlp_beta = nn.Conv2d(self.nhidden, norm_nc, ks, padding=pw)
+        self.mlp_shared = nn.Sequential(winograd.Conv2d(label_nc, self.nhidden, ks, padding=pw), nn.ReLU())
+        self.mlp_gamma = winograd.Conv2d(self.nhidden, norm_nc, ks, padding=pw)
+        self.mlp_beta = winograd.Conv2d(self.nhidden, norm_nc, ks, padding=pw)
 
     def execute(self, x, segmap):
         """`segmap`: the semantics (a Var) or a SegmentationMap of them (the generators pass one)."""
@@ -270,7 +271,7 @@ class SPADE(nn.Module):
         weight = conv.weight if other is None else conv.weight[:, :k]
         out = label_conv(ids, weight, conv.bias, pad)
         if other is not None:
-            out = out + nn.conv2d(other, conv.weight[:, k:], None, 1, pad)
+            out = out + winograd.conv2d(other, conv.weight[:, k:], None, 1, pad)
         return out
 
 
@@ -282,8 +283,8 @@ class FADE(nn.Module):
     def __init__(self, config_text, norm_nc, feature_nc):
         self.param_free_norm, ks = param_free_norm("fade", config_text, norm_nc)
         pw = ks // 2
-        self.mlp_gamma = nn.Conv2d(feature_nc, norm_nc, ks, padding=pw)
-        self.mlp_beta = nn.Conv2d(feature_nc, norm_nc, ks, padding=pw)
+        self.mlp_gamma = winograd.Conv2d(feature_nc, norm_nc, ks, padding=pw)
+        self.mlp_beta = winograd.Conv2d(feature_nc, norm_nc, ks, padding=pw)
 
     def execute(self, x, feature):
         return self.param_free_norm(x) * (1 + self.mlp_gamma(feature)) + self.mlp_beta(feature)

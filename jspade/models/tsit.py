@@ -12,6 +12,7 @@ before each block with strength `alpha` in [0, 1]. Without a photo the decoder r
 from jspade.runtime import jt
 from jittor import nn
 
+from jspade.models import winograd
 from jspade.models.base import BaseNetwork
 from jspade.models.generator import ModulatedResnetBlock, check_tsit_size, first_feature_map, residual_convs
 from jspade.models.normalization import FADE, InstanceNorm2d, SyncBatchNorm
@@ -121,7 +122,7 @@ class TSITGenerator(BaseNetwork):
         if opt.use_vae:
             self.fc = nn.Linear(opt.z_dim, 16 * nf * self.sw * self.sh)
         else:
-            self.fc = nn.Conv2d(opt.semantic_nc, 16 * nf, 3, padding=1)
+            self.fc = winograd.Conv2d(opt.semantic_nc, 16 * nf, 3, padding=1)
         norm_G = fade_norm_name(opt.norm_G)
         self.head_0 = FADEResnetBlock(16 * nf, 16 * nf, norm_G)
         self.G_middle_0 = FADEResnetBlock(16 * nf, 16 * nf, norm_G)
@@ -130,7 +131,7 @@ class TSITGenerator(BaseNetwork):
         self.up_1 = FADEResnetBlock(8 * nf, 4 * nf, norm_G)
         self.up_2 = FADEResnetBlock(4 * nf, 2 * nf, norm_G)
         self.up_3 = FADEResnetBlock(2 * nf, 1 * nf, norm_G)
-        self.conv_img = nn.Conv2d(nf, 3, 3, padding=1)
+        self.conv_img = winograd.Conv2d(nf, 3, 3, padding=1)
 
     @property
     def has_style_stream(self):

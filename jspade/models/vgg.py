@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jspade.models import winograd
 from jspade.runtime import jt
 from jspade.safe_load import safe_load
 from jittor import nn
@@ -22,7 +23,7 @@ class VGG19(nn.Module):
             if v == "M":
                 layers.append(nn.Pool(2, stride=2, op="maximum"))
             else:
-                layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU()]
+                layers += [winograd.Conv2d(c, v, 3, padding=1), nn.ReLU()]
                 c = v
         self.features = nn.Sequential(*layers[: SLICE_ENDS[-1]])
         self.pretrained = False

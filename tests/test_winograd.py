@@ -1,0 +1,75 @@
+"""The Winograd 3x3 convolution must be Jittor's convolution up to float32 rounding: forward, input
+gradient and weight gradient, through the modules the networks are built from; shapes where it does
+not pay (or when switched off) must be Jittor's convolution exactly."""
+import numpy as np
+import pytest
+
+from jspade.models import winograd
+from jspade.runtime import jt
+
+pytestmark = pytest.mark.skipif(not winograd.enabled(), reason="Winograd runs on the CPU with Jittor's oneDNN only")
+
+
+def case(n, ic, oc, h, w, seed=0):
+    rng = np.random.default_rng(seed)
+    x = jt.array(rng.standard_normal((n, ic, h, w)).astype(np.float32))
+    weight = jt.array((rng.standard_normal((oc, ic, 3, 3)) / np.sqrt(9 * ic)).astype(np.float32))
+    bias = jt.array(rng.standard_normal(oc).astype(np.float32))
+    probe = jt.array(rng.standard_normal((n, oc, h, w)).astype(np.float32))
+    return x, weight, bias, probe
+
+
+def forward_and_grads(conv, x, weight, bias, probe):
+    y = conv(x, weight, bias)
+    grads = jt.grad((y * probe).sum(), [x, weight, bias])
+    return [y.numpy()] + [g.numpy() for g in grads]
+
+
+def max_rel_error(actual, expected):
+    return float(np.abs(np.asarray(actual, np.float64) - expected).max() / np.abs(expected).max())
+
+
+@pytest.mark.parametrize("n,ic,oc,h,w", [(2, 32, 24, 24, 20), (1, 16, 3, 24, 32), (1, 3, 16, 32, 24)])
+def test_forward_and_both_gradients_equal_jittors_convolution(n, ic, oc, h, w):
+    assert winograd.winograd_pays((n, ic, h, w)), "the case must take the Winograd path"
+    x, weight, bias, probe = case(n, ic, oc, h, w)
+    ours = forward_and_grads(winograd.conv3x3, x, weight, bias, probe)
+    direct = forward_and_grads(lambda a, b, c: jt.nn.conv2d(a, b, c, 1, 1), x, weight, bias, probe)
+    for name, a, b in zip(("output", "input gradient", "weight gradient", "bias gradient"), ours, direct):
+        assert a.shape == b.shape, name
+        # float32 rounding of a regrouped sum (measured 2e-7 to 5e-6 relative); a wrong tap, transposed
+        # weight or missing channel is an error of order 1
+        assert max_rel_error(a, b) < 2e-5, f"{name}: {max_rel_error(a, b):.2e}"
+
+
+def test_a_changed_weight_is_caught():
+    """The comparison above is sharp enough to see one weight of 288 per output channel moved by 0.01."""
+    x, weight, bias, probe = case(2, 32, 24, 24, 20)
+    w2 = weight.numpy()
+    w2[5, 7, 1, 2] += 0.01
+    err = max_rel_error(winograd.conv3x3(x, jt.array(w2), bias).numpy(), jt.nn.conv2d(x, weight, bias, 1, 1).numpy())
+    assert err > 2e-5
+
+
+def test_small_maps_and_other_shapes_are_jittors_convolution_exactly():
+    x, weight, bias, _ = case(1, 16, 8, 12, 16)  # 192 pixels: below MIN_PIXELS
+    assert not winograd.winograd_pays(x.shape)
+    np.testing.assert_array_equal(winograd.conv3x3(x, weight, bias).numpy(),
+                                  jt.nn.conv2d(x, weight, bias, 1, 1).numpy())
+    x, _, _, _ = case(2, 16, 8, 24, 20)
+    w4 = jt.array(np.random.default_rng(1).standard_normal((8, 16, 4, 4)).astype(np.float32))
+    np.testing.assert_array_equal(winograd.conv2d(x, w4, None, 2, 2).numpy(), jt.nn.conv2d(x, w4, None, 2, 2).numpy())
+
+
+def test_the_module_keeps_jittors_parameters_and_can_be_switched_off():
+    jt.set_global_seed(0)
+    conv = winograd.Conv2d(32, 24, 3, padding=1)
+    assert sorted(conv.state_dict()) == ["bias", "weight"]
+    x = case(2, 32, 24, 24, 20)[0]
+    direct = jt.nn.conv2d(x, conv.weight, conv.bias, 1, 1).numpy()
+    assert max_rel_error(conv(x).numpy(), direct) < 2e-5
+    try:
+        winograd.set_enabled(False)
+        np.testing.assert_array_equal(conv(x).numpy(), direct)
+    finally:
+        winograd.set_enabled(True)
