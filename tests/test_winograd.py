@@ -73,3 +73,28 @@ def test_the_module_keeps_jittors_parameters_and_can_be_switched_off():
         np.testing.assert_array_equal(conv(x).numpy(), direct)
     finally:
         winograd.set_enabled(True)
+
+
+def test_tsit_generator_keeps_the_direct_algorithm():
+    """TSIT amplifies rounding too much for Winograd's (README): its generator runs Jittor's convolutions,
+    bit for bit the same whether Winograd is on or off, and switches it back on afterwards."""
+    from jspade.config import ModelConfig
+    from jspade.models.tsit import TSITGenerator
+
+    opt = ModelConfig(netG="tsit", label_nc=4, ngf=4, ndf=4, crop_size=256, aspect_ratio=2.0,
+                      num_upsampling_layers="more", norm_G="spectralfadeinstance3x3", norm_S="spectralinstance",
+                      use_vae=False)
+    jt.set_global_seed(0)
+    g = TSITGenerator(opt).init_weights()
+    g.eval()
+    label = np.random.default_rng(0).integers(0, 4, (2, 128, 256))
+    seg = jt.array((label[:, None] == np.arange(4)[None, :, None, None]).astype(np.float32))
+    jt.sync_all()
+    assert winograd.winograd_pays((2, 4, 128, 256)), "the finest convolutions would take the Winograd path"
+    with_winograd = g(seg).numpy()
+    assert winograd.enabled()
+    try:
+        winograd.set_enabled(False)
+        np.testing.assert_array_equal(with_winograd, g(seg).numpy())
+    finally:
+        winograd.set_enabled(True)

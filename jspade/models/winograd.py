@@ -16,6 +16,8 @@ direct, 8.4e-6 Winograd (outputs up to 5.7); weight gradient 2.2e-3 direct, 4.2e
 its own algorithms), with `set_enabled(False)` or with the environment variable JSPADE_WINOGRAD=0 (the
 direct algorithm's rounding, e.g. to compare with it), it *is* that call.
 """
+import contextlib
+import functools
 import glob
 import os
 
@@ -26,15 +28,28 @@ _enabled = os.environ.get("JSPADE_WINOGRAD", "1") != "0"
 
 
 def set_enabled(enabled):
-    """Winograd on (the default) or off (Jittor's direct convolution) for convolutions built from now on."""
+    """Winograd on (the default) or off (Jittor's direct convolution) for the convolutions run from now on."""
     global _enabled
     _enabled = bool(enabled)
 
 
+@contextlib.contextmanager
+def direct():
+    """Within this block, Jittor's direct convolutions (a network whose outputs amplify rounding)."""
+    global _enabled
+    saved, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = saved
+
+
 def enabled():
+    """Whether 3x3 convolutions go through Winograd here: on the CPU, with Jittor's oneDNN found."""
     return _enabled and not jt.flags.use_cuda and _dnnl_include() is not None
 
 
+@functools.lru_cache(maxsize=None)
 def _dnnl_include():
     """The include folder of the oneDNN that Jittor loaded for its own convolutions (its symbols are
     global in the process, so the kernels below link against it without a library flag)."""
@@ -53,7 +68,6 @@ _HEADER = r"""
 #include <new>
 #include <stdexcept>
 #include <vector>
-#include <unordered_map>
 
 namespace wino {
 using namespace dnnl;
@@ -177,7 +191,7 @@ class _Conv3x3(jt.Function):
         return dx, dw
 
 
-# Winograd pays where there are many 4x4 tiles per weight. Measured in this process (fwd + bwd, 2 cores,
+# Winograd pays where there are many 4x4 tiles per weight. Measured through Jittor (fwd + bwd, 2 cores,
 # AVX-512): 1.3-2.4x faster from N*H*W = 768 pixels up (e.g. 4 x 256 channels at 16x12: 12.9 against
 # 17.3 ms; 1024 -> 512 at 32x24: 50 against 81 ms), slower at 192 or fewer (1024 channels at 16x12: 74
 # against 63 ms; at 8x6: 85 against 27 ms), where the 4x larger transformed weights dominate.
