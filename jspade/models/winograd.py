@@ -56,7 +56,8 @@ def _dnnl_include():
     if os.environ.get("mkl_include_path"):  # Jittor's own override
         found = [os.path.join(os.environ["mkl_include_path"], "oneapi", "dnnl", "dnnl.hpp")]
     else:
-        home = os.path.join(os.path.expanduser("~"), ".cache", "jittor", "mkl")
+        import jittor_utils  # Jittor's notion of the home folder (JITTOR_HOME), where it keeps oneDNN
+        home = os.path.join(jittor_utils.home(), ".cache", "jittor", "mkl")
         found = sorted(glob.glob(os.path.join(home, "dnnl*", "include", "oneapi", "dnnl", "dnnl.hpp")))
     found = [f for f in found if os.path.isfile(f)]
     return os.path.dirname(os.path.dirname(os.path.dirname(found[0]))) if found else None
@@ -192,15 +193,18 @@ class _Conv3x3(jt.Function):
 
 
 # Winograd pays where there are many 4x4 tiles per weight. Measured through Jittor (fwd + bwd, 2 cores,
-# AVX-512): 1.3-2.4x faster from N*H*W = 768 pixels up (e.g. 4 x 256 channels at 16x12: 12.9 against
-# 17.3 ms; 1024 -> 512 at 32x24: 50 against 81 ms), slower at 192 or fewer (1024 channels at 16x12: 74
-# against 63 ms; at 8x6: 85 against 27 ms), where the 4x larger transformed weights dominate.
+# AVX-512): 1.3-2.4x faster from 768 output pixels per batch up (e.g. 1024 -> 512 channels at 32x24:
+# 50 against 81 ms), slower at 192 (1024 channels at 16x12: 74 against 63 ms; at 8x6: 85 against 27 ms),
+# where the 4x larger transformed weights dominate. The rule counts the pixels of one image, so that
+# splitting a batch over MPI ranks does not change which algorithm (and rounding) a layer gets. With 3
+# input channels (VGG's first layer) forward + backward is no faster (13.0 against 13.1 ms at 256x192).
 MIN_PIXELS = 512
+MIN_IN_CHANNELS = 16
 
 
 def winograd_pays(x_shape):
-    n, _, h, w = x_shape
-    return n * h * w >= MIN_PIXELS
+    _, c, h, w = x_shape
+    return h * w >= MIN_PIXELS and c >= MIN_IN_CHANNELS
 
 
 def conv3x3(x, weight, bias=None):
