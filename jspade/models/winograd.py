@@ -68,6 +68,7 @@ _HEADER = r"""
 #include <cstdlib>
 #include <new>
 #include <stdexcept>
+#include <unordered_map>
 #include <vector>
 
 namespace wino {
@@ -110,56 +111,63 @@ struct Buffer {
         return p;
     }
 };
-static Buffer buffers[4];  // first input, second input, output, scratchpad
+static Buffer buffers[4];  // a primitive's three arguments, in order, and its scratchpad
 
-// `user` (plain NCHW / OIHW) as `want`: itself, or a copy in buffer `k` (reordered now, or, for the
-// output, copied back after the primitive ran).
-static memory as(memory& user, const memory::desc& want, stream& st, int k, bool output, std::vector<std::pair<memory, memory>>& back) {
-    if (want == user.get_desc()) return user;
-    memory m(want, cpu(), buffers[k].get(want.get_size()));
-    if (output) back.push_back({m, user});
-    else reorder(user, m).execute(st, user, m);
-    return m;
+// One argument of a primitive: the user's plain NCHW / OIHW memory, and the layout the primitive wants.
+struct Arg { int key; memory user; memory::desc want; bool output; };
+
+// Run `prim` on `args`: each input reordered into its kept buffer where the layouts differ, the output
+// written there and copied back after.
+static void execute(const primitive& prim, const memory::desc& scratch, std::vector<Arg> args) {
+    stream st(cpu());
+    std::unordered_map<int, memory> bound{{DNNL_ARG_SCRATCHPAD, memory(scratch, cpu(), buffers[3].get(scratch.get_size() + 1))}};
+    std::vector<std::pair<memory, memory>> back;
+    for (size_t k = 0; k < args.size(); k++) {
+        Arg& a = args[k];
+        memory m = a.user;
+        if (a.want != a.user.get_desc()) {
+            m = memory(a.want, cpu(), buffers[k].get(a.want.get_size()));
+            if (a.output) back.push_back({m, a.user});
+            else reorder(a.user, m).execute(st, a.user, m);
+        }
+        bound[a.key] = m;
+    }
+    prim.execute(st, bound);
+    for (auto& p : back) reorder(p.first, p.second).execute(st, p.first, p.second);
+    st.wait();
 }
-
-static memory scratchpad(const memory::desc& d) { return memory(d, cpu(), buffers[3].get(d.get_size() + 1)); }
 
 // mode 0: y = conv(x, w); 1: dx = conv_backward_data(dy, w); 2: dw = conv_backward_weights(x, dy)
 static void run(int mode, const float* a, const float* b, float* out, int n, int ic, int oc, int h, int w) {
     Shapes s;
     s.src = {n, ic, h, w}; s.wei = {oc, ic, 3, 3}; s.dst = {n, oc, h, w};
-    stream st(cpu());
     algorithm alg;
     primitive_attr attr;
     attr.set_scratchpad_mode(scratchpad_mode::user);
     auto fpd = forward_pd(s, alg, attr);
-    memory::desc src_u(s.src, dt::f32, tag::nchw), wei_u(s.wei, dt::f32, tag::oihw), dst_u(s.dst, dt::f32, tag::nchw);
-    std::vector<std::pair<memory, memory>> back;
+    auto user = [](const memory::dims& d, tag t, const float* p) {
+        return memory(memory::desc(d, dt::f32, t), cpu(), (void*)p);
+    };
     if (mode == 0) {
-        memory x(src_u, cpu(), (void*)a), wt(wei_u, cpu(), (void*)b), y(dst_u, cpu(), out);
-        memory xs = as(x, fpd.src_desc(), st, 0, false, back), ws = as(wt, fpd.weights_desc(), st, 1, false, back);
-        memory ys = as(y, fpd.dst_desc(), st, 2, true, back);
-        convolution_forward(fpd).execute(st, {{DNNL_ARG_SRC, xs}, {DNNL_ARG_WEIGHTS, ws}, {DNNL_ARG_DST, ys},
-                                              {DNNL_ARG_SCRATCHPAD, scratchpad(fpd.scratchpad_desc())}});
+        execute(convolution_forward(fpd), fpd.scratchpad_desc(),
+                {{DNNL_ARG_SRC, user(s.src, tag::nchw, a), fpd.src_desc(), false},
+                 {DNNL_ARG_WEIGHTS, user(s.wei, tag::oihw, b), fpd.weights_desc(), false},
+                 {DNNL_ARG_DST, user(s.dst, tag::nchw, out), fpd.dst_desc(), true}});
     } else if (mode == 1) {
         auto d = convolution_backward_data::desc(alg, s.any(s.src), s.any(s.wei), s.any(s.dst), s.strides, s.dil, s.pad, s.pad);
         convolution_backward_data::primitive_desc pd(d, attr, cpu(), fpd);
-        memory dy(dst_u, cpu(), (void*)a), wt(wei_u, cpu(), (void*)b), dx(src_u, cpu(), out);
-        memory dys = as(dy, pd.diff_dst_desc(), st, 0, false, back), ws = as(wt, pd.weights_desc(), st, 1, false, back);
-        memory dxs = as(dx, pd.diff_src_desc(), st, 2, true, back);
-        convolution_backward_data(pd).execute(st, {{DNNL_ARG_DIFF_DST, dys}, {DNNL_ARG_WEIGHTS, ws}, {DNNL_ARG_DIFF_SRC, dxs},
-                                                   {DNNL_ARG_SCRATCHPAD, scratchpad(pd.scratchpad_desc())}});
+        execute(convolution_backward_data(pd), pd.scratchpad_desc(),
+                {{DNNL_ARG_DIFF_DST, user(s.dst, tag::nchw, a), pd.diff_dst_desc(), false},
+                 {DNNL_ARG_WEIGHTS, user(s.wei, tag::oihw, b), pd.weights_desc(), false},
+                 {DNNL_ARG_DIFF_SRC, user(s.src, tag::nchw, out), pd.diff_src_desc(), true}});
     } else {
         auto d = convolution_backward_weights::desc(alg, s.any(s.src), s.any(s.wei), s.any(s.dst), s.strides, s.dil, s.pad, s.pad);
         convolution_backward_weights::primitive_desc pd(d, attr, cpu(), fpd);
-        memory x(src_u, cpu(), (void*)a), dy(dst_u, cpu(), (void*)b), dw(wei_u, cpu(), out);
-        memory xs = as(x, pd.src_desc(), st, 0, false, back), dys = as(dy, pd.diff_dst_desc(), st, 1, false, back);
-        memory dws = as(dw, pd.diff_weights_desc(), st, 2, true, back);
-        convolution_backward_weights(pd).execute(st, {{DNNL_ARG_SRC, xs}, {DNNL_ARG_DIFF_DST, dys}, {DNNL_ARG_DIFF_WEIGHTS, dws},
-                                                      {DNNL_ARG_SCRATCHPAD, scratchpad(pd.scratchpad_desc())}});
+        execute(convolution_backward_weights(pd), pd.scratchpad_desc(),
+                {{DNNL_ARG_SRC, user(s.src, tag::nchw, a), pd.src_desc(), false},
+                 {DNNL_ARG_DIFF_DST, user(s.dst, tag::nchw, b), pd.diff_dst_desc(), false},
+                 {DNNL_ARG_DIFF_WEIGHTS, user(s.wei, tag::oihw, out), pd.diff_weights_desc(), true}});
     }
-    for (auto& p : back) reorder(p.first, p.second).execute(st, p.first, p.second);
-    st.wait();
 }
 }  // namespace wino
 """
