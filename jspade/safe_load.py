@@ -19,6 +19,7 @@ then each storage as an int64 element count and its raw bytes.
 """
 import collections
 import hashlib
+import json
 import pickle
 import struct
 import zipfile
@@ -336,6 +337,8 @@ def safe_load(path):
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     try:
+        if _looks_like_safetensors(path):
+            return load_safetensors(path)
         if zipfile.is_zipfile(path):
             return _load_torch_zip(path)
         with open(path, "rb") as f:
@@ -350,3 +353,88 @@ def safe_load(path):
         raise CheckpointError(f"{path}: a damaged zip file ({e})") from None
     except OSError as e:
         raise CheckpointError(f"{path}: cannot be read ({e.strerror or e})") from None
+
+
+# --- safetensors --------------------------------------------------------------------------------------
+# Layout: an unsigned little-endian 64-bit header length N, N bytes of JSON ({name: {"dtype", "shape",
+# "data_offsets": [begin, end]}, optional "__metadata__": {str: str}}), then the data buffer; offsets
+# are relative to the buffer, which the tensors must cover exactly (no overlap, no hole).
+_SAFETENSORS_DTYPES = {
+    "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "bfloat16", "I64": "<i8", "I32": "<i4",
+    "I16": "<i2", "I8": "i1", "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
+}
+_SAFETENSORS_MAX_HEADER = 100 << 20  # as the safetensors library
+
+
+def _looks_like_safetensors(path):
+    """By name, or by content: a sane header length followed by '{'."""
+    if path.suffix.lower() == ".safetensors":
+        return True
+    with open(path, "rb") as f:
+        head = f.read(9)
+        size = f.seek(0, 2)
+    return (len(head) == 9 and head[8:9] == b"{"
+            and 2 <= struct.unpack("<Q", head[:8])[0] <= min(size - 8, _SAFETENSORS_MAX_HEADER))
+
+
+def load_safetensors(path):
+    """{name: ndarray} of a .safetensors file (BF16 widened to float32), checked before any array
+    is read: header length within the file, JSON header, known dtypes, shapes matching their byte
+    spans, spans inside the file and tiling the data buffer. Raises CheckpointError naming the file."""
+    path = Path(path)
+
+    def bad(reason):
+        return CheckpointError(f"{path}: not a valid safetensors file ({reason})")
+
+    with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        f.seek(0)
+        if size < 8:
+            raise bad("shorter than its 8-byte header length")
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        if not 2 <= header_len <= min(size - 8, _SAFETENSORS_MAX_HEADER):
+            raise bad(f"header length {header_len} does not fit a file of {size} bytes")
+        try:
+            header = json.loads(f.read(header_len).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise bad(f"the header is not JSON: {str(e).splitlines()[0]}") from None
+        if not isinstance(header, dict):
+            raise bad("the header is not a JSON object")
+        metadata = header.pop("__metadata__", {})
+        if not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+            raise bad("__metadata__ is not a map of strings")
+        buffer_len = size - 8 - header_len
+        entries = []
+        for name, info in header.items():
+            if not (isinstance(info, dict) and set(info) == {"dtype", "shape", "data_offsets"}):
+                raise bad(f"entry {name!r:.80} is not {{dtype, shape, data_offsets}}")
+            dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+            if dtype not in _SAFETENSORS_DTYPES:
+                raise bad(f"{name}: unknown dtype {dtype!r:.20}")
+            if not (isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape)):
+                raise bad(f"{name}: shape {shape!r:.80} is not a list of sizes")
+            if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                    and 0 <= offsets[0] <= offsets[1] <= buffer_len):
+                raise bad(f"{name}: data_offsets {offsets!r:.80} outside the {buffer_len}-byte data")
+            itemsize = 2 if dtype == "BF16" else np.dtype(_SAFETENSORS_DTYPES[dtype]).itemsize
+            if int(np.prod(shape, dtype=object)) * itemsize != offsets[1] - offsets[0]:
+                raise bad(f"{name}: shape {shape} of {dtype} does not fill its {offsets[1] - offsets[0]} bytes")
+            entries.append((offsets[0], offsets[1], name, dtype, shape))
+        end = 0
+        for begin, stop, name, _, _ in sorted(entries):
+            if begin != end:
+                raise bad(f"{name}: its bytes {'overlap another tensor' if begin < end else 'leave a hole'}")
+            end = stop
+        if end != buffer_len:
+            raise bad(f"the tensors cover {end} of the {buffer_len} data bytes")
+        state = collections.OrderedDict()
+        for begin, stop, name, dtype, shape in entries:
+            f.seek(8 + header_len + begin)
+            raw = f.read(stop - begin)
+            if dtype == "BF16":
+                array = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
+            else:
+                array = np.frombuffer(raw, _SAFETENSORS_DTYPES[dtype])
+                array = array.astype(array.dtype.newbyteorder("="))  # native order, own writable copy
+            state[name] = array.reshape(shape)
+        return state
