@@ -1,4 +1,5 @@
-"""Check jspade against reference vectors from the original PyTorch SPADE or TSIT.
+"""Check jspade against reference vectors from the original PyTorch SPADE or TSIT, or from openai/CLIP
+(clip_reference/FORMAT.md; the weight files beside such an archive are checked too).
 
     python scripts/check_parity.py ../shared/fixtures/spade_reference/spade_landscape_vae.npz [more.npz ...]
 
@@ -28,12 +29,15 @@ import sys
 
 from jspade import cli
 from jspade.parity import ParityRun
+from jspade.clip.parity import ClipParityRun, is_clip_archive
 
 
 def checker_for(path):
     """The checker of an archive, chosen by its format (opening it checks it: a malformed archive is an
     error naming the file). SPADE and TSIT archives share spade_reference/FORMAT.md's layout; their
     config_json's netG picks the generator."""
+    if is_clip_archive(path):  # clip_reference/FORMAT.md: CLIP's config_json (embed_dim, ...)
+        return ClipParityRun(path)
     return ParityRun(path)
 
 
