@@ -4,6 +4,7 @@ from jittor import nn
 
 from jspade.models import winograd
 from jspade.models.base import BaseNetwork
+from jspade.models.clip_modulation import STYLE_WIDTH, ClipHead, ClipMapping, reset_clip_parameters
 from jspade.models.normalization import SPADE, SegmentationMap, conv2d
 from jspade.models.resize import resize_nearest, upsample2x
 
@@ -42,11 +43,12 @@ class ModulatedResnetBlock(nn.Module):
 
 
 class SPADEResnetBlock(ModulatedResnetBlock):
-    """Residual block whose every normalisation is SPADE; a learned 1x1 shortcut when fin != fout."""
+    """Residual block whose every normalisation is SPADE; a learned 1x1 shortcut when fin != fout.
+    `style_width` > 0: every SPADE (the shortcut's too) is CLIP-modulated."""
 
-    def __init__(self, fin, fout, norm_G, semantic_nc):
+    def __init__(self, fin, fout, norm_G, semantic_nc, style_width=0):
         super().__init__(fin, min(fin, fout), fout, norm_G,
-                         lambda config, channels: SPADE(config, channels, semantic_nc))
+                         lambda config, channels: SPADE(config, channels, semantic_nc, style_width))
 
 
 # num_upsampling_layers -> how many times the generator doubles its latent map's size
@@ -107,9 +109,15 @@ def first_feature_map(generator, seg, z=None):
 
 
 class SPADEGenerator(BaseNetwork):
+    """With `opt.clip_dim` > 0, CLIP-modulated (jspade/models/clip_modulation.py): `clip_mapping` turns
+    the embedding into a style vector once per forward; `clip_head_fc` scales and shifts the first
+    feature map and each SPADE's `clip_head` its hidden map. `clip_mean` (a buffer, saved with the
+    weights) is the embedding used when none is given: the training set's mean ("no style")."""
+
     def __init__(self, opt):
         self.opt = opt
         nf = opt.ngf
+        self.clip_dim = int(getattr(opt, "clip_dim", 0) or 0)
         if opt.num_upsampling_layers not in UPSAMPLINGS:
             raise ValueError(f"num_upsampling_layers {opt.num_upsampling_layers!r} not recognized")
         self.sw, self.sh = latent_size(opt.crop_size, opt.aspect_ratio, opt.num_upsampling_layers)
@@ -121,7 +129,12 @@ class SPADEGenerator(BaseNetwork):
         else:
             # the downsampled segmentation map -> the first feature map
             self.fc = winograd.Conv2d(opt.semantic_nc, 16 * nf, 3, padding=1)
-        block = lambda fin, fout: SPADEResnetBlock(fin, fout, opt.norm_G, opt.semantic_nc)
+        style_width = STYLE_WIDTH if self.clip_dim else 0
+        if self.clip_dim:
+            self.clip_mapping = ClipMapping(self.clip_dim, style_width)
+            self.clip_head_fc = ClipHead(style_width, 16 * nf)
+            self.clip_mean = jt.zeros(self.clip_dim).stop_grad()
+        block = lambda fin, fout: SPADEResnetBlock(fin, fout, opt.norm_G, opt.semantic_nc, style_width)
         self.head_0 = block(16 * nf, 16 * nf)
         self.G_middle_0 = block(16 * nf, 16 * nf)
         self.G_middle_1 = block(16 * nf, 16 * nf)
@@ -135,10 +148,40 @@ class SPADEGenerator(BaseNetwork):
             final_nc = nf // 2
         self.conv_img = winograd.Conv2d(final_nc, 3, 3, padding=1)
 
-    def execute(self, seg, z=None):
+    def init_weights(self, init_type="xavier", gain=0.02):
+        super().init_weights(init_type, gain)
+        return reset_clip_parameters(self) if self.clip_dim else self
+
+    @property
+    def uses_clip(self):
+        return self.clip_dim > 0
+
+    def clip_batch(self, clip, n):
+        """The CLIP embeddings [n, clip_dim] of a forward: `clip` ([n, D], or one [D] / [1, D] for the
+        whole batch; a Var or an array), or clip_mean when None."""
+        if clip is None:
+            clip = self.clip_mean
+        elif not isinstance(clip, jt.Var):
+            clip = jt.array(clip)
+        clip = clip.float32()
+        if clip.ndim == 1:
+            clip = clip.reshape(1, -1)
+        if clip.ndim != 2 or clip.shape[1] != self.clip_dim or clip.shape[0] not in (1, n):
+            raise ValueError(f"CLIP embeddings of shape {tuple(clip.shape)} for a batch of {n}: the generator takes "
+                             f"[{n}, {self.clip_dim}] or one [{self.clip_dim}] (model.clip_dim {self.clip_dim})")
+        return clip.broadcast((n, self.clip_dim)) if clip.shape[0] != n else clip
+
+    def execute(self, seg, z=None, clip=None):
+        """`clip`: CLIP image embeddings (see clip_batch) for a CLIP model; None uses clip_mean."""
         opt = self.opt
         x = first_feature_map(self, seg, z)
-        cond = SegmentationMap(seg, opt.num_label_ids)  # SPADE layers read its label ids
+        style = None
+        if self.clip_dim:
+            style = self.clip_mapping(self.clip_batch(clip, seg.shape[0]))  # once per forward
+            x = self.clip_head_fc(x, style)
+        elif clip is not None:
+            raise ValueError("this generator has no CLIP modulation (model.clip_dim 0): it takes no CLIP embedding")
+        cond = SegmentationMap(seg, opt.num_label_ids, style)  # SPADE layers read its label ids (and style)
         x = self.head_0(x, cond)
         x = upsample2x(x)
         x = self.G_middle_0(x, cond)

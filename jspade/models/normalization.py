@@ -17,6 +17,7 @@ from jspade.runtime import jt
 from jittor import nn
 
 from jspade.models import winograd
+from jspade.models.clip_modulation import ClipHead
 from jspade.models.label_conv import label_conv
 from jspade.models.resize import resize_nearest
 
@@ -222,8 +223,9 @@ class SegmentationMap:
     the multiply-adds, so SPADE's mlp_shared reads the ids and convolves only the other channels.
     The semantics must be one-hot there, as `data.semantics.make_semantics` builds them."""
 
-    def __init__(self, semantics, num_ids):
+    def __init__(self, semantics, num_ids, style=None):
         self.semantics, self.num_ids = semantics, num_ids
+        self.style = style  # a CLIP model's style vector w [N, width] (clip_modulation.ClipMapping), else None
         ids, hot = jt.argmax(semantics[:, :num_ids], dim=1)
         # a pixel with no class (all zeros) reads no weights: label num_ids, outside the table
         ids = jt.ternary(hot > 0, ids.int32(), jt.array(num_ids, dtype="int32"))
@@ -243,25 +245,45 @@ class SegmentationMap:
 
 
 class SPADE(nn.Module):
-    """Spatially-adaptive normalisation. `config_text` is e.g. 'spadesyncbatch3x3' or 'spadeinstance5x5'."""
+    """Spatially-adaptive normalisation. `config_text` is e.g. 'spadesyncbatch3x3' or 'spadeinstance5x5'.
+    With `style_width` > 0 (a CLIP model), a `clip_head` scales and shifts the hidden map (mlp_shared's
+    convolution, before its ReLU) by the SegmentationMap's style vector: h * (1 + s(w)) + b(w)."""
 
     nhidden = 128
 
-    def __init__(self, config_text, norm_nc, label_nc):
+    def __init__(self, config_text, norm_nc, label_nc, style_width=0):
         self.param_free_norm, ks = param_free_norm("spade", config_text, norm_nc)
         pw = ks // 2
         self.mlp_shared = nn.Sequential(winograd.Conv2d(label_nc, self.nhidden, ks, padding=pw), nn.ReLU())
         self.mlp_gamma = winograd.Conv2d(self.nhidden, norm_nc, ks, padding=pw)
         self.mlp_beta = winograd.Conv2d(self.nhidden, norm_nc, ks, padding=pw)
+        if style_width:
+            self.clip_head = ClipHead(style_width, self.nhidden)
 
     def execute(self, x, segmap):
         """`segmap`: the semantics (a Var) or a SegmentationMap of them (the generators pass one)."""
         normalized = self.param_free_norm(x)
-        if isinstance(segmap, SegmentationMap):
+        if hasattr(self, "clip_head"):
+            actv = nn.relu(self.clip_head(self.hidden(segmap, x.shape[2:]), self.style_of(segmap)))
+        elif isinstance(segmap, SegmentationMap):
             actv = nn.relu(self.hidden_from_ids(segmap, x.shape[2:]))
         else:
             actv = self.mlp_shared(resize_nearest(segmap, x.shape[2:]))
         return normalized * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)
+
+    def hidden(self, segmap, size):
+        """mlp_shared's convolution of the semantics at `size`, before its ReLU."""
+        if isinstance(segmap, SegmentationMap):
+            return self.hidden_from_ids(segmap, size)
+        return self.mlp_shared[0](resize_nearest(segmap, size))
+
+    @staticmethod
+    def style_of(segmap):
+        style = getattr(segmap, "style", None)
+        if style is None:
+            raise ValueError("a CLIP-modulated SPADE needs a SegmentationMap with a style vector (the generator "
+                             "makes one from the CLIP embedding)")
+        return style
 
     def hidden_from_ids(self, segmap, size):
         """mlp_shared's convolution of the semantics, from their label ids (before its ReLU)."""

@@ -1,0 +1,283 @@
+"""CLIP-modulated SPADE (model.clip_dim > 0) and its style bank: a new CLIP model computes exactly the
+plain SPADE with the same weights, plain checkpoints fine-tune into one (only the CLIP keys may be
+missing), gradients reach every head, the bank is deterministic and survives a checkpoint, and a text
+embedding is projected onto the right training images. Random embeddings stand in for CLIP's."""
+import numpy as np
+import pytest
+
+from jspade.checkpoint import CheckpointError, read_checkpoint, state_arrays, write_checkpoint
+from jspade.config import ModelConfig
+from jspade.data.semantics import semantics_for
+from jspade.models.base import trainable_parameters
+from jspade.models.clip_modulation import ClipHead, is_clip_key
+from jspade.models.spade_model import SPADEModel, load_for_fine_tuning
+from jspade.runtime import jt
+from jspade.style_bank import StyleBank, build_style_bank, project_text, spherical_kmeans
+from jspade.train.optim import Adam
+
+CLIP_DIM = 24
+
+
+def options(clip_dim=CLIP_DIM, **kw):
+    base = dict(label_nc=6, crop_size=64, aspect_ratio=2.0, ngf=4, ndf=4, num_D=1, n_layers_D=2, use_vae=True,
+                z_dim=8, clip_dim=clip_dim, no_vgg_loss=True)
+    return ModelConfig(**{**base, **kw})
+
+
+def inputs(opt, n=2, seed=0):
+    rng = np.random.default_rng(seed)
+    label = np.zeros((n, 1, 32, 64), np.int32)
+    for i in range(n):
+        for _ in range(5):
+            y, x = rng.integers(32), rng.integers(64)
+            label[i, 0, y:y + rng.integers(4, 16), x:x + rng.integers(4, 30)] = rng.integers(opt.label_nc)
+    sem = semantics_for(opt, jt.array(label))
+    z = jt.array(rng.standard_normal((n, opt.z_dim)).astype(np.float32))
+    clip = rng.standard_normal((n, opt.clip_dim)).astype(np.float32) if opt.clip_dim else None
+    return sem, z, clip
+
+
+def plain_and_clip(**kw):
+    """A plain SPADE model and a new CLIP model holding the plain one's weights (CLIP keys at their start)."""
+    jt.set_global_seed(3)
+    plain = SPADEModel(options(0, **kw), with_vgg=False)
+    clip = SPADEModel(options(**kw), with_vgg=False)
+    filled = load_for_fine_tuning(clip, {name: state_arrays(net) for name, net in plain.networks().items()})
+    return plain, clip, filled
+
+
+def clip_keys(net):
+    return sorted(k for k in net.state_dict() if is_clip_key(k))
+
+
+def test_clip_dim_zero_adds_nothing_and_clip_model_adds_only_clip_keys():
+    plain, clip, filled = plain_and_clip()
+    assert clip_keys(plain.netG) == []
+    assert not plain.uses_clip and clip.uses_clip
+    plain_keys = set(plain.netG.state_dict())
+    assert set(clip.netG.state_dict()) - plain_keys == set(clip_keys(clip.netG))
+    assert plain_keys <= set(clip.netG.state_dict())
+    assert sorted(filled) == ["G." + k for k in clip_keys(clip.netG)]
+    # every SPADE (shortcuts included) and the first feature map have a head; one mapping network
+    spade_layers = [k[: -len(".mlp_gamma.weight")] for k in plain_keys if k.endswith(".mlp_gamma.weight")]
+    assert any(".norm_s" in k for k in spade_layers)
+    for layer in spade_layers:
+        assert f"{layer}.clip_head.clip_affine.weight" in clip.netG.state_dict()
+    assert "clip_head_fc.clip_affine.weight" in clip.netG.state_dict()
+    assert [k for k in clip_keys(clip.netG) if k.startswith("clip_mapping.")] == [
+        "clip_mapping.fc_0.bias", "clip_mapping.fc_0.weight", "clip_mapping.fc_1.bias", "clip_mapping.fc_1.weight"]
+    # D and E are untouched by CLIP
+    assert clip_keys(clip.netD) == [] and clip_keys(clip.netE) == []
+
+
+def test_heads_start_at_zero_after_weight_init_and_mapping_is_not_zero():
+    jt.set_global_seed(0)
+    model = SPADEModel(options(), with_discriminator=False, with_vgg=False)
+    state = state_arrays(model.netG)
+    heads = [k for k in state if ".clip_affine." in k]
+    assert len(heads) == 2 * sum(isinstance(m, ClipHead) for m in model.netG.modules())
+    assert all(not state[k].any() for k in heads)
+    assert np.abs(state["clip_mapping.fc_0.weight"]).std() > 0.1  # He init, not the project's gain 0.02
+
+
+@pytest.mark.parametrize("use_vae", [True, False])
+def test_new_clip_model_computes_plain_spade(use_vae):
+    plain, clip, _ = plain_and_clip(use_vae=use_vae)
+    sem, z, embedding = inputs(clip.opt)
+    z = z if use_vae else None
+    for mode in ("train", "eval"):
+        for m in (plain, clip):
+            getattr(m, mode)()
+        with jt.no_grad():
+            expected = plain.netG(sem, z=z).numpy()
+            got = clip.netG(sem, z=z, clip=embedding).numpy()
+        assert np.abs(expected).max() > 0 and (np.abs(expected) < 0.99).mean() > 0.5  # not saturated
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6, err_msg=mode)
+
+
+def non_zero_step(model, sem, z, embedding, seed=0):
+    """One Adam step of G on a loss that depends on every output pixel: moves every head off zero."""
+    target = jt.array(np.random.default_rng(seed).uniform(-1, 1, (sem.shape[0], 3, 32, 64)).astype(np.float32))
+    params = trainable_parameters(model.netG)
+    opt = Adam(params, lr=1e-2, betas=(0.0, 0.9))
+    opt.step(((model.netG(sem, z=z, clip=embedding) - target) ** 2).mean())
+    return target, params
+
+
+def test_gradients_reach_every_head_and_the_mapping_after_a_step():
+    jt.set_global_seed(0)
+    model = SPADEModel(options(), with_discriminator=False, with_vgg=False)
+    model.train()
+    sem, z, embedding = inputs(model.opt)
+    target, _ = non_zero_step(model, sem, z, embedding)
+    names = clip_keys(model.netG)
+    named = model.netG.state_dict()
+    loss = ((model.netG(sem, z=z, clip=embedding) - target) ** 2).mean()
+    grads = jt.grad(loss, [named[k] for k in names if k != "clip_mean"])
+    dead = [k for k, g in zip([k for k in names if k != "clip_mean"], grads) if not np.abs(g.numpy()).max() > 0]
+    assert dead == []
+    assert all(np.abs(named[k].numpy()).max() > 0 for k in names if ".clip_affine.weight" in k)
+    # after the step the embedding matters: two styles give two images
+    model.eval()
+    with jt.no_grad():
+        a = model.netG(sem, z=z, clip=embedding).numpy()
+        b = model.netG(sem, z=z, clip=embedding[::-1].copy()).numpy()
+    assert np.abs(a - b).max() > 1e-4
+
+
+def test_no_embedding_means_clip_mean_and_one_embedding_serves_the_batch():
+    jt.set_global_seed(0)
+    model = SPADEModel(options(), with_discriminator=False, with_vgg=False)
+    sem, z, embedding = inputs(model.opt)
+    non_zero_step(model, sem, z, embedding)
+    model.netG.clip_mean.update(jt.array(embedding[0]))
+    model.eval()
+    with jt.no_grad():
+        default = model.netG(sem, z=z).numpy()
+        given = model.netG(sem, z=z, clip=np.stack([embedding[0]] * 2)).numpy()
+        one = model.netG(sem, z=z, clip=embedding[0]).numpy()
+        via_model = model.generate(sem, z=z).numpy()
+    np.testing.assert_allclose(default, given, atol=1e-6)
+    np.testing.assert_allclose(one, given, atol=1e-6)
+    np.testing.assert_allclose(via_model, given, atol=1e-6)
+
+
+def test_fine_tuning_from_plain_spade_fails_on_any_other_missing_or_extra_key():
+    jt.set_global_seed(1)
+    plain = SPADEModel(options(0), with_vgg=False)
+    clip = SPADEModel(options(), with_vgg=False)
+    networks = {name: state_arrays(net) for name, net in plain.networks().items()}
+    broken = {**networks, "G": {k: v for k, v in networks["G"].items() if k != "up_0.norm_s.mlp_gamma.weight"}}
+    with pytest.raises(CheckpointError, match=r"missing \(1\): up_0\.norm_s\.mlp_gamma\.weight"):
+        load_for_fine_tuning(clip, broken, source="plain.pkl")
+    extra = {**networks, "G": {**networks["G"], "clip_mapping.fc_9.weight": np.zeros((2, 2), np.float32)}}
+    with pytest.raises(CheckpointError, match=r"unexpected \(1\): clip_mapping\.fc_9\.weight"):
+        load_for_fine_tuning(clip, extra, source="plain.pkl")
+    # a CLIP checkpoint's keys are used, not replaced by the start values
+    filled = load_for_fine_tuning(clip, networks)
+    assert filled and all(".clip_" in k or k.startswith("G.clip_") for k in filled)
+    donor = SPADEModel(options(), with_discriminator=False, with_vgg=False)
+    donor_state = state_arrays(donor.netG)
+    donor_state["clip_head_fc.clip_affine.bias"] = np.full_like(donor_state["clip_head_fc.clip_affine.bias"], 0.5)
+    assert load_for_fine_tuning(clip, {"G": donor_state}, names=("G",)) == []
+    assert np.all(clip.netG.clip_head_fc.clip_affine.bias.numpy() == 0.5)
+    # and the reverse (a CLIP checkpoint into a plain model) is refused: its CLIP keys are unexpected
+    with pytest.raises(CheckpointError, match="unexpected"):
+        load_for_fine_tuning(plain, {"G": donor_state}, names=("G",))
+
+
+def test_bad_clip_options_and_inputs_are_clear_errors():
+    with pytest.raises(ValueError, match="clip_dim must be a whole number >= 0"):
+        SPADEModel(options(-1), with_discriminator=False, with_vgg=False)
+    with pytest.raises(ValueError, match="needs netG 'spade'"):
+        SPADEModel(options(netG="tsit", crop_size=128, num_upsampling_layers="more"), with_discriminator=False,
+                   with_vgg=False)
+    jt.set_global_seed(0)
+    model = SPADEModel(options(), with_discriminator=False, with_vgg=False)
+    sem, z, embedding = inputs(model.opt)
+    with pytest.raises(ValueError, match=r"\[2, 24\]"):
+        model.netG(sem, z=z, clip=embedding[:, :10])
+    with pytest.raises(ValueError, match="clip_dim 0"):
+        SPADEModel(options(0), with_discriminator=False, with_vgg=False).generate(sem, z=z, clip=embedding)
+
+
+# ---- style bank ----------------------------------------------------------------------------------
+
+def clustered(k=4, per=(9, 7, 5, 3), dim=CLIP_DIM, spread=0.15, seed=0):
+    """Embeddings around k orthogonal directions, `per[j]` of them around direction j, and their stems."""
+    rng = np.random.default_rng(seed)
+    directions = np.linalg.qr(rng.standard_normal((dim, dim)))[0][:k]
+    rows, stems, truth = [], [], []
+    for j in range(k):
+        for i in range(per[j]):
+            rows.append((directions[j] + spread * rng.standard_normal(dim) / np.sqrt(dim)) * rng.uniform(0.5, 3))
+            stems.append(f"img_{j}_{i}")
+            truth.append(j)
+    return np.array(rows, np.float32), stems, np.array(truth), directions
+
+
+def test_bank_finds_planted_clusters_ordered_by_size():
+    x, stems, truth, directions = clustered()
+    bank = build_style_bank(x, stems, "ab" * 32, k=4)
+    assert bank.k == 4 and bank.dim == CLIP_DIM
+    assert bank.counts.tolist() == [9, 7, 5, 3]  # centre 0 the commonest
+    for j in range(4):
+        assert bank.centres[j] @ directions[j] > 0.98
+        assert bank.medoid_stems[j].startswith(f"img_{j}_")
+        assert bank.nearest_centre(directions[j]) == j
+    np.testing.assert_allclose(np.linalg.norm(bank.centres, axis=1), 1, atol=1e-6)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    np.testing.assert_allclose(bank.mean, unit[np.argsort(stems)].mean(axis=0), atol=1e-6)
+    assert bank.embeddings.dtype == np.float16 and bank.stems == sorted(stems)
+    # k above the distinct points is clamped
+    assert build_style_bank(x[:3], stems[:3], "", k=16).k == 3
+
+
+def test_bank_is_deterministic_and_independent_of_input_order():
+    x, stems, _, _ = clustered(per=(6, 6, 6, 6), spread=1.5, seed=5)  # overlapping clusters: init matters
+    a = build_style_bank(x, stems, "sha", k=5, seed=0).to_payload()
+    b = build_style_bank(x, stems, "sha", k=5, seed=0).to_payload()
+    order = np.random.default_rng(1).permutation(len(stems))
+    c = build_style_bank(x[order], [stems[i] for i in order], "sha", k=5, seed=0).to_payload()
+    for other in (b, c):
+        assert a.keys() == other.keys()
+        for key in a:
+            np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(other[key]), err_msg=key)
+    centres, assignment = spherical_kmeans(x, 5, seed=0)
+    assert centres.shape == (5, CLIP_DIM) and len(set(assignment.tolist())) == 5
+
+
+def test_bank_round_trips_through_a_checkpoint(tmp_path):
+    x, stems, _, _ = clustered()
+    bank = build_style_bank(x, stems, "0123" * 16, k=3, seed=7)
+    path = write_checkpoint(tmp_path / "model.pkl", {"format": "jspade-checkpoint-1", "networks": {},
+                                                      "style_bank": bank.to_payload()})
+    back = StyleBank.from_payload(read_checkpoint(path)["style_bank"], source=str(path))
+    for field in ("centres", "counts", "mean", "embeddings"):
+        np.testing.assert_array_equal(getattr(back, field), getattr(bank, field))
+        assert getattr(back, field).dtype == getattr(bank, field).dtype
+    assert (back.stems, back.medoid_stems, back.weights_sha256, back.seed) == \
+        (bank.stems, bank.medoid_stems, bank.weights_sha256, 7)
+    bad = {**bank.to_payload(), "counts": np.zeros(2, np.int64)}
+    with pytest.raises(ValueError, match="model.pkl: the style bank's arrays disagree"):
+        StyleBank.from_payload(bad, source="model.pkl")
+    with pytest.raises(ValueError, match="model.pkl: not a usable style bank"):
+        StyleBank.from_payload({"format": "x"}, source="model.pkl")
+
+
+def test_text_projection_picks_the_right_centre():
+    x, stems, _, directions = clustered()
+    bank = build_style_bank(x, stems, "sha", k=4)
+    rng = np.random.default_rng(9)
+    # a text embedding sits apart from all images: a large shared offset (orthogonal to the clusters)
+    # plus a small pull toward cluster 2, the third largest
+    offset = np.linalg.qr(np.concatenate([directions, rng.standard_normal((1, CLIP_DIM))]).T)[0][:, -1]
+    text = 3.0 * offset + 0.6 * directions[2]
+    assert max(float(text @ d) / np.linalg.norm(text) for d in directions) < 0.3  # far from every image
+    embedding, chosen, weights = project_text(text, bank, top_k=4)
+    assert all(s.startswith("img_2_") for s in chosen) and len(chosen) == 4
+    assert bank.nearest_centre(embedding) == 2 and embedding @ bank.centres[2] > 0.95
+    assert np.isclose(weights.sum(), 1) and np.all(np.diff(weights) <= 1e-7)  # most similar first
+    with pytest.raises(ValueError, match="top_k must be at least 1"):
+        project_text(text, bank, top_k=0)
+    with pytest.raises(ValueError, match=r"holds \(24,\)"):
+        project_text(text[:5], bank)
+
+
+def test_model_turns_a_style_choice_into_an_embedding():
+    jt.set_global_seed(0)
+    model = SPADEModel(options(), with_discriminator=False, with_vgg=False)
+    x, stems, _, _ = clustered()
+    bank = build_style_bank(x, stems, "sha", k=4)
+    model.set_style_bank(bank)
+    np.testing.assert_array_equal(model.netG.clip_mean.numpy(), bank.mean)  # "no style" is the bank mean
+    np.testing.assert_array_equal(model.clip_embedding(), bank.mean)
+    np.testing.assert_array_equal(model.clip_embedding("mean"), bank.mean)
+    np.testing.assert_array_equal(model.clip_embedding(2), bank.centres[2])
+    np.testing.assert_array_equal(model.clip_embedding(x[0]), x[0])
+    with pytest.raises(ValueError, match=r"centres 0\.\.3"):
+        model.clip_embedding(4)
+    with pytest.raises(ValueError, match=r"takes \(24,\)"):
+        model.clip_embedding(x[0][:3])
+    with pytest.raises(ValueError, match="clip_dim 0"):
+        SPADEModel(options(0), with_discriminator=False, with_vgg=False).clip_embedding(0)
