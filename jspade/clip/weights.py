@@ -228,8 +228,8 @@ def safetensors_bytes(state):
     import struct
     header, chunks, offset = {}, [], 0
     for name, value in state.items():
-        array = np.ascontiguousarray(value)
-        data = array.astype(array.dtype.newbyteorder("<")).tobytes()
+        array = np.asarray(value)  # (not ascontiguousarray: it turns a 0-d logit_scale into shape (1,))
+        data = array.astype(array.dtype.newbyteorder("<")).tobytes()  # tobytes is C order
         header[name] = {"dtype": _NUMPY_TO_SAFETENSORS[array.dtype.name], "shape": list(array.shape),
                         "data_offsets": [offset, offset + len(data)]}
         chunks.append(data)
@@ -299,7 +299,7 @@ def state_sha256(state):
     weights that have no file)."""
     digest = hashlib.sha256()
     for key in sorted(state):
-        array = np.ascontiguousarray(state[key])
+        array = np.asarray(state[key])
         digest.update(f"{key}|{array.dtype.str}|{array.shape}|".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()
@@ -319,3 +319,28 @@ def tiny_random_clip(seed=0, config=TINY_CONFIG, warn=True):
         print(RANDOM_WEIGHTS_WARNING, file=sys.stderr)
     state = random_clip_state(config, seed)
     return build_clip(state, config, source=f"tiny_random_clip(seed={seed})"), state_sha256(state)
+
+
+# --- the --clip-weights argument -------------------------------------------------------------------------
+def clip_weights_arg(text):
+    """argparse type of --clip-weights: an existing file, or 'random' / 'random:SEED' for
+    tiny_random_clip (demos and tests only). Returns a Path or the string 'random:SEED'."""
+    import argparse
+    if text == "random" or text.startswith("random:"):
+        seed = text.partition(":")[2] or "0"
+        if not seed.isdigit():
+            raise argparse.ArgumentTypeError(f"random:SEED needs a non-negative integer seed, got {seed!r}")
+        return f"random:{int(seed)}"
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{path} {'is not a file' if path.exists() else 'does not exist'} "
+                                         "(a CLIP weights file: ViT-B-32.pt, .safetensors or a state dict; see docs/clip.md)")
+    return path
+
+
+def open_clip_weights(spec, flag="--clip-weights"):
+    """(model, weights sha256) for a value of clip_weights_arg: a file through load_clip (errors name
+    `flag`), or 'random:SEED' through tiny_random_clip (with its loud warning)."""
+    if isinstance(spec, str) and spec.startswith("random:"):
+        return tiny_random_clip(int(spec.partition(":")[2]))
+    return load_clip(spec, flag=flag)
