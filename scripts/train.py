@@ -18,7 +18,8 @@ from datetime import datetime
 from pathlib import Path
 
 from jspade import cli
-from jspade.config import add_config_arguments, apply_overrides, load_config
+from jspade.config import add_config_arguments, apply_overrides, check_config, load_config
+from jspade.errors import ConfigError
 
 DEFAULT_PRESET = Path(__file__).resolve().parents[1] / "configs" / "demo_cpu.toml"
 
@@ -36,18 +37,22 @@ def main(argv=None):
     ap.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     add_config_arguments(ap)
     args = ap.parse_args(argv)
+    if args.resume and args.overwrite:
+        ap.error("--resume and --overwrite contradict each other: pass one")
 
-    cfg = load_config(args.config)
+    # The configuration is checked as a whole (the preset's values, the flags, the rules between
+    # them) before anything is created: a bad value is one line and exit status 2.
     try:
-        cfg = apply_overrides(cfg, args)
-    except ValueError as error:  # a bad --phases spec
+        cfg = apply_overrides(load_config(args.config), args)
+        if args.data:
+            cfg.data.root = str(args.data)
+            if cfg.data.dataset == "synthetic":
+                cfg.data.dataset = "landscape"
+        if args.name:
+            cfg.train.name = args.name
+        check_config(cfg, f"{args.config} with the command line's options")
+    except ConfigError as error:
         ap.error(str(error))
-    if args.data:
-        cfg.data.root = str(args.data)
-        if cfg.data.dataset == "synthetic":
-            cfg.data.dataset = "landscape"
-    if args.name:
-        cfg.train.name = args.name
 
     if cfg.train.restart_on_crash > 0 and not os.environ.get("JSPADE_RESTART_CHILD") and not _under_mpi():
         # Train in a child process that this one restarts after a crash (jspade/train/restart.py).
@@ -67,8 +72,11 @@ def main(argv=None):
     for sig in (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE):
         signal.signal(sig, signal.SIG_DFL)
     faulthandler.enable(all_threads=True)
-    trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite, preset_name=args.config.stem,
-                      progress=not args.no_progress)
+    try:
+        trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite, preset_name=args.config.stem,
+                          progress=not args.no_progress)
+    except ConfigError as error:  # a rule only the model or data can check (nothing is created yet)
+        ap.error(str(error))
     run_dir = trainer.train()
     if trainer.fid_history.entries:
         (last_iter, last), (best_iter, best) = trainer.fid_history.last, trainer.fid_history.best

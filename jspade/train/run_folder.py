@@ -9,6 +9,8 @@ the disk they take.
 A full state is about 3x a snapshot (D, and two moments per trainable weight), so keeping every
 snapshot as a full state would not fit a contest run on a disk.
 """
+import fcntl
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,14 +18,59 @@ from pathlib import Path
 import numpy as np
 
 from jspade.checkpoint import CheckpointError, read_checkpoint
+from jspade.errors import JspadeError
 
 LATEST = "latest.pkl"
+LOCK = ".lock"  # held (flock) by the process training in the folder; holds its PID
 BEST_FID = "best_fid.pkl"  # the lowest-FID weights so far (train.fid_every): what a snapshot holds
 SNAPSHOT_NETWORKS = ("G", "E")
-SNAPSHOT_KEYS = ("config", "position", "vgg_pretrained", "ema_networks", "ema_updates", "fid_history")
+SNAPSHOT_KEYS = ("config", "position", "vgg_pretrained", "ema_networks", "ema_updates", "fid_history",
+                 "style_bank")
 _SNAPSHOT = re.compile(r"^iter_(\d+)\.pkl$")
 _PHASE_END = re.compile(r"^phase(\d+)_end\.pkl$")
 _TEMP = re.compile(r"^\..+\.tmp(\.[A-Za-z0-9]+)?$")  # jspade.atomic.atomic_path's temporary names
+
+
+class RunFolderError(JspadeError, RuntimeError):
+    """A run folder that cannot be used as asked (exists, in use, not a jspade run, unwritable)."""
+
+
+def lock_run_folder(run_dir):
+    """Lock `run_dir` for this process (an OS lock on <run_dir>/.lock, released when the returned file
+    is closed or the process ends, crash included); RunFolderError naming the holder's PID when
+    another process holds it. The folder must exist."""
+    path = Path(run_dir) / LOCK
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise RunFolderError(f"{run_dir} is in use: another training process (PID {holder}) holds {path}; "
+                             "wait for it to end, or choose another --name") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def folder_contents(run_dir):
+    """What a run folder holds besides its lock file."""
+    return [p for p in Path(run_dir).iterdir() if p.name != LOCK]
+
+
+def set_aside_damaged(path):
+    """Rename a damaged checkpoint to <name>.damaged (.damaged.2, .3, ... when an earlier one is
+    there: every damaged file is kept as evidence). Returns the new path."""
+    target = path.with_name(path.name + ".damaged")
+    n = 2
+    while target.exists():
+        target = path.with_name(f"{path.name}.damaged.{n}")
+        n += 1
+    os.replace(path, target)
+    return target
 
 
 def is_snapshot(filename):
@@ -102,8 +149,10 @@ def find_resume_point(ckpt_dir):
     def read(path):
         try:
             payload = read_checkpoint(path)
-            if "position" not in payload:
+            position = payload.get("position")
+            if position is None:
                 raise CheckpointError(f"{path} holds no training position")
+            check_position(position, path)
             return payload
         except CheckpointError as e:
             damaged.append((path, str(e).splitlines()[0]))
@@ -134,14 +183,26 @@ def find_resume_point(ckpt_dir):
     raise CheckpointError(f"nothing to resume in {ckpt_dir}: no intact checkpoint" + (f" ({listed})" if listed else ""))
 
 
+def check_position(position, path):
+    """A checkpoint's `position` must be {iteration, phase, epoch, batch: whole numbers >= 0}."""
+    keys = ("iteration", "phase", "epoch", "batch")
+    if (not isinstance(position, dict) or any(k not in position for k in keys)
+            or any(isinstance(position[k], bool) or not isinstance(position[k], (int, np.integer))
+                   or position[k] < 0 for k in keys)):
+        raise CheckpointError(f"{path}: malformed training position {position!r:.100} (expected whole "
+                              f"numbers >= 0 for {', '.join(keys)})")
+
+
 def state_bytes(module):
     return sum(int(np.prod(v.shape)) * 4 for v in module.state_dict().values())
 
 
-def checkpoint_sizes(model, trainable_counts):
+def checkpoint_sizes(model, trainable_counts, ema_networks=None):
     """(full state, snapshot) sizes in bytes, float32: a full state holds every network and two Adam
-    moments per trainable weight (`trainable_counts`: number of trainable values); a snapshot G and E."""
+    moments per trainable weight (`trainable_counts`: number of trainable values); a snapshot G and E.
+    Both also hold the EMA copies (`ema_networks`, {name: module}) when the run keeps them."""
     nets = model.networks()
-    full = sum(state_bytes(n) for n in nets.values()) + 2 * 4 * trainable_counts
-    snapshot = sum(state_bytes(n) for k, n in nets.items() if k in SNAPSHOT_NETWORKS)
+    ema = sum(state_bytes(n) for n in (ema_networks or {}).values())
+    full = sum(state_bytes(n) for n in nets.values()) + 2 * 4 * trainable_counts + ema
+    snapshot = sum(state_bytes(n) for k, n in nets.items() if k in SNAPSHOT_NETWORKS) + ema
     return full, snapshot

@@ -27,9 +27,11 @@ from PIL import Image
 
 from jspade.runtime import jt
 from jspade.checkpoint import CheckpointError, load_networks, save_checkpoint
-from jspade.config import Config, to_toml
+from jspade.config import Config, check_config, to_toml
+from jspade.errors import ConfigError
 from jspade.data.datasets import build_dataset
 from jspade.data.labels import colorize
+from jspade.data.readers import DataError
 from jspade.data.semantics import semantics_for
 from jspade.data.synthetic import write_synthetic_dataset
 from jspade.data.transforms import to_uint8_images
@@ -38,6 +40,7 @@ from jspade.atomic import save_image_atomic, write_bytes_atomic
 from jspade.models.base import trainable_parameters
 from jspade.models.generator import check_output_size
 from jspade.models.spade_model import SPADEModel
+from jspade.style_bank import StyleBank, build_style_bank
 from jspade.train import run_folder
 from jspade.report import write_report
 from jspade.train.diffaugment import DiffAugment
@@ -48,10 +51,7 @@ from jspade.train.schedule import EpochOrder, Schedule
 from jspade.train.progress import training_bar
 
 RUN_MARKER = ".jspade-run"
-
-
-class RunFolderError(RuntimeError):
-    pass
+RunFolderError = run_folder.RunFolderError  # (its home is run_folder; imported from here by callers)
 
 
 def is_main_rank():
@@ -75,17 +75,31 @@ def sample_grid(labels, fakes, reals, label_nc):
 
 class Trainer:
     def __init__(self, cfg: Config, resume=False, overwrite=False, preset_name="run", progress=True):
-        """Everything that can fail (data, subsets, VGG weights, the checkpoint to resume) is checked
-        before the run folder is created or changed: a failed start leaves it as it was."""
+        """Everything that can fail (configuration, data, subsets, VGG weights, the checkpoint to
+        resume) is checked before the run folder is created or changed: a failed start leaves it as it
+        was. The run folder is locked (run_folder.lock_run_folder) from here until train() ends."""
         self.cfg = cfg
-        check_output_size(cfg.model.crop_size, cfg.model.aspect_ratio, cfg.model.num_upsampling_layers,
-                          netG=cfg.model.netG)
+        self._lock = None
+        check_config(cfg, "configuration")
+        try:
+            check_output_size(cfg.model.crop_size, cfg.model.aspect_ratio, cfg.model.num_upsampling_layers,
+                              netG=cfg.model.netG)
+        except ValueError as e:
+            raise ConfigError(f"[model] {e}") from None
         for i, phase in enumerate(cfg.phases):
             try:
                 DiffAugment(phase.diffaugment)
             except ValueError as e:
-                raise ValueError(f"phase {i + 1}: {e}") from None
+                raise ConfigError(f"[[phases]] #{i + 1}: {e}") from None
         self.progress = progress and is_main_rank()
+        try:
+            self._start(resume, overwrite, preset_name)
+        except BaseException:
+            self.release_lock()
+            raise
+
+    def _start(self, resume, overwrite, preset_name):
+        cfg = self.cfg
         self.run_dir = self._choose_run_dir(resume, overwrite, preset_name)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.sample_dir = self.run_dir / "samples"
@@ -99,6 +113,8 @@ class Trainer:
         if jt.in_mpi:
             for net in self.model.networks().values():
                 net.mpi_param_broadcast(0)
+        # a CLIP model: {stem: embedding} of the training images, and the style bank (sets netG.clip_mean)
+        self.clip_embeddings = self._load_clip_embeddings() if self.model.uses_clip else None
         self.vgg_pretrained = self._load_vgg()
         if cfg.train.amp:
             if jt.flags.use_cuda:
@@ -123,7 +139,13 @@ class Trainer:
         self.report_path = None
         held_out = self.held_out_dataset().total_len if cfg.train.fid_every else None
         if held_out is not None and held_out < 2:  # fail now, not at the first FID
-            raise ValueError(f"train.fid_every: the held-out set has {held_out} pair(s); FID needs at least 2")
+            raise DataError(f"train.fid_every: the held-out set has {held_out} pair(s); FID needs at least 2")
+
+    def release_lock(self):
+        """Let another process train in this run folder (the lock also ends with the process)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     @property
     def pos(self):
@@ -140,7 +162,9 @@ class Trainer:
         run_dir = Path(t.output_dir) / name
         if run_dir.exists() and not run_dir.is_dir():
             raise RunFolderError(f"{run_dir} is a file, not a run folder")
-        if run_dir.exists() and any(run_dir.iterdir()):
+        if run_dir.is_dir() and (run_dir / RUN_MARKER).exists() and is_main_rank():
+            self._lock = run_folder.lock_run_folder(run_dir)  # refused while another process trains in it
+        if run_dir.exists() and run_folder.folder_contents(run_dir):
             if resume and not (run_dir / RUN_MARKER).exists():
                 raise RunFolderError(f"{run_dir} was not created by jspade training; refusing to resume into it")
             if not resume and not overwrite:
@@ -156,18 +180,26 @@ class Trainer:
         if not is_main_rank():
             return
         run_dir = self.run_dir
-        if overwrite and run_dir.exists() and any(run_dir.iterdir()):
+        if overwrite and run_dir.exists() and run_folder.folder_contents(run_dir):
             aside = run_dir.with_name(f"{run_dir.name}.replaced-{datetime.now():%Y%m%d-%H%M%S}")
             os.replace(run_dir, aside)
+            self.release_lock()  # its lock file moved aside with it
             log(f"--overwrite: the previous contents of {run_dir} were moved to {aside}")
         run_dir.mkdir(parents=True, exist_ok=True)
+        if self._lock is None:
+            self._lock = run_folder.lock_run_folder(run_dir)
+            if resumed is None and not overwrite and run_folder.folder_contents(run_dir):
+                # another process started this run folder since _choose_run_dir looked
+                self.release_lock()
+                raise RunFolderError(f"{run_dir} was created by another training process meanwhile; "
+                                     "choose another --name")
         for p in run_folder.remove_stale_temp_files(run_dir):
             log(f"removed {p}, a temporary file left by an interrupted write")
         if resumed is not None:
             for path, reason in resumed.damaged:  # set aside, so that the run never needs their names again
                 if path.exists():
-                    os.replace(path, path.with_name(path.name + ".damaged"))
-                    log(f"{path.name} is damaged ({reason}); renamed to {path.name}.damaged")
+                    aside = run_folder.set_aside_damaged(path)
+                    log(f"{path.name} is damaged ({reason}); renamed to {aside.name}")
         (run_dir / RUN_MARKER).touch()
         write_bytes_atomic(run_dir / "config.toml", to_toml(self.cfg).encode())
         if resumed is not None:
@@ -184,7 +216,7 @@ class Trainer:
         d, m = self.cfg.data, self.cfg.model
         if d.dataset != "synthetic":
             if not d.root:
-                raise ValueError("no training data: pass --data DIR (or --data.dataset synthetic)")
+                raise ConfigError("no training data: pass --data DIR (or --data.dataset synthetic)")
             return Path(d.root)
         width, height = m.image_size
         root = Path(d.root or f"{self.cfg.train.output_dir}/synthetic_{width}x{height}")
@@ -213,7 +245,7 @@ class Trainer:
                     load_size=d.load_size or None, preprocess_mode=d.preprocess_mode or None,
                     no_flip=d.no_flip, no_instance=m.no_instance,
                     contain_dontcare_label=m.contain_dontcare_label, subset=subset or None,
-                    seed=self.cfg.train.seed)
+                    seed=self.cfg.train.seed, strict=d.validate)
 
     def _dataset_name(self):
         return "landscape" if self.cfg.data.dataset == "synthetic" else self.cfg.data.dataset
@@ -238,16 +270,26 @@ class Trainer:
         return [self.training_dataset(p.subset).total_len for p in self.cfg.phases]
 
     def validate_data(self):
-        """Report every broken pair / out-of-range id before spending GPU time."""
-        if self.cfg.data.dataset == "synthetic" or not self.cfg.data.validate or not is_main_rank():
+        """Report every broken pair / out-of-range id before spending GPU time. With data.validate
+        false the scan is skipped and incomplete pairs are left out (said once); a file that cannot be
+        read stops the run when it is reached."""
+        if self.cfg.data.dataset == "synthetic" or not is_main_rank():
             return
         opts = self.dataset_options()
         opts.pop("subset")
+        opts.pop("strict")
+        if not self.cfg.data.validate:
+            skipped = build_dataset(self._dataset_name(), self.data_root, strict=False, **opts).problems
+            if skipped:
+                log(f"--data.validate false: {len(skipped)} incomplete pair(s) in {self.data_root} left out "
+                    f"(first: {skipped[0]})")
+            return
         problems = validate_dataset(self._dataset_name(), self.data_root, progress=self.progress, **opts)
         if problems:
             shown = "\n  ".join(str(p) for p in problems[:50])
-            raise ValueError(f"{len(problems)} problem(s) in {self.data_root} (fix them, or pass "
-                             f"--data.validate false to train on the valid pairs only):\n  {shown}")
+            raise DataError(f"{len(problems)} problem(s) in {self.data_root} (fix them, or pass --data.validate "
+                            f"false to skip this check: incomplete pairs are then left out, and a broken file "
+                            f"stops the run when it is read):\n  {shown}")
 
     def _betas(self):
         t = self.cfg.train
@@ -312,7 +354,7 @@ class Trainer:
         if d.holdout_fraction > 0:
             ds = build_dataset(self._dataset_name(), self.data_root, phase="val", **opts)
             return drop_samples(ds, lambda sample: is_held_out(sample.stem, d.holdout_fraction))
-        raise ValueError("train.fid_every needs held-out pairs: pass --data.val_root DIR or "
+        raise ConfigError("train.fid_every needs held-out pairs: pass --data.val_root DIR or "
                          "--data.holdout_fraction F (e.g. 0.02)")
 
     def fid_generator(self):
@@ -369,6 +411,7 @@ class Trainer:
         if not is_main_rank():
             return
         extra = {"optimizers": {"G": self.optimizer_G.state_dict(), "D": self.optimizer_D.state_dict()},
+                 **({"style_bank": self.model.style_bank.to_payload()} if self.model.style_bank is not None else {}),
                  "position": self.schedule.state_dict(), "config": self.cfg.to_dict(),
                  "vgg_pretrained": self.vgg_pretrained, "fid_history": self.fid_history.entries}
         if self.ema is not None:
@@ -378,6 +421,7 @@ class Trainer:
         if keep_existing:  # a resume replaying the iterations after a crash between two writes
             log(f"{path} exists already; keeping it (numbered checkpoints are never overwritten)")
         full = {**extra, "kind": "full"}
+        writing = path  # the file being written when a write fails (the message names it)
         try:
             if (run_folder.is_snapshot(filename) or filename == run_folder.BEST_FID) and not keep_existing:
                 save_checkpoint(path, self.model, run_folder.snapshot_extra(extra),
@@ -385,9 +429,11 @@ class Trainer:
             elif not keep_existing:
                 save_checkpoint(path, self.model, full)
             if keep_latest and filename != run_folder.LATEST:
-                save_checkpoint(self.ckpt_dir / run_folder.LATEST, self.model, full)
+                writing = self.ckpt_dir / run_folder.LATEST
+                save_checkpoint(writing, self.model, full)
         except OSError as e:
-            raise RunFolderError(f"cannot write {path}: {e.strerror or e}; training stopped, the last "
+            failed = writing
+            raise RunFolderError(f"cannot write {failed}: {e.strerror or e}; training stopped, the last "
                                  f"{run_folder.LATEST} written is intact") from None
         if run_folder.is_snapshot(filename):
             run_folder.prune_snapshots(self.ckpt_dir, self.cfg.train.keep_last)
@@ -402,9 +448,15 @@ class Trainer:
             self.optimizer_D.load_state_dict(point.payload["optimizers"]["D"])
         try:
             self.schedule.load_state_dict(point.payload["position"])
-        except ValueError as e:
+        except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{point.path}: {e}") from None
         self.fid_history = FIDHistory(point.payload.get("fid_history", ()))
+        if self.model.style_bank is not None and "style_bank" in point.payload:
+            made_with = StyleBank.from_payload(point.payload["style_bank"], source=str(point.path)).weights_sha256
+            if made_with != self.model.style_bank.weights_sha256:
+                raise CheckpointError(f"{point.path}: the run was trained on embeddings of other CLIP weights (sha256 "
+                                      f"{made_with[:12]}...) than {self.clip_cache_path()} holds "
+                                      f"({self.model.style_bank.weights_sha256[:12]}...)")
         if self.ema is not None and "ema_networks" in point.payload:
             self.ema.load_state(point.payload["ema_networks"], point.payload.get("ema_updates", 0),
                                 source=str(point.path))
@@ -421,13 +473,47 @@ class Trainer:
         sem = semantics_for(self.cfg.model, batch["label"], batch.get("instance"))
         return sem, batch["image"]
 
-    def train_step(self, sem, real):
+    # --- CLIP conditioning (model.clip_dim > 0; docs/clip_spade.md) ---------------------------
+    CLIP_NO_STYLE_P = 0.1  # how often an image's embedding is replaced by the bank mean ("no style")
+
+    def clip_cache_path(self):
+        from jspade.clip.features import DEFAULT_NAME
+        return self.data_root / DEFAULT_NAME
+
+    def _load_clip_embeddings(self):
+        """The training images' CLIP embeddings from the feature cache beside the data (refused, with the
+        command that rebuilds it, when missing, incomplete or damaged), and the style bank over them."""
+        from jspade.clip.features import load_feature_cache, normalize
+        stems = sorted({sample.stem for sample in self.training_dataset("").samples})
+        cache = load_feature_cache(self.clip_cache_path(), stems)
+        if cache.features.shape[1] != self.cfg.model.clip_dim:
+            raise ValueError(f"{cache.path}: holds {cache.features.shape[1]}-d CLIP embeddings but model.clip_dim is "
+                             f"{self.cfg.model.clip_dim}: set --model.clip_dim {cache.features.shape[1]}")
+        self.model.set_style_bank(build_style_bank(cache.features, cache.stems, cache.weights_sha256))
+        log(f"CLIP conditioning: {len(stems)} embeddings from {cache.path}; style bank of "
+            f"{self.model.style_bank.k} centres")
+        return dict(zip(cache.stems, normalize(cache.features)))
+
+    def clip_inputs(self, batch, no_style_p=None):
+        """The batch's CLIP embeddings [N, D] by stem (None for a plain model); each replaced by the bank
+        mean with probability CLIP_NO_STYLE_P, drawn from (seed, iteration, rank): resumable."""
+        if self.clip_embeddings is None:
+            return None
+        p = self.CLIP_NO_STYLE_P if no_style_p is None else no_style_p
+        mean = self.model.style_bank.mean
+        rows = np.stack([self.clip_embeddings.get(stem, mean) for stem in batch["stem"]]).astype(np.float32)
+        rng = np.random.default_rng((self.cfg.train.seed, self.pos.iteration, jt.rank if jt.in_mpi else 0, 23))
+        rows[rng.random(len(rows)) < p] = mean
+        return jt.array(rows)
+
+    def train_step(self, sem, real, clip=None):
         """One generator step, then one discriminator step on a fresh fake (on the generator step's with
-        train.reuse_fake). Returns float losses."""
-        g_losses, fake, _ = self.model.generator_losses(sem, real)
+        train.reuse_fake). Returns float losses. `clip`: the batch's CLIP embeddings (a CLIP model)."""
+        g_losses, fake, _ = self.model.generator_losses(sem, real, clip=clip)
         g_total = sum(g_losses.values())
         self.optimizer_G.step(g_total, fetch=list(g_losses.values()) + [fake] * self.cfg.train.reuse_fake)
-        d_losses = self.model.discriminator_losses(sem, real, fake=fake if self.cfg.train.reuse_fake else None)
+        d_losses = self.model.discriminator_losses(sem, real, fake=fake if self.cfg.train.reuse_fake else None,
+                                                   clip=clip)
         self.optimizer_D.step(sum(d_losses.values()), fetch=list(d_losses.values()))
         return {k: float(v.item()) for k, v in {**g_losses, **d_losses}.items()}
 
@@ -441,12 +527,13 @@ class Trainer:
             label = jt.array(np.stack([it["label"] for it in items]).astype(np.int32))
             inst = jt.array(np.stack([it["instance"] for it in items])) if "instance" in items[0] else None
             self.samples = (label, inst, jt.array(np.stack([it["image"] for it in items])))
+            self.sample_clip = self.clip_inputs({"stem": [it["stem"] for it in items]}, no_style_p=0.0)
         label, inst, real = self.samples
         sem = semantics_for(self.cfg.model, label, inst)
         self.model.eval()
         with jt.no_grad():
             z = self.model.netE(real)[0] if self.model.netE is not None else None  # the style of the real photo
-            fake = self.model.generate(sem, z=z, style=real)
+            fake = self.model.generate(sem, z=z, style=real, clip=self.sample_clip)
         self.model.train()
         grid = sample_grid(label.numpy()[:, 0], to_uint8_images(fake), to_uint8_images(real), self.cfg.model.label_nc)
         save_image_atomic(self.sample_dir / f"{tag}.jpg", Image.fromarray(grid), quality=90)
@@ -483,7 +570,7 @@ class Trainer:
                 data_s = time.time() - t_data
                 jt.set_global_seed(t.seed * 1_000_003 + self.pos.iteration)  # per-iteration noise: resumable
                 t_step = time.time()
-                losses = self.train_step(*self.inputs(batch))
+                losses = self.train_step(*self.inputs(batch), clip=self.clip_inputs(batch))
                 self.step_info = {"phase": self.pos.phase + 1, "epoch": self.pos.epoch + 1, "lr": self.schedule.lr,
                                   "step_s": round(time.time() - t_step, 4), "data_s": round(data_s, 4)}
                 event = self.schedule.advance()
@@ -496,15 +583,16 @@ class Trainer:
                 t_data = time.time()
             if t.fid_every and self.pos.iteration % t.fid_every != 0:
                 self.evaluate_fid(self.log_file)  # the final weights' FID
+            tag = f"iter_{self.pos.iteration:07d}"
+            self.write_samples(tag)
+            if not (self.ckpt_dir / f"{tag}.pkl").exists():
+                self.save(f"{tag}.pkl")
+            self.refresh_report()
         finally:
             self.bar.close()
             if self.log_file:
                 self.log_file.close()
-        tag = f"iter_{self.pos.iteration:07d}"
-        self.write_samples(tag)
-        if not (self.ckpt_dir / f"{tag}.pkl").exists():
-            self.save(f"{tag}.pkl")
-        self.refresh_report()
+            self.release_lock()
         log(f"training stopped: {stop_reason} after {self.pos.iteration} iterations "
             f"({(time.time() - self.started) / 60:.1f} min)")
         return self.run_dir
@@ -559,12 +647,13 @@ class Trainer:
         log(f"training {self.run_dir}: {total} iterations over {len(self.cfg.phases)} phase(s)"
             + (f", stopping after {' or '.join(x for x in limits if x)}" if any(limits) else ""))
         n_trainable = sum(int(np.prod(p.shape)) for optimizer in (self.optimizer_G, self.optimizer_D) for p in optimizer.params)
-        full, snap = run_folder.checkpoint_sizes(self.model, n_trainable)
+        full, snap = run_folder.checkpoint_sizes(self.model, n_trainable,
+                                                 self.ema.networks if self.ema is not None else None)
         # every save_every iterations, plus the one written when the run stops (unless it fell on one)
         n_snap = (total // t.save_every if t.save_every else 0) + int(not t.save_every or total % t.save_every > 0)
         if t.keep_last:
             n_snap = min(n_snap, t.keep_last)
-        nets = "G, E" if self.model.netE is not None else "G"
+        nets = ("G, E" if self.model.netE is not None else "G") + (" + EMA copies" if self.ema is not None else "")
         mib = 1 / 2**20
         log(f"checkpoints: ~{n_snap} snapshots x {snap * mib:.0f} MiB ({nets}) + latest.pkl and "
             f"{len(self.cfg.phases)} phase end(s) x {full * mib:.0f} MiB (full state) = "
