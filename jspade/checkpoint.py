@@ -10,6 +10,8 @@ import numpy as np
 
 from jspade.runtime import jt
 from jspade.atomic import atomic_path
+from jspade.config import Config
+from jspade.errors import ConfigError
 from jspade.models.normalization import spectral_v_from_weight
 from jspade.safe_load import CheckpointError, safe_load  # noqa: F401 (CheckpointError is re-exported)
 
@@ -43,10 +45,29 @@ def _fill_spectral_v(state, wanted):
     return state
 
 
+def numeric_array(value, key, source):
+    """`value` as a numeric ndarray with only finite values; CheckpointError naming the key otherwise
+    (an object array of Nones would load as NaN and render black images)."""
+    try:
+        array = to_numpy(value)
+    except (TypeError, ValueError):
+        array = None
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
+        what = type(value).__name__ if not isinstance(array, np.ndarray) else f"{array.dtype} array"
+        raise CheckpointError(f"{source}: {key} holds {what}, not numbers")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise CheckpointError(f"{source}: {key} holds NaN or infinite values")
+    return array
+
+
 def load_state_strict(module, state, source="checkpoint"):
-    """Copy `state` into `module`; raise CheckpointError unless keys and shapes match exactly."""
+    """Copy `state` into `module`; raise CheckpointError unless keys and shapes match exactly and
+    every value is a finite number."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source}: the weights are {type(state).__name__}, not a table of arrays")
     wanted = module.state_dict()
     state = {k: v for k, v in state.items() if not k.endswith(IGNORED_SUFFIXES)}
+    state = {k: numeric_array(v, k, source) for k, v in state.items()}
     state = _fill_spectral_v(state, wanted)
     missing = sorted(set(wanted) - set(state))
     unexpected = sorted(set(state) - set(wanted))
@@ -119,6 +140,18 @@ def read_checkpoint(path):
     return payload
 
 
+def checkpoint_config(payload, path):
+    """The Config a read checkpoint was made with, checked by the same rules as a preset or the
+    command line, before any network is built (CheckpointError naming the file otherwise)."""
+    if "config" not in payload:
+        raise CheckpointError(f"{path} holds no configuration (no 'config' entry): it cannot say which model "
+                              "to build")
+    try:
+        return Config.from_dict(payload["config"], source=f"{path} [config]")
+    except ConfigError as error:
+        raise CheckpointError(str(error)) from None
+
+
 def load_networks(payload, model, networks=("G", "D", "E"), source="checkpoint"):
     """Load the named networks that the model has from a read checkpoint payload, strictly."""
     for name, net in model.networks().items():
@@ -170,7 +203,7 @@ def average_checkpoints(paths, out, overwrite=False, use_ema=True):
     if Path(out).exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     payloads = [read_checkpoint(p) for p in paths]
-    models = [p["config"]["model"] for p in payloads]
+    models = [checkpoint_config(payload, p).to_dict()["model"] for payload, p in zip(payloads, paths)]
     if any(m != models[0] for m in models[1:]):
         raise CheckpointError("the checkpoints were trained with different model options")
     networks = {name: average_networks([p["networks"][name] for p in payloads])

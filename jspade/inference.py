@@ -11,14 +11,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from jspade.runtime import jt
-from jspade.checkpoint import CheckpointError, import_pytorch_checkpoint, load_state_strict, read_checkpoint
-from jspade.config import Config, ModelConfig, parse_model_option
+from jspade.checkpoint import (CheckpointError, checkpoint_config, import_pytorch_checkpoint, load_state_strict,
+                               read_checkpoint)
+from jspade.config import ModelConfig, check_model, parse_model_option
 from jspade.data.readers import (IMAGE_EXTENSIONS, LABEL_EXTENSIONS, DataError, list_files, read_image,
                                  read_label)
 from jspade.data.semantics import model_label_id_problem, semantics_for
 from jspade.data.transforms import to_uint8_images
 from jspade.atomic import save_image_atomic
 from jspade.models.encoder import reparameterize
+from jspade.models.generator import check_output_size
 from jspade.models.spade_model import SPADEModel, has_style_stream
 
 
@@ -55,7 +57,10 @@ def read_original_options(folder):
         key, value = line.split(":", 1)
         key, value = key.strip(), value.split("[default")[0].strip()
         if key in names:
-            out[key] = parse_model_option(key, value)
+            try:
+                out[key] = parse_model_option(key, value)
+            except ValueError as error:
+                raise CheckpointError(f"{path}: {error}") from None
     return out
 
 
@@ -66,11 +71,16 @@ def load_generator(checkpoint, model_overrides=None, use_ema=True):
     kind, path = resolve_checkpoint(checkpoint)
     payload = read_checkpoint(path) if kind == "jspade" else None
     if kind == "jspade":
-        opt = Config.from_dict(payload["config"]).model
+        opt = checkpoint_config(payload, path).model  # checked before any network is built
     else:
-        opt = ModelConfig.from_dict(read_original_options(path))
+        opt = ModelConfig.from_dict(read_original_options(path), source=f"{path / 'opt.txt'}")
     for k, v in (model_overrides or {}).items():
         setattr(opt, k, v)
+    try:
+        check_model(opt, f"{path}" + (" with --model-option" if model_overrides else ""))
+        check_output_size(opt.crop_size, opt.aspect_ratio, opt.num_upsampling_layers, netG=opt.netG)
+    except ValueError as error:  # ConfigError included: the checkpoint asks for a model that cannot be built
+        raise CheckpointError(f"{path}: {error}" if str(path) not in str(error) else str(error)) from None
     model = SPADEModel(opt, with_discriminator=False, with_vgg=False)
     model.weights = "raw"
     if kind == "jspade":

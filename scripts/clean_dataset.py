@@ -7,15 +7,16 @@ and contact sheets of everything removed (see docs/curation.md and jspade/data/c
 
 Writes selection1.txt, selection2.txt, report.json, scores.csv and sheets/<reason>_NN.jpg into --out;
 nothing in --data is ever written. A non-empty --out is refused unless --overwrite is given.
-Exit status: 0 on success, 2 on a usage error or a refused --out.
+Exit status: 0 on success, 1 for a data error (a file named in one line), 2 on a usage error or a
+refused --out.
 """
 import sys
+from pathlib import Path
 
 import jspade  # noqa: F401  (configures Jittor first)
 from jspade import cli
 from jspade.config import size_argument
 from jspade.data.curation import CurationOptions, curate
-from jspade.data.readers import DataError
 
 # CurationOptions fields that are plain numeric thresholds, each a --flag of the same name.
 THRESHOLD_HELP = {
@@ -59,11 +60,16 @@ def main(argv=None):
     options = CurationOptions(
         work_size=tuple(args.work_size), segmenter=args.segmenter, overwrite=args.overwrite,
         progress=not args.no_progress, **{name: getattr(args, name) for name in THRESHOLD_HELP})
+    existed = args.out.exists()
     try:
         report = curate(args.data, args.out, options)
-    except (FileExistsError, ValueError, DataError) as error:  # DataError is a ValueError too
-        print(f"error: {error}", file=sys.stderr)
+    except FileExistsError as error:  # a non-empty --out without --overwrite: a usage error
+        print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr)
         return 2
+    except BaseException:
+        if not existed and args.out.is_dir() and not any(args.out.iterdir()):
+            args.out.rmdir()  # leave no empty --out behind
+        raise  # reported by cli.run: a data error is one line and exit status 1
     counts = report["counts"]
     print(f"{counts['stems']} stems: Selection I {counts['selection1']}, Selection II {counts['selection2']} "
           f"({report['timing']['total']:.1f}s, {report['timing']['pairs_per_second']:.1f} pairs/s)")

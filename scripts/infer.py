@@ -13,13 +13,33 @@ Every label is read and checked first; if any is unreadable or holds an id the m
 nothing is written and each bad file is listed. Outputs are deterministic for a --seed. A jspade
 checkpoint's EMA generator is used when it has one (--no-ema: the raw weights).
 """
+import os
 import sys
-
+from pathlib import Path
 
 from jspade import cli
 from jspade.config import size_argument
 
 MAX_OUTPUT_SIDE = 4096  # --size beyond this needs --allow-large-size (a huge size is an out-of-memory kill)
+JPEG_MAX_SIDE = 65500  # libjpeg's limit (PIL refuses larger JPEGs only after the image is in memory)
+
+
+def available_memory():
+    """Bytes of memory available to this process now (MemAvailable), or the physical memory."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def output_memory(size, batch_size):
+    """Bytes a batch of outputs takes at `size`: each RGB image once resized and once more while
+    encoded (an estimate from below: the generator's own memory comes on top)."""
+    width, height = size
+    return 2 * 3 * width * height * batch_size
 
 
 
@@ -61,6 +81,13 @@ def main(argv=None):
     if max(args.size) > MAX_OUTPUT_SIDE and not args.allow_large_size:
         ap.error(f"--size {args.size[0]}x{args.size[1]} is larger than {MAX_OUTPUT_SIDE}x{MAX_OUTPUT_SIDE}; "
                  "pass --allow-large-size to render it anyway")
+    if max(args.size) > JPEG_MAX_SIDE:
+        ap.error(f"--size {args.size[0]}x{args.size[1]}: a JPEG is at most {JPEG_MAX_SIDE} pixels a side")
+    need, have = output_memory(args.size, args.batch_size), available_memory()
+    if need > have:  # checked before anything is allocated: a MemoryError or an OOM kill otherwise
+        ap.error(f"--size {args.size[0]}x{args.size[1]} with --batch-size {args.batch_size} needs at least "
+                 f"{need / 2**30:.1f} GiB of memory, {have / 2**30:.1f} GiB is available: choose a smaller "
+                 "--size or --batch-size")
 
     if args.seeds > 1 and args.real_stats is None:
         ap.error("--seeds needs --real-stats NPZ (make one with scripts/evaluate.py --save-stats DIR OUT.npz)")

@@ -266,3 +266,34 @@ def test_atomic_files_get_the_usual_mode_for_the_umask(tmp_path, umask):
         os.umask(old)
     for name in ("a.bin", "b.jpg"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# --- contents checked before they are used (issue 20) ---------------------------------------------
+def _write(path, payload):
+    from jspade.checkpoint import write_checkpoint
+    return write_checkpoint(path, payload)
+
+
+def test_checkpoint_config_is_checked_before_any_network_is_built(tmp_path):
+    from jspade.config import Config
+    from jspade.inference import load_generator
+
+    stored = Config.default().to_dict()
+    stored["model"]["ngf"] = 100000  # was a segfault at 4 GB
+    path = _write(tmp_path / "huge.pkl", {"format": "jspade-checkpoint-1", "networks": {}, "config": stored})
+    with pytest.raises(CheckpointError, match=r"huge.pkl \[config\]: \[model\] ngf must be .*at most 256, got 100000"):
+        load_generator(path)
+    path = _write(tmp_path / "noconfig.pkl", {"format": "jspade-checkpoint-1", "networks": {}})
+    with pytest.raises(CheckpointError, match="noconfig.pkl holds no configuration"):
+        load_generator(path)
+
+
+@pytest.mark.parametrize("bad, words", [(np.array([None] * 4, dtype=object), "not numbers"),
+                                        (None, "not numbers"), ("text", "not numbers"),
+                                        (np.full(4, np.nan, np.float32), "NaN or infinite")])
+def test_a_weight_that_is_not_finite_numbers_is_refused_by_key(bad, words):
+    layer = nn.Linear(4, 4)
+    state = {k: v.numpy() for k, v in layer.state_dict().items()}
+    state["bias"] = bad
+    with pytest.raises(CheckpointError, match=f"src: bias holds .*{words}"):
+        load_state_strict(layer, state, source="src")

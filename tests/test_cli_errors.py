@@ -34,6 +34,8 @@ def workdir(tmp_path):
     (tmp_path / "afile.txt").write_text("not a folder")
     whole = pickle.dumps({"format": "jspade-checkpoint-1", "networks": {"G": {"w": np.zeros(64, np.float32)}}})
     (tmp_path / "garbage.pkl").write_bytes(whole[:len(whole) // 2])  # a checkpoint cut short
+    (tmp_path / "bad_phase.toml").write_text("[[phases]]\nepochs = 1\nbogus = 2\n")
+    (tmp_path / "bad_batch.toml").write_text("[[phases]]\nepochs = 1\nbatch_size = -3\n")
     return tmp_path
 
 
@@ -68,6 +70,22 @@ BAD_ARGUMENTS = [
     ("compare_training.py", ["--original", "labels", "--torch-python", "python", "--minutes", "0"],
      ["--minutes", "above 0"]),
     ("check_parity.py", ["missing.npz"], ["missing.npz", "does not exist"]),
+    # configuration: every source checked by one set of rules, before a run folder exists (issue 20)
+    ("train.py", ["--train.max_iters", "-5", "--train.output_dir", "results"], ["--train.max_iters", "at least 0"]),
+    ("train.py", ["--train.max_minutes", "nan", "--train.output_dir", "results"], ["--train.max_minutes", "finite"]),
+    ("train.py", ["--train.save_every", "-1", "--train.output_dir", "results"], ["--train.save_every", "at least 0"]),
+    ("train.py", ["--model.ngf", "0", "--train.output_dir", "results"], ["--model.ngf", "at least 1"]),
+    ("train.py", ["--model.aspect_ratio", "0", "--train.output_dir", "results"], ["--model.aspect_ratio", "above 0"]),
+    ("train.py", ["--config", "bad_phase.toml", "--train.output_dir", "results"],
+     ["bad_phase.toml", "[[phases]] #1", "unknown option bogus"]),
+    ("train.py", ["--config", "bad_batch.toml", "--train.output_dir", "results"],
+     ["bad_batch.toml", "batch_size", "at least 1", "-3"]),
+    ("train.py", ["--name", "x", "--resume", "--overwrite", "--train.output_dir", "results"],
+     ["--resume and --overwrite"]),
+    ("infer.py", ["--labels", "labels", "--checkpoint", "garbage.pkl", "--out", "out", "--size", "100000x100000",
+                  "--allow-large-size"], ["100000x100000", "65500"]),
+    ("infer.py", ["--labels", "labels", "--checkpoint", "garbage.pkl", "--out", "out", "--size", "60000x60000",
+                  "--allow-large-size", "--batch-size", "64"], ["60000x60000", "GiB", "available"]),
 ]
 
 
@@ -158,3 +176,46 @@ def test_run_reports_expected_errors_and_keeps_bugs_loud(capsys):
     assert cli.run(lambda argv: 3) == 3 and cli.run(lambda argv: None) == 0
     with pytest.raises(KeyError):  # a bug keeps its traceback
         cli.run(lambda argv: {}["x"])
+
+
+def test_a_second_trainer_on_a_locked_run_folder_is_refused(workdir):
+    """The holder here is this test process (flock is per open file): train.py must name its PID."""
+    import fcntl
+
+    from jspade.train import run_folder
+
+    run_dir = workdir / "results" / "busy"
+    run_dir.mkdir(parents=True)
+    (run_dir / ".jspade-run").touch()
+    held = run_folder.lock_run_folder(run_dir)
+    try:
+        before = tree(workdir)
+        proc = run_script("train.py", ["--name", "busy", "--resume", "--train.output_dir", "results"], workdir)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+        assert f"PID {os.getpid()}" in lines[0] and "in use" in lines[0]
+        assert tree(workdir) == before
+    finally:
+        held.close()
+    assert fcntl  # (the lock is an OS file lock: released with the file)
+
+
+def test_clean_dataset_data_errors_are_exit_1_and_leave_no_empty_out(workdir):
+    data = workdir / "data"
+    (data / "labels").mkdir(parents=True)
+    (data / "imgs").mkdir()
+    Image.fromarray(np.ones((24, 32), np.uint8)).save(data / "labels" / "a.png")
+    Image.fromarray(np.ones((24, 32, 3), np.uint8)).save(data / "imgs" / "a.jpg")
+    os.symlink("loop2.png", data / "labels" / "loop1.png")
+    os.symlink("loop1.png", data / "labels" / "loop2.png")
+    proc = run_script("clean_dataset.py", ["--data", data, "--out", "cur", "--no-progress"], workdir)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and "symbolic link loop" in lines[0], proc.stderr
+    assert "labels/loop" in lines[0] and not (workdir / "cur").exists()
+    for name in ("loop1.png", "loop2.png"):
+        (data / "labels" / name).unlink()
+    (data / "imgs" / "b\udcff.jpg").write_bytes((data / "imgs" / "a.jpg").read_bytes())  # a non-UTF-8 name
+    proc = run_script("clean_dataset.py", ["--data", data, "--out", "cur", "--no-progress"], workdir)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and "not valid UTF-8" in lines[0], proc.stderr
+    assert not (workdir / "cur").exists()

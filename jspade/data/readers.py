@@ -5,6 +5,7 @@ from the message alone. Label and instance maps keep their integer values: a 16-
 go through an 8-bit conversion (PIL's `convert('L')` clips, `astype(uint8)` wraps), which would
 silently corrupt class ids.
 """
+import errno
 import re
 from pathlib import Path
 from typing import NamedTuple
@@ -37,8 +38,21 @@ def list_files(folder, extensions, recursive=False):
     if not folder.is_dir():
         raise DataError(f"{folder}: directory not found", folder)
     found = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted((p for p in found if p.suffix.lower() in extensions and p.is_file()
-                   and not p.name.startswith(".")), key=lambda p: natural_key(p.name))
+    listed = [p for p in found if p.suffix.lower() in extensions and not p.name.startswith(".")]
+    for p in listed:
+        try:
+            str(p).encode("utf-8")
+        except UnicodeEncodeError:  # it could not be named in a subset file, report or log
+            raise DataError(f"{ascii(str(p))[1:-1]}: the file name is not valid UTF-8; rename it", None,
+                            "unreadable") from None
+        if p.is_symlink() and not p.exists():  # a loop or a dangling link: say so, never skip it silently
+            try:
+                p.stat()
+                reason = "unreadable symbolic link"
+            except OSError as error:
+                reason = "symbolic link loop" if error.errno == errno.ELOOP else "broken symbolic link"
+            raise DataError(f"{p}: {reason}", p, "unreadable")
+    return sorted((p for p in listed if p.is_file()), key=lambda p: natural_key(p.name))
 
 
 class DataError(ValueError):
