@@ -109,24 +109,27 @@ def test_a_failed_start_leaves_no_folder_behind(tmp_path):
     Trainer(cfg, progress=False)  # the retry needs neither --resume nor --overwrite
 
 
-def test_a_full_disk_stops_the_run_with_latest_intact(tmp_path, monkeypatch):
+@pytest.mark.parametrize("failing_write, failed_file", [(3, "iter_0000004.pkl"), (4, "latest.pkl")])
+def test_a_full_disk_stops_the_run_with_latest_intact(tmp_path, monkeypatch, failing_write, failed_file):
     import jspade.checkpoint as checkpoint
     trainer = Trainer(tiny_config(tmp_path, tmp_path / "data", max_iters=6, save_every=2), progress=False)
     real_dump, calls = pickle.dump, []
 
     def dump(obj, f, protocol=None):
         calls.append(1)
-        if len(calls) > 2:  # iter 2 and latest go through; the next save finds the disk full
+        if len(calls) >= failing_write:  # iter 2 and latest go through; a later write finds the disk full
             f.write(b"\0" * 100)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_dump(obj, f, protocol=protocol)
 
     monkeypatch.setattr(checkpoint.pickle, "dump", dump)
-    with pytest.raises(RunFolderError, match="No space left.*latest.pkl written is intact"):
+    with pytest.raises(RunFolderError, match="No space left.*latest.pkl written is intact") as caught:
         trainer.train()
+    assert f"cannot write {trainer.ckpt_dir / failed_file}:" in str(caught.value)  # the file that failed
     ckpts = trainer.ckpt_dir
     assert read_checkpoint(ckpts / "latest.pkl")["position"]["iteration"] == 2
-    assert sorted(p.name for p in ckpts.iterdir()) == ["iter_0000002.pkl", "latest.pkl"]  # no temp files
+    written = ["iter_0000002.pkl"] + (["iter_0000004.pkl"] if failed_file == "latest.pkl" else [])
+    assert sorted(p.name for p in ckpts.iterdir()) == written + ["latest.pkl"]  # no temp files
 
 
 # --- checkpoints that fit -------------------------------------------------------------------------------

@@ -103,3 +103,23 @@ def test_data_with_a_bad_label_is_refused_before_training(tmp_path):
     cfg.data.dataset = "landscape"
     with pytest.raises(ValueError, match=rf"{bad.name}.*41|41.*{bad.name}"):
         Trainer(cfg, progress=False).train()
+
+
+def test_validate_false_trains_on_the_complete_pairs(tmp_path, capsys):
+    """train.py's own advice for a broken dataset, `--data.validate false`, must work."""
+    from jspade.data.readers import DataError
+    from jspade.data.synthetic import write_synthetic_dataset
+
+    data = tmp_path / "pairs"
+    write_synthetic_dataset(data, 5, size=(64, 32), seed=0)
+    sorted((data / "imgs").iterdir())[0].unlink()  # a label without its photo
+    cfg = tiny_config(tmp_path, data)
+    cfg.data.dataset = "landscape"
+    with pytest.raises(DataError, match="--data.validate false"):
+        Trainer(cfg, progress=False)
+    assert not (tmp_path / "run").exists()
+    cfg.data.validate = False
+    trainer = Trainer(cfg, progress=False)
+    assert trainer.phase_sizes() == [4]
+    assert "1 incomplete pair(s)" in capsys.readouterr().err
+    trainer.release_lock()
