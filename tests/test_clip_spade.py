@@ -281,3 +281,61 @@ def test_model_turns_a_style_choice_into_an_embedding():
         model.clip_embedding(x[0][:3])
     with pytest.raises(ValueError, match="clip_dim 0"):
         SPADEModel(options(0), with_discriminator=False, with_vgg=False).clip_embedding(0)
+
+
+# ---- training --------------------------------------------------------------------------------------
+
+def clip_run_config(output_dir, data_root, **train):
+    """tiny_config as a CLIP model, its data and a feature cache of random embeddings made first."""
+    from jspade.clip.features import DEFAULT_NAME, write_feature_cache
+    from jspade.data.synthetic import write_synthetic_dataset
+    from tiny_models import tiny_config
+    cfg = tiny_config(output_dir, data_root, **train)
+    cfg.model.clip_dim = CLIP_DIM
+    if not (data_root / DEFAULT_NAME).exists():
+        stems = write_synthetic_dataset(data_root, cfg.data.synthetic_n, size=cfg.model.image_size, seed=0)
+        features = np.random.default_rng(0).standard_normal((len(stems), CLIP_DIM)).astype(np.float32)
+        write_feature_cache(data_root / DEFAULT_NAME, stems, features, ["0" * 64] * len(stems), "cd" * 32,
+                            "clip.pt", str(data_root))
+    return cfg
+
+
+def test_clip_training_resumes_exactly_and_checkpoints_hold_the_bank(tmp_path):
+    from tiny_models import straight_and_resumed_runs
+    straight, resumed = straight_and_resumed_runs(clip_run_config, tmp_path, stop_at=2, total=4)
+    for k, v in straight.model.netG.state_dict().items():
+        np.testing.assert_allclose(resumed.model.netG.state_dict()[k].numpy(), v.numpy(), atol=1e-6, err_msg=k)
+    heads = [v.numpy() for k, v in straight.model.netG.state_dict().items() if ".clip_affine.weight" in k]
+    assert heads and all(np.abs(h).max() > 0 for h in heads)  # training moved every head
+    for name in ("latest.pkl", "iter_0000004.pkl"):
+        payload = read_checkpoint(tmp_path / "straight" / "run" / "checkpoints" / name)
+        bank = StyleBank.from_payload(payload["style_bank"], source=name)
+        assert bank.weights_sha256 == "cd" * 32 and len(bank.stems) == 16
+        np.testing.assert_array_equal(payload["networks"]["G"]["clip_mean"], bank.mean)
+
+
+def test_clip_batches_use_the_cache_by_stem_and_sometimes_the_mean(tmp_path):
+    from jspade.clip.features import DEFAULT_NAME, FeatureCacheError, load_feature_cache, normalize
+    from jspade.train.trainer import Trainer
+    data = tmp_path / "data"
+    trainer = Trainer(clip_run_config(tmp_path / "out", data), progress=False)
+    cache = load_feature_cache(data / DEFAULT_NAME)
+    stems = cache.stems[3:7]
+    np.testing.assert_allclose(trainer.clip_inputs({"stem": stems}, no_style_p=0.0).numpy(),
+                               normalize(np.stack([cache[s] for s in stems])), atol=1e-6)
+    mean = trainer.model.style_bank.mean
+    np.testing.assert_array_equal(trainer.clip_inputs({"stem": stems}, no_style_p=1.0).numpy(), np.stack([mean] * 4))
+    # over many iterations about one embedding in ten is the mean, and an iteration always draws the same
+    hits = 0
+    for it in range(100):
+        trainer.schedule.pos.iteration = it
+        drawn = trainer.clip_inputs({"stem": stems}).numpy()
+        np.testing.assert_array_equal(trainer.clip_inputs({"stem": stems}).numpy(), drawn)
+        hits += int(np.all(drawn == mean, axis=1).sum())
+    assert 20 <= hits <= 70, hits  # 400 draws at p = 0.1
+    (data / DEFAULT_NAME).unlink()
+    cfg = clip_run_config(tmp_path / "out2", tmp_path / "other")  # makes other/'s cache, not data/'s
+    cfg.data.root = str(data)
+    with pytest.raises(FeatureCacheError, match="scripts/clip_features.py"):
+        Trainer(cfg, progress=False)
+    assert not (tmp_path / "out2").exists()  # refused before the run folder was made
