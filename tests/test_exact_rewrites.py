@@ -109,7 +109,7 @@ def _generator_with_label_ids_equals_the_dense_generator():
     with_ids = step()
     netG.load_parameters(state)  # the same spectral u/v and running statistics for the second pass
     original = generator.SegmentationMap
-    generator.SegmentationMap = lambda semantics, num_ids: semantics  # SPADE then convolves the dense map
+    generator.SegmentationMap = lambda semantics, num_ids, style=None: semantics  # SPADE then convolves the dense map
     try:
         dense = step()
     finally:
