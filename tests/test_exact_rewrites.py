@@ -2,7 +2,7 @@
 straightforward form it replaces; and the option that does change the arithmetic (reuse_fake)."""
 import numpy as np
 
-from jspade import losses
+from jspade.models import losses
 from jspade.config import ModelConfig
 from jspade.data.semantics import make_semantics
 from jspade.models import winograd

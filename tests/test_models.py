@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from jspade import losses
+from jspade.models import losses
 from jspade.config import ModelConfig
 from jspade.models.base import trainable_parameters
 from jspade.models.discriminator import MultiscaleDiscriminator

@@ -5,7 +5,7 @@ import numpy as np
 
 from jspade.runtime import jt
 
-from jspade import losses
+from jspade.models import losses
 from jspade.checkpoint import CheckpointError, load_state_strict
 from jspade.models.clip_modulation import fill_new_clip_keys
 from jspade.models.discriminator import MultiscaleDiscriminator
