@@ -12,7 +12,6 @@ from jspade.runtime import jt
 from jspade.atomic import atomic_path
 from jspade.config import Config
 from jspade.errors import ConfigError
-from jspade.models.normalization import spectral_v_from_weight
 from jspade.safe_load import CheckpointError, safe_load  # noqa: F401 (CheckpointError is re-exported)
 
 IGNORED_SUFFIXES = ("num_batches_tracked",)  # PyTorch BN counter; unused with a fixed momentum
@@ -30,6 +29,16 @@ def state_arrays(module):
     """{name: float32 ndarray} of every parameter and buffer, PyTorch-style names. Copies: a
     checkpoint must not hold views of memory Jittor may free or reuse while it is written."""
     return {k: np.array(to_numpy(v), copy=True) for k, v in module.state_dict().items()}
+
+
+def spectral_v_from_weight(weight_orig, weight, u):
+    """Recover `weight_v` for a checkpoint saved before PyTorch stored it (it kept `weight` instead):
+    solve u = normalize(W v) with u^T W v = sigma, as PyTorch's load hook does (via a pseudo-inverse)."""
+    w_mat = weight_orig.reshape(weight_orig.shape[0], -1).astype(np.float64)
+    sigma = float(np.mean(weight_orig / weight))
+    v = np.linalg.pinv(w_mat.T @ w_mat) @ w_mat.T @ u.astype(np.float64)
+    v *= sigma / float(u @ (w_mat @ v))
+    return v.astype(np.float32)
 
 
 def _fill_spectral_v(state, wanted):

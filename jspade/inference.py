@@ -19,7 +19,7 @@ from jspade.data.readers import (IMAGE_EXTENSIONS, LABEL_EXTENSIONS, DataError, 
 from jspade.data.semantics import model_label_id_problem, semantics_for
 from jspade.data.transforms import to_uint8_images
 from jspade.atomic import save_image_atomic
-from jspade.models.encoder import reparameterize
+from jspade.models.encoder import noise_for, reparameterize
 from jspade.models.generator import check_output_size
 from jspade.models.spade_model import SPADEModel, has_style_stream
 
@@ -205,11 +205,6 @@ def encode_style(model, opt, photos):
     with jt.no_grad():
         mu, logvar = model.netE(photo_tensor(photos, model_size(opt)))
         return mu.numpy(), logvar.numpy()
-
-
-def noise_for(seed, index, sample, dim):
-    """Per-label, per-sample Gaussian: a label's output does not depend on batch size or order."""
-    return np.random.default_rng((seed, index, sample)).standard_normal(dim).astype(np.float32)
 
 
 def render(model, opt, labels, seed=0, indices=None, sample=0, references=None, styles=None, style_photos=None):

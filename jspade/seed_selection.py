@@ -1,6 +1,6 @@
 """Choosing the noise seed to render a test set with: render it with each candidate seed, measure
 each rendering's FID against reference statistics, keep the lowest (APF-GAN kept the best of 20).
-Every step is deterministic (per-label noise of `jspade.inference.noise_for`, fixed Inception), so
+Every step is deterministic (per-label noise of `jspade.models.encoder.noise_for`, fixed Inception), so
 the same call picks the same seed."""
 import numpy as np
 

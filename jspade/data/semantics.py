@@ -3,6 +3,7 @@ as the original `Pix2PixModel.preprocess_input` builds them."""
 import numpy as np
 
 from jspade.data.labels import label_id_problem
+from jspade.models.label_conv import one_hot
 from jspade.runtime import jt
 
 
@@ -17,12 +18,6 @@ def instance_edges(instance):
     edge = jt.concat([dw, zw], dim=3) | jt.concat([zw, dw], dim=3)
     edge = edge | jt.concat([dh, zh], dim=2) | jt.concat([zh, dh], dim=2)
     return edge.float32()
-
-
-def one_hot(label, num_channels):
-    """[B,1,H,W] int ids -> [B,num_channels,H,W] float32."""
-    ids = jt.arange(num_channels).reshape(1, num_channels, 1, 1)
-    return (label.int32() == ids.int32()).float32()
 
 
 def make_semantics(label, num_classes_with_dontcare, instance=None):

@@ -1,4 +1,6 @@
 """The image encoder of SPADE's VAE mode: image -> (mu, logvar) of the style code z."""
+import numpy as np
+
 from jspade.runtime import jt
 from jittor import nn
 
@@ -43,3 +45,9 @@ def reparameterize(mu, logvar, eps=None):
     if eps is None:
         eps = jt.randn(std.shape)
     return eps * std + mu
+
+
+def noise_for(seed, index, sample, dim):
+    """The style code z of label `index`, sample `sample` when no photo gives one: a per-label,
+    per-sample Gaussian, so a label's output does not depend on batch size or order."""
+    return np.random.default_rng((seed, index, sample)).standard_normal(dim).astype(np.float32)

@@ -32,7 +32,6 @@ gives). The result equals `jt.nn.conv2d(onehot(labels, K), weight, bias, stride=
 to float32 rounding (the order of the sums differs); it is differentiable w.r.t. weight and bias, not
 labels. With `jt.flags.use_cuda` it *is* that dense convolution, so nothing changes on the GPU.
 """
-from jspade.data.semantics import one_hot
 from jspade.runtime import jt
 
 # Output channels per block: the inner loops work on CB contiguous floats (4 AVX registers). The forward
@@ -283,6 +282,12 @@ def _check(labels, kernel_size):
     kh, kw = kernel_size
     assert kh == kw and kh % 2 == 1, f"label_conv: odd square kernels only, got {kh}x{kw}"
     assert labels.ndim == 3, f"label_conv: labels must be [N, H, W], got {labels.shape}"
+
+
+def one_hot(label, num_channels):
+    """[B,1,H,W] int ids -> [B,num_channels,H,W] float32 (an id outside [0, num_channels): all zeros)."""
+    ids = jt.arange(num_channels).reshape(1, num_channels, 1, 1)
+    return (label.int32() == ids.int32()).float32()
 
 
 def _onehot(labels, num_labels):

@@ -66,16 +66,6 @@ class SpectralConv2d(SpectralNorm):
         return winograd.conv2d(x, self.normalized_weight(), self.bias, self.stride, self.padding)
 
 
-def spectral_v_from_weight(weight_orig, weight, u):
-    """Recover `weight_v` for a checkpoint saved before PyTorch stored it (it kept `weight` instead):
-    solve u = normalize(W v) with u^T W v = sigma, as PyTorch's load hook does (via a pseudo-inverse)."""
-    w_mat = weight_orig.reshape(weight_orig.shape[0], -1).astype(np.float64)
-    sigma = float(np.mean(weight_orig / weight))
-    v = np.linalg.pinv(w_mat.T @ w_mat) @ w_mat.T @ u.astype(np.float64)
-    v *= sigma / float(u @ (w_mat @ v))
-    return v.astype(np.float32)
-
-
 def _sum_nhw(x):
     """Per-channel sum over N, H, W accumulated in float64 (PyTorch's CPU batch norm accumulates in
     double; matching it keeps our rounding close to the original's, which gradients are sensitive to)."""

@@ -4,7 +4,7 @@ renderings' Inception statistics with those of the held-out photos.
 The held-out pairs are `data.val_root`, or a fixed fraction of the training pairs chosen by a hash of
 each stem (`holdout_stems`: the same stems whatever the subset, order or size of the set), which the
 trainer then never trains on. The photos' statistics are computed once per run and cached in the run
-folder; the renderings use the fixed noise of `jspade.inference.noise_for` (VAE models), so two
+folder; the renderings use the fixed noise of `jspade.models.encoder.noise_for` (VAE models), so two
 evaluations differ only by the weights.
 """
 import hashlib
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from jspade.data.semantics import semantics_for
-from jspade.inference import noise_for
+from jspade.models.encoder import noise_for
 from jspade.metrics import fid as fid_metrics
 from jspade.runtime import jt
 
