@@ -35,7 +35,7 @@ setup() {
     echo "$base$extra" >"$stamp"
   fi
   # The first import compiles Jittor's core (~2.5 min, cached in ~/.cache/jittor).
-  "$PY" -c "import jspade" >/dev/null
+  "$PY" -c "import jspade.runtime" >/dev/null
 }
 
 cmd=${1:-help}

@@ -1,5 +1,5 @@
 """Curate the landscape training data into Selection I / Selection II subset files, with a report
-and contact sheets of everything removed (see docs/curation.md and jspade/data/curation/).
+and contact sheets of everything removed (see docs/curation.md and jspade/curation/).
 
     python scripts/clean_dataset.py --data datasets/landscape/train --out curation/
     python scripts/clean_dataset.py --data datasets/landscape/train --out curation/ \\
@@ -13,10 +13,9 @@ refused --out.
 import sys
 from pathlib import Path
 
-import jspade  # noqa: F401  (configures Jittor first)
 from jspade import cli
 from jspade.config import size_argument
-from jspade.data.curation import CurationOptions, curate
+from jspade.curation import CurationOptions, curate
 
 # CurationOptions fields that are plain numeric thresholds, each a --flag of the same name.
 THRESHOLD_HELP = {

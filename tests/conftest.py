@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("JSPADE_DEVICE", "cpu")  # tests are sized for CPU
 
-import jspade  # noqa: E402,F401  (configures Jittor before any test imports it)
+import jspade.runtime  # noqa: E402,F401  (sets Jittor up before any test imports it)
 
 # A native crash prints every thread's Python stack and ends the process with its real signal
 # (Jittor's own SIGSEGV handler exits with status 1, which would hide it among ordinary failures).

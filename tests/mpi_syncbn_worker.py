@@ -13,7 +13,6 @@ from pathlib import Path
 
 os.environ.setdefault("JSPADE_DEVICE", "cpu")
 
-import jspade  # noqa: E402,F401  (configures Jittor before it is imported)
 import numpy as np  # noqa: E402
 
 from jspade.models.base import trainable_parameters

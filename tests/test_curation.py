@@ -1,4 +1,4 @@
-"""Data curation (jspade/data/curation/, scripts/clean_dataset.py) on a synthetic dataset with
+"""Data curation (jspade/curation/, scripts/clean_dataset.py) on a synthetic dataset with
 planted defects: each defect is caught for the right reason, the clean scenes are kept, the
 selections load as training subsets, runs are deterministic and the data folder is never touched.
 
@@ -23,11 +23,11 @@ import pytest
 from PIL import Image
 
 from conftest import run_script
-from jspade.data.curation import CurationOptions, curate
-from jspade.data.curation.checks import backlight_score, clipped_fraction, color_channels, colorfulness, contrast
-from jspade.data.curation.near_duplicates import find_near_duplicate_groups, groups_around_centres
-from jspade.data.curation.reasons import REASON, REASONS
-from jspade.data.curation.report import THUMB
+from jspade.curation import CurationOptions, curate
+from jspade.curation.checks import backlight_score, clipped_fraction, color_channels, colorfulness, contrast
+from jspade.curation.near_duplicates import find_near_duplicate_groups, groups_around_centres
+from jspade.curation.reasons import REASON, REASONS
+from jspade.curation.report import THUMB
 from jspade.data.readers import PROBLEM_KINDS
 from jspade.data.datasets import build_dataset, read_subset
 from jspade.data.labels import LANDSCAPE_IDS

@@ -11,12 +11,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from jspade.runtime import jt
 from jittor import nn
 
 from jspade.data.datasets import build_dataset
 from jspade.metrics import scores
 from jspade.models.segmenter import Segmenter
-from jspade.runtime import jt
 
 
 class TrainError(RuntimeError):

@@ -10,7 +10,7 @@ from PIL import Image
 
 from jspade.data.datasets import build_dataset
 from jspade.data.labels import LANDSCAPE_IDS
-from jspade.data.curation.reasons import CurationOptions
+from jspade.curation.reasons import CurationOptions
 from jspade.data.readers import DataError
 from jspade.data.validate import validate_samples
 

@@ -31,7 +31,7 @@ One module per job:
 Everything is deterministic: stems are processed in natural order, there is no randomness, and
 report.json differs between two runs only in its "timing" entry.
 """
-from jspade.data.curation.pipeline import curate
-from jspade.data.curation.reasons import REASONS, CurationOptions
+from jspade.curation.pipeline import curate
+from jspade.curation.reasons import REASONS, CurationOptions
 
 __all__ = ["REASONS", "CurationOptions", "curate"]

@@ -9,8 +9,8 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from jspade.atomic import atomic_path, write_bytes_atomic
-from jspade.data.curation.checks import decode_photo, resize_label, resize_photo
-from jspade.data.curation.reasons import REASON, REASONS, SCORE_COLUMNS
+from jspade.curation.checks import decode_photo, resize_label, resize_photo
+from jspade.curation.reasons import REASON, REASONS, SCORE_COLUMNS
 from jspade.data.labels import colorize
 from jspade.data.readers import read_label
 

@@ -9,17 +9,19 @@ import numpy as np
 from tqdm import tqdm
 
 from jspade.atomic import write_bytes_atomic
-from jspade.data.curation.checks import (SKY, backlight_score, check_integrity, clipped_fraction, color_channels,
+from jspade.curation.checks import (SKY, backlight_score, check_integrity, clipped_fraction, color_channels,
                                          color_stats, colorfulness, contrast, decode_photo, file_hash,
                                          find_byte_duplicates, interior_mask, resize_label, resize_photo)
-from jspade.data.curation.color_model import (COLOR_CHANNELS, COLOR_WEIGHTS, IGNORE, color_outlier_fractions,
+from jspade.curation.color_model import (COLOR_CHANNELS, COLOR_WEIGHTS, IGNORE, color_outlier_fractions,
                                               fit_color_models)
-from jspade.data.curation.near_duplicates import find_near_duplicate_groups, most_typical
-from jspade.data.curation.reasons import REASON, REASONS, CurationOptions
-from jspade.data.curation.report import (rejected_entries, rounded, write_all_sheets, write_scores_csv,
+from jspade.curation.near_duplicates import find_near_duplicate_groups, most_typical
+from jspade.curation.reasons import REASON, REASONS, CurationOptions
+from jspade.curation.report import (rejected_entries, rounded, write_all_sheets, write_scores_csv,
                                          write_selections)
 from jspade.data.labels import LANDSCAPE_NAMES
 from jspade.data.readers import natural_key, read_label
+from jspade.errors import ConfigError
+from jspade.safe_load import CheckpointError
 from jspade.metrics.scores import confusion_matrix, load_segmenter, pixel_accuracy
 
 FORMAT = "jspade-curation-1"
@@ -36,7 +38,7 @@ def prepare_out_dir(data_dir, out_dir, overwrite):
     the files a previous curation wrote)."""
     data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir).resolve()
     if out_dir == data_dir or data_dir in out_dir.parents:
-        raise ValueError(f"--out {out_dir} is inside --data {data_dir}: the data folder is never written")
+        raise ConfigError(f"--out {out_dir} is inside --data {data_dir}: the data folder is never written")
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out_dir} is not empty; pass --overwrite to replace a previous curation")
@@ -177,7 +179,7 @@ def curate(data_dir, out_dir, options: Optional[CurationOptions] = None):
     options = options or CurationOptions()
     data_dir = Path(data_dir)
     if not (0 <= options.near_dup_similarity <= 1) or options.near_dup_keep < 1:
-        raise ValueError("near_dup_similarity must be in [0, 1] and near_dup_keep >= 1")
+        raise ConfigError("near_dup_similarity must be in [0, 1] and near_dup_keep >= 1")
     segmenter = load_segmenter(options.segmenter) if options.segmenter else None  # fail before writing anything
     out_dir = prepare_out_dir(data_dir, out_dir, options.overwrite)
     timing, start, last = {}, time.perf_counter(), [time.perf_counter()]
@@ -196,7 +198,7 @@ def curate(data_dir, out_dir, options: Optional[CurationOptions] = None):
         for reason, message in found:
             reasons[stem].setdefault(reason, {"messages": []})["messages"].append(message)
     if segmenter is not None and segmenter.label_nc != label_nc:
-        raise ValueError(f"segmenter {options.segmenter} predicts {segmenter.label_nc} classes, the data has {label_nc}")
+        raise CheckpointError(f"segmenter {options.segmenter} predicts {segmenter.label_nc} classes, the data has {label_nc}")
     lap("integrity")
 
     features = read_features([samples[s] for s in all_stems if s in samples and not reasons[s]],
