@@ -16,10 +16,19 @@ numel)`. TorchScript archives pickle each module as an object of class `__torch_
 as a `ScriptObject` holding its attributes. The legacy format (PyTorch < 1.6) is a stream of pickles:
 a magic number, the protocol, system info, the object (storages as persistent ids), the storage keys,
 then each storage as an int64 element count and its raw bytes.
+
+Bounded work (the limits below; docs/safety.md): tensors are declared while unpickling and checked
+against their storages' declared sizes (offset and strides non-negative, the highest element inside)
+before any byte is read; a zip entry's inflated size is checked before it is opened; the loaded object
+is walked once without recursion and refused if a container contains itself, nests deeper than
+MAX_NESTING or expands to more than MAX_ITEMS items; then the tensors' total bytes are checked against
+their storages' before they are materialised. Every refusal is one line naming the file and the reason.
 """
 import collections
 import hashlib
+import itertools
 import json
+import math
 import pickle
 import struct
 import zipfile
@@ -27,8 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
+from jspade.errors import JspadeError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(JspadeError, ValueError):
     """A weights/checkpoint file that cannot be used; the message names the file and the reason."""
 
 
@@ -75,18 +86,61 @@ def _script_class(qualified_name):
     return _script_classes[qualified_name]
 
 
+# --- limits -----------------------------------------------------------------------------------------
+# Everything a file can make the reader (or a consumer walking its result) do is bounded by these,
+# whatever Python's recursion limit (Jittor raises it to 10^6, where a deep walk overflows the C stack).
+MAX_NESTING = 100                # containers inside containers (our files: under 20)
+MAX_ITEMS = 10_000_000           # items of the loaded object, shared parts counted each time they are
+                                 # reached (what a walk over the result visits; a checkpoint: ~10^4)
+MAX_TENSOR_DIMS = 64
+MAX_DIM_SIZE = 1 << 48           # one size entry of a tensor (even of an empty one)
+TENSOR_BUDGET_FLOOR = 64 << 20   # bytes the tensors may take: this, or twice their storages' bytes
+TENSOR_BUDGET_FACTOR = 2         # (views repeating a storage's elements, as stride 0 does)
+ZIP_INFLATION_FLOOR = 256 << 20  # bytes a zip's entries may inflate to: this, or 16x the archive
+MAX_ZIP_INFLATION = 16           # (torch stores its entries uncompressed: 1x)
+
+
+class _Refused(pickle.UnpicklingError):
+    """A file that asks for more than a weights file may (reported as 'refused: <reason>')."""
+
+
+def _kind(value):
+    """A value for a message: small ints as themselves, anything else by its type (never a repr,
+    which could recurse through a hostile structure)."""
+    if type(value) is int and abs(value) < 1 << 64:
+        return str(value)
+    return f"a {type(value).__name__}"
+
+
 # --- the whitelist ----------------------------------------------------------------------------------
+# Kinds of numpy array a file may hold: numbers, booleans, strings. Object arrays (pointers, and
+# Python objects a consumer would compute with), datetimes and raw/structured records are refused.
+_ARRAY_KINDS = set("biufcSU")
+
+
 def _checked_dtype(dtype):
     dtype = np.dtype(dtype)
     if dtype.hasobject:
-        raise pickle.UnpicklingError("an array of Python objects")
+        raise _Refused("an array of Python objects (object dtype)")
+    if dtype.kind not in _ARRAY_KINDS:
+        raise _Refused(f"an array of dtype {dtype.str}; only numbers, booleans and strings are accepted")
     return dtype
 
 
+class _NdarrayClass:
+    """What a pickle gets for `numpy.ndarray`: only an argument of `_reconstruct` (as numpy's own pickles
+    use it); calling it (numpy.ndarray(shape, dtype, buffer, offset, strides)) is refused."""
+
+    def __new__(cls, *args, **kwargs):
+        raise _Refused("a call of numpy.ndarray (only numpy's own array pickles are accepted)")
+
+
 def _ndarray_reconstruct(cls, shape, dtype):
-    if cls is not np.ndarray:
+    """numpy's pickles build an empty array and fill it with __setstate__ (whose data must match its
+    shape); the empty array never holds uninitialised memory, whatever shape the file gives here."""
+    if cls is not _NdarrayClass:
         raise pickle.UnpicklingError("an array of a class other than numpy.ndarray")
-    return np.ndarray.__new__(np.ndarray, shape, _checked_dtype(dtype))
+    return np.ndarray.__new__(np.ndarray, (0,), _checked_dtype(dtype))
 
 
 def _dtype(spec, align=False, copy=False):
@@ -118,7 +172,7 @@ for _core in ("numpy.core.multiarray", "numpy._core.multiarray"):  # numpy 1.x a
     _NUMPY_GLOBALS[(_core, "scalar")] = _numpy_scalar
 _PLAIN_GLOBALS = {
     **_NUMPY_GLOBALS,
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _NdarrayClass,
     ("numpy", "dtype"): _dtype,
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("jittor", "Var"): _jittor_var,
@@ -131,6 +185,7 @@ class _StorageType:
     def __init__(self, name):
         self.name = name
         self.dtype = _STORAGE_DTYPES[name]
+        self.itemsize = 2 if self.dtype == "bfloat16" else np.dtype(self.dtype).itemsize
 
 
 def _as_dtype_array(raw, storage_type):
@@ -140,39 +195,71 @@ def _as_dtype_array(raw, storage_type):
     return array.astype(array.dtype.newbyteorder("="), copy=False)
 
 
-def _strided_copy(storage, storage_offset, size, stride):
-    size, stride = tuple(size), tuple(stride)
-    if not size:
-        return storage[storage_offset].copy()
-    if 0 in size:
-        return np.zeros(size, storage.dtype)
-    needed = storage_offset + 1 + sum((n - 1) * s for n, s in zip(size, stride))
-    if min(stride) < 0 or needed > storage.size:
-        raise pickle.UnpicklingError(f"a tensor reaching past its storage ({needed} > {storage.size} elements)")
-    view = np.lib.stride_tricks.as_strided(
-        storage[storage_offset:], shape=size, strides=tuple(s * storage.dtype.itemsize for s in stride))
-    return np.array(view)  # own, writable copy (the storage buffer is shared and read-only)
-
-
+# --- tensors: declared while unpickling, checked, then materialised --------------------------------
 class _PendingStorage:
-    """A legacy-format storage whose bytes come after the object's pickle."""
+    """A storage as the pickle declares it (type, key, element count); its bytes are read only after
+    the whole object has been checked."""
 
-    def __init__(self, storage_type, numel):
-        self.storage_type, self.numel, self.array = storage_type, numel, None
+    def __init__(self, storage_type, key, numel):
+        self.storage_type, self.key, self.numel, self.array = storage_type, key, numel, None
+
+    @property
+    def nbytes(self):
+        return self.numel * self.storage_type.itemsize
 
 
 class _PendingTensor:
-    def __init__(self, storage, args):
-        self.storage, self.args = storage, args
+    """A strided view of a pending storage, already checked to lie inside it."""
+
+    def __init__(self, storage, offset, size, stride, numel):
+        self.storage, self.offset, self.size, self.stride, self.numel = storage, offset, size, stride, numel
+
+    @property
+    def nbytes(self):
+        return self.numel * self.storage.storage_type.itemsize
+
+
+def _counts(values, what):
+    """A tensor's size or stride: a short sequence of non-negative ints."""
+    if not isinstance(values, (tuple, list)):
+        raise _Refused(f"a tensor whose {what} is {_kind(values)}, not a sequence")
+    if len(values) > MAX_TENSOR_DIMS:
+        raise _Refused(f"a tensor with {len(values)} dimensions (at most {MAX_TENSOR_DIMS})")
+    for n in values:
+        if type(n) is not int or n < 0:
+            raise _Refused(f"a tensor {what} entry {_kind(n)} (must be a non-negative integer)")
+        if n > MAX_DIM_SIZE:
+            raise _Refused(f"a tensor {what} entry {n} (at most 2^48)")
+    return tuple(values)
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
-    """`torch._utils._rebuild_tensor_v2`: a strided view of `storage`, copied to a dense array."""
-    if isinstance(storage, _PendingStorage):
-        return _PendingTensor(storage, (storage_offset, size, stride))
-    if not isinstance(storage, np.ndarray):
+    """`torch._utils._rebuild_tensor_v2`: checked against the storage's declared size before any
+    memory is touched (offset and strides non-negative, the highest element inside the storage)."""
+    if not isinstance(storage, _PendingStorage):
         raise pickle.UnpicklingError("a tensor without a storage")
-    return _strided_copy(storage, storage_offset, size, stride)
+    size, stride = _counts(size, "size"), _counts(stride, "stride")
+    if len(stride) != len(size):
+        raise _Refused(f"a tensor with {len(size)} sizes but {len(stride)} strides")
+    if type(storage_offset) is not int or storage_offset < 0:
+        raise _Refused(f"a tensor with storage offset {_kind(storage_offset)} (must be a non-negative integer)")
+    numel = math.prod(size)
+    highest = storage_offset + sum((n - 1) * s for n, s in zip(size, stride)) if numel else storage_offset - 1
+    if highest >= storage.numel or storage_offset > storage.numel:
+        raise _Refused(f"a tensor reaching past its storage {storage.key} (element {highest}, the storage "
+                       f"holds {storage.numel})")
+    return _PendingTensor(storage, storage_offset, size, stride, numel)
+
+
+def _materialise(tensor):
+    """The tensor's elements as a dense array of its own (the storage buffer is shared and read-only)."""
+    storage = tensor.storage.array
+    if not tensor.size:
+        return storage[tensor.offset].copy()
+    if tensor.numel == 0:
+        return np.zeros(tensor.size, storage.dtype)
+    strides = tuple(s * storage.itemsize if n > 1 else 0 for n, s in zip(tensor.size, tensor.stride))
+    return np.array(np.lib.stride_tricks.as_strided(storage[tensor.offset:], shape=tensor.size, strides=strides))
 
 
 def _rebuild_parameter(data, *_ignored):
@@ -202,7 +289,7 @@ class _SafeUnpickler(pickle.Unpickler):
     def __init__(self, file, torch=False, storages=None):
         super().__init__(file)
         self.torch = torch
-        self.storages = storages  # key -> array (zip) or a reader for legacy pending storages
+        self.storages = storages  # (storage type, key, numel) -> _PendingStorage, for PyTorch files
 
     def find_class(self, module, name):
         if (module, name) in _PLAIN_GLOBALS:
@@ -220,9 +307,11 @@ class _SafeUnpickler(pickle.Unpickler):
         if self.storages is None:
             raise pickle.UnpicklingError("a persistent id outside a PyTorch file")
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType)):
-            raise pickle.UnpicklingError(f"an unknown persistent id {pid!r:.80}")
-        return self.storages(pid[1], str(pid[2]), int(pid[4]))
+                and isinstance(pid[1], _StorageType) and type(pid[2]) in (str, int)):
+            raise pickle.UnpicklingError(f"an unknown persistent id ({_kind(pid)})")
+        if type(pid[4]) is not int or pid[4] < 0:
+            raise _Refused(f"storage {pid[2]} declares {_kind(pid[4])} elements")
+        return self.storages(pid[1], str(pid[2]), pid[4])
 
 
 def _unpickle(path, file, **kwargs):
@@ -232,15 +321,155 @@ def _unpickle(path, file, **kwargs):
         raise UnsafeFileError(
             f"{path}: refused: it asks to run {e}, which a weights file has no need of (only arrays, "
             "tensors, plain containers and scalars are accepted); nothing in it was run") from None
+    except _Refused as e:
+        raise CheckpointError(f"{path}: refused: {e}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, struct.error, MemoryError, zipfile.BadZipFile) as e:
+            KeyError, struct.error, MemoryError, OverflowError, RecursionError, zipfile.BadZipFile) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         if isinstance(e, EOFError):
             reason = "the file ends early (truncated)"
         raise CheckpointError(f"{path}: truncated or not a checkpoint ({reason})") from None
 
 
+# --- the loaded object: no cycles, bounded nesting and size ------------------------------------------
+def _children(obj):
+    """An iterator over what a container holds (dict keys and values), None for anything else."""
+    if isinstance(obj, dict):
+        return itertools.chain.from_iterable(obj.items())
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return iter(obj)
+    if isinstance(obj, ScriptObject):
+        return iter((obj.attributes,) if hasattr(obj, "attributes") else ())
+    return None
+
+
+_END = object()
+
+
+def _check_structure(path, root):
+    """Refuse an object with a container that contains itself, containers nested deeper than
+    MAX_NESTING, or more than MAX_ITEMS items counting shared parts each time they are reached; walked
+    without recursion, each container once. Returns the pending tensors and storages in it."""
+    pending = {}
+    done = {}      # id -> item count of a container walked already (shared parts are walked once)
+    on_path = set()
+    stack = []     # [container, its children, its item count so far]
+
+    def refuse(reason):
+        return CheckpointError(f"{path}: refused: {reason}")
+
+    children = _children(root)
+    if children is None:
+        if isinstance(root, (_PendingTensor, _PendingStorage)):
+            pending[id(root)] = root
+        return list(pending.values())
+    stack.append([root, children, 1])
+    on_path.add(id(root))
+    while stack:
+        frame = stack[-1]
+        child = next(frame[1], _END)
+        if child is _END:
+            stack.pop()
+            on_path.discard(id(frame[0]))
+            done[id(frame[0])] = frame[2]
+            if stack:
+                stack[-1][2] += frame[2]
+                if stack[-1][2] > MAX_ITEMS:
+                    raise refuse(f"it holds more than {MAX_ITEMS} items (counting shared parts each time)")
+            continue
+        if isinstance(child, (_PendingTensor, _PendingStorage)):
+            pending[id(child)] = child
+        grandchildren = _children(child)
+        if grandchildren is None:
+            frame[2] += 1
+        elif id(child) in on_path:
+            raise refuse(f"a {type(child).__name__} that contains itself")
+        elif id(child) in done:
+            frame[2] += done[id(child)]
+        elif len(stack) >= MAX_NESTING:
+            raise refuse(f"containers nested more than {MAX_NESTING} deep")
+        else:
+            on_path.add(id(child))
+            stack.append([child, grandchildren, 1])
+            continue
+        if frame[2] > MAX_ITEMS:
+            raise refuse(f"it holds more than {MAX_ITEMS} items (counting shared parts each time)")
+    return list(pending.values())
+
+
+
+def _check_tensor_budget(path, pending):
+    """The tensors' bytes within twice their storages' (or TENSOR_BUDGET_FLOOR): an 8 KB file cannot
+    declare a 1 GiB tensor of one repeated element (stride 0)."""
+    storages = {id(p): p for p in pending if isinstance(p, _PendingStorage)}
+    storages.update({id(p.storage): p.storage for p in pending if isinstance(p, _PendingTensor)})
+    stored = sum(s.nbytes for s in storages.values())
+    wanted = sum(p.nbytes for p in pending)
+    budget = max(TENSOR_BUDGET_FLOOR, TENSOR_BUDGET_FACTOR * stored)
+    if wanted > budget:
+        raise CheckpointError(f"{path}: refused: its tensors would take {wanted} bytes, more than the "
+                              f"{budget} allowed for storages of {stored} bytes")
+    return list(storages.values())
+
+
+def _resolve(path, obj, memo):
+    """Replace pending tensors and storages by arrays, in place through dicts and lists (tuples are
+    rebuilt; each shared container once). Recursion is bounded by MAX_NESTING, checked before."""
+    if isinstance(obj, _PendingTensor):
+        return _materialise(obj)
+    if isinstance(obj, _PendingStorage):
+        return obj.array
+    if _children(obj) is None:
+        return obj
+    if id(obj) in memo:
+        return memo[id(obj)]
+    memo[id(obj)] = obj
+    if isinstance(obj, dict):
+        for k in obj:
+            if isinstance(k, (_PendingTensor, _PendingStorage)):
+                raise CheckpointError(f"{path}: refused: a tensor used as a dict key")
+            obj[k] = _resolve(path, obj[k], memo)
+    elif isinstance(obj, list):
+        obj[:] = [_resolve(path, v, memo) for v in obj]
+    elif isinstance(obj, tuple):
+        memo[id(obj)] = tuple(_resolve(path, v, memo) for v in obj)
+    elif isinstance(obj, (set, frozenset)):
+        if any(isinstance(v, (_PendingTensor, _PendingStorage)) for v in obj):
+            raise CheckpointError(f"{path}: refused: a tensor inside a set")
+    elif isinstance(obj, ScriptObject):
+        _resolve(path, obj.attributes, memo)
+    return memo[id(obj)]
+
+
+def _checked(path, obj, read_storage=None):
+    """`obj` once its structure is checked; with tensors: their bytes within budget, each storage's
+    bytes read by `read_storage(storage)` (returns bytes) only then, tensors materialised."""
+    pending = _check_structure(path, obj)
+    if not pending:
+        return obj
+    for storage in _check_tensor_budget(path, pending):
+        if storage.array is None:
+            storage.array = _as_dtype_array(read_storage(storage), storage.storage_type)
+        if storage.array.size != storage.numel:
+            raise CheckpointError(f"{path}: truncated or not a checkpoint (storage {storage.key}: "
+                                  f"{storage.array.size} elements, expected {storage.numel})")
+    return _resolve(path, obj, {})
+
+
 def _load_torch_zip(path):
+    """A PyTorch zip file. Every entry's inflated size (declared in the zip's directory) is checked
+    before it is opened: a storage's must be what the pickle declares, and all of them together
+    within ZIP_INFLATION_FLOOR or MAX_ZIP_INFLATION times the archive's size."""
+    inflation_budget = max(ZIP_INFLATION_FLOOR, MAX_ZIP_INFLATION * path.stat().st_size)
+    inflated = [0]
+
+    def take(info):
+        inflated[0] += info.file_size
+        if inflated[0] > inflation_budget:
+            raise _Refused(f"its entries would inflate to more than {inflation_budget} bytes ({info.filename} "
+                           f"declares {info.file_size}; a {path.stat().st_size}-byte archive may inflate to "
+                           f"at most max({ZIP_INFLATION_FLOOR}, {MAX_ZIP_INFLATION}x its size))")
+
     with zipfile.ZipFile(path) as archive:
         prefix = next((n.split("/")[0] for n in archive.namelist()
                        if n.count("/") == 1 and n.endswith("/data.pkl")), None)
@@ -249,66 +478,71 @@ def _load_torch_zip(path):
         storages = {}
 
         def storage(storage_type, key, numel):
-            if key not in storages:  # several tensors may share one storage
-                try:
-                    raw = archive.read(f"{prefix}/data/{key}")
-                except KeyError:
-                    raise pickle.UnpicklingError(f"storage {key} is missing from the archive") from None
-                array = _as_dtype_array(raw, storage_type)
-                if array.size != numel:
-                    raise pickle.UnpicklingError(f"storage {key}: {array.size} elements, expected {numel}")
-                storages[key] = array
+            if key in storages:  # several tensors may share one storage
+                known = storages[key]
+                if known.numel != numel or known.storage_type.name != storage_type.name:
+                    raise _Refused(f"storage {key} is declared twice, differently")
+                return known
+            try:
+                info = archive.getinfo(f"{prefix}/data/{key}")
+            except KeyError:
+                raise pickle.UnpicklingError(f"storage {key} is missing from the archive") from None
+            declared = numel * storage_type.itemsize
+            if info.file_size != declared:
+                raise _Refused(f"storage {key}: the archive holds {info.file_size} bytes, the pickle declares "
+                               f"{numel} elements ({declared} bytes)")
+            take(info)
+            storages[key] = _PendingStorage(storage_type, key, numel)
             return storages[key]
 
+        try:
+            take(archive.getinfo(f"{prefix}/data.pkl"))
+        except _Refused as e:
+            raise CheckpointError(f"{path}: refused: {e}") from None
         with archive.open(f"{prefix}/data.pkl") as file:
-            return _unpickle(path, file, torch=True, storages=storage)
-
-
-def _resolve_pending(obj, seen=None):
-    """Replace legacy-format placeholders by arrays, in place through containers."""
-    if isinstance(obj, _PendingTensor):
-        return _strided_copy(obj.storage.array, *obj.args)
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            obj[k] = _resolve_pending(v)
-    elif isinstance(obj, list):
-        obj[:] = [_resolve_pending(v) for v in obj]
-    elif isinstance(obj, tuple):
-        return tuple(_resolve_pending(v) for v in obj)
-    elif isinstance(obj, ScriptObject) and hasattr(obj, "attributes"):
-        _resolve_pending(obj.attributes)
-    return obj
+            obj = _unpickle(path, file, torch=True, storages=storage)
+        return _checked(path, obj, lambda st: archive.read(f"{prefix}/data/{st.key}"))
 
 
 def _load_legacy_torch(path, f):
     """The rest of a PyTorch < 1.6 file after its magic number."""
     _unpickle(path, f)  # protocol version
     _unpickle(path, f)  # system info (byte order, type sizes)
+    file_size = path.stat().st_size
     pending = {}
 
     def storage(storage_type, key, numel):
-        if key not in pending:
-            pending[key] = _PendingStorage(storage_type, numel)
+        if key in pending:
+            if pending[key].numel != numel or pending[key].storage_type.name != storage_type.name:
+                raise _Refused(f"storage {key} is declared twice, differently")
+            return pending[key]
+        pending[key] = _PendingStorage(storage_type, key, numel)
+        declared = sum(st.nbytes for st in pending.values())
+        if declared > file_size:  # the bytes of every storage follow in the file itself
+            raise _Refused(f"its storages declare {declared} bytes, more than the whole {file_size}-byte file")
         return pending[key]
 
     obj = _unpickle(path, f, torch=True, storages=storage)
+    _check_structure(path, obj)  # before the storages' bytes are read
     keys = _unpickle(path, f)
-    if not isinstance(keys, list):
+    if not (isinstance(keys, list) and all(type(key) in (str, int) for key in keys)):
         raise CheckpointError(f"{path}: truncated or not a checkpoint (no storage key list)")
     for key in keys:
         head = f.read(8)
         if len(head) != 8 or str(key) not in pending:
-            raise CheckpointError(f"{path}: truncated or not a checkpoint (storage {key})")
+            raise CheckpointError(f"{path}: truncated or not a checkpoint (storage {_kind(key)})")
         (numel,) = struct.unpack("<q", head)
         st = pending[str(key)]
-        itemsize = 2 if st.storage_type.dtype == "bfloat16" else np.dtype(st.storage_type.dtype).itemsize
-        raw = f.read(numel * itemsize)
-        if numel != st.numel or len(raw) != numel * itemsize:
+        if numel != st.numel:
+            raise CheckpointError(f"{path}: truncated or not a checkpoint (storage {key}: {numel} elements, "
+                                  f"the pickle declares {st.numel})")
+        raw = f.read(st.nbytes)  # within the file's size, checked while unpickling
+        if len(raw) != st.nbytes:
             raise CheckpointError(f"{path}: truncated or not a checkpoint (storage {key} is short)")
         st.array = _as_dtype_array(raw, st.storage_type)
     if any(st.array is None for st in pending.values()):
         raise CheckpointError(f"{path}: truncated or not a checkpoint (a storage has no data)")
-    return _resolve_pending(obj)
+    return _checked(path, obj)
 
 
 def _check_jittor_trailer(path, f):
@@ -348,11 +582,49 @@ def safe_load(path):
             obj = _unpickle(path, f)
             if isinstance(obj, int) and obj == _LEGACY_TORCH_MAGIC:
                 return _load_legacy_torch(path, f)
-            return obj
+            return _checked(path, obj)
     except zipfile.BadZipFile as e:
         raise CheckpointError(f"{path}: a damaged zip file ({e})") from None
     except OSError as e:
         raise CheckpointError(f"{path}: cannot be read ({e.strerror or e})") from None
+
+
+# --- JSON nesting, measured without parsing ---------------------------------------------------------
+JSON_SCAN_CHUNK = 1 << 20  # bytes scanned at a time (bounds the scan's memory)
+
+
+def json_depth(data):
+    """How deeply the arrays/objects of a JSON text (bytes) nest, measured in one linear pass without
+    parsing it: brackets inside strings do not count (a quote is escaped when an odd run of
+    backslashes precedes it). Exact for valid JSON and for any prefix of it, which is as far as a
+    parser goes before it fails; so `json.loads`, which recurses once per level, can be refused
+    deep input first."""
+    data = np.frombuffer(data, np.uint8)
+    depth = deepest = 0
+    in_string = False      # at the start of the chunk
+    odd_backslashes = False  # the bytes before the chunk end in an odd run of backslashes
+    for start in range(0, data.size, JSON_SCAN_CHUNK):
+        chunk = data[start:start + JSON_SCAN_CHUNK]
+        index = np.arange(chunk.size, dtype=np.int32)  # a chunk's positions fit int32
+        backslash = chunk == ord("\\")
+        last_other = np.maximum.accumulate(np.where(backslash, -1, index))
+        # odd[i]: the run of backslashes ending at i is odd (a run reaching the chunk's start
+        # continues the previous chunk's)
+        odd = ((index - last_other) & 1).astype(bool) ^ ((last_other < 0) & odd_backslashes)
+        escaped = np.empty(chunk.size, bool)
+        escaped[0] = odd_backslashes
+        escaped[1:] = odd[:-1]
+        quote = (chunk == ord('"')) & ~escaped
+        quotes_before = np.cumsum(quote, dtype=np.int32) - quote
+        outside = ((quotes_before & 1) == 0) != in_string
+        steps = (((chunk == ord("[")) | (chunk == ord("{"))) & outside).astype(np.int32)
+        steps -= ((chunk == ord("]")) | (chunk == ord("}"))) & outside
+        levels = depth + np.cumsum(steps, dtype=np.int64)
+        deepest = max(deepest, int(levels.max()))
+        depth = int(levels[-1])
+        in_string ^= bool(int(quotes_before[-1] + quote[-1]) & 1)
+        odd_backslashes = bool(backslash[-1] and odd[-1])
+    return deepest
 
 
 # --- safetensors --------------------------------------------------------------------------------------
@@ -394,8 +666,11 @@ def load_safetensors(path):
         (header_len,) = struct.unpack("<Q", f.read(8))
         if not 2 <= header_len <= min(size - 8, _SAFETENSORS_MAX_HEADER):
             raise bad(f"header length {header_len} does not fit a file of {size} bytes")
+        text = f.read(header_len)
+        if json_depth(text) > MAX_NESTING:  # json.loads recurses once per level
+            raise bad(f"the header nests more than {MAX_NESTING} deep")
         try:
-            header = json.loads(f.read(header_len).decode("utf-8"))
+            header = json.loads(text.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as e:
             raise bad(f"the header is not JSON: {str(e).splitlines()[0]}") from None
         if not isinstance(header, dict):
@@ -411,7 +686,8 @@ def load_safetensors(path):
             dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
             if dtype not in _SAFETENSORS_DTYPES:
                 raise bad(f"{name}: unknown dtype {dtype!r:.20}")
-            if not (isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape)):
+            if not (isinstance(shape, list) and len(shape) <= MAX_TENSOR_DIMS
+                    and all(type(n) is int and 0 <= n <= MAX_DIM_SIZE for n in shape)):
                 raise bad(f"{name}: shape {shape!r:.80} is not a list of sizes")
             if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
                     and 0 <= offsets[0] <= offsets[1] <= buffer_len):

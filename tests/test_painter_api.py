@@ -17,6 +17,7 @@ from PIL import Image
 from jspade.config import ModelConfig
 from jspade.models.spade_model import SPADEModel
 from jspade.painter import PainterApp, make_server
+from jspade.painter.app import MAX_BODY, MAX_LABEL_SIDE
 from jspade.painter.web import MAX_JSON_DEPTH, json_depth
 
 from tiny_models import tiny_checkpoint
@@ -235,7 +236,7 @@ def test_bad_requests_at_the_http_level(server):
     assert status == 415 and "application/json" in msg["error"]
     big = b'{"label": "' + b"A" * (9 * 1024 * 1024) + b'"}'
     status, msg = error_of(server, "/api/render", big, {"Content-Type": "application/json"})
-    assert status == 413 and "8.0 MB" in msg["error"]
+    assert status == 413 and f"{MAX_BODY / 1024 / 1024:.1f} MB" in msg["error"] and "2048x2048" in msg["error"]
     status, msg = error_of(server, "/api/nope", None, method="GET")
     assert status == 404 and "/api/nope" in msg["error"]
     status, msg = error_of(server, "/etc/passwd", None, method="GET")
@@ -307,6 +308,72 @@ def test_json_depth_ignores_brackets_inside_strings():
     assert json_depth(b'{"a": [1, {"b": "[[[{{{"}], "c": "\\"]]]"}') == 3
     assert json_depth(b"[" * 5000 + b"]" * 5000) == 5000
     assert json_depth(b'"no structure"') == 0
+    assert json_depth(b'["a\\\\", [["\\\\\\"]"]]]') == 3  # an even run of backslashes ends the string
+
+
+def reference_depth(text):
+    """A parser's view, byte by byte: None once the text is not JSON outside strings (a backslash)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for c in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == ord("\\"):
+                escaped = True
+            elif c == ord('"'):
+                in_string = False
+        elif c == ord("\\"):
+            return None
+        elif c == ord('"'):
+            in_string = True
+        elif c in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in b"]}":
+            depth -= 1
+    return deepest
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 1 << 20])
+def test_json_depth_matches_a_parser_across_scan_chunks(monkeypatch, chunk):
+    """The linear scanner works in chunks, carrying the string and backslash state across them."""
+    import jspade.safe_load
+
+    monkeypatch.setattr(jspade.safe_load, "JSON_SCAN_CHUNK", chunk)
+    rng = np.random.default_rng(chunk)
+    compared = 0
+    for _ in range(400):
+        text = bytes(rng.choice(list(b'[]{}"\\a'), rng.integers(0, 40)))
+        expected = reference_depth(text)
+        if expected is not None:
+            assert json_depth(text) == expected, text
+            compared += 1
+    assert compared > 100
+
+
+def test_an_unterminated_string_of_escaped_quotes_is_rejected_at_once(server):
+    """Before: the nesting pre-check's string regex was quadratic here (64 KB: 12 s, stalling every
+    request). 1 MB now takes one linear pass; the bound is far below what a quadratic scan needs."""
+    body = b'{"label": "' + b'\\"' * (512 * 1024)
+    t0 = time.perf_counter()
+    assert json_depth(body) == 1
+    status, msg = error_of(server, "/api/render", body, {"Content-Type": "application/json"})
+    assert status == 400 and "malformed JSON" in msg["error"]
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_the_largest_label_map_fits_the_body_limit(server):
+    """A MAX_LABEL_SIDE² label of 8-bit ids, even stored uncompressed, is accepted; the limit holds
+    no more than that with a margin."""
+    label = np.random.default_rng(0).integers(0, 29, (MAX_LABEL_SIDE, MAX_LABEL_SIDE), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(label).save(buf, format="PNG", compress_level=0)
+    body = json.dumps({"label": base64.b64encode(buf.getvalue()).decode()}).encode()
+    assert len(body) <= MAX_BODY < 1.2 * len(body)
+    status, _, data = request(server, "POST", "/api/label/import", body, {"Content-Type": "application/json"})
+    assert status == 200, data[:200]
+    assert json.loads(data)["width"] == MAX_LABEL_SIDE
 
 
 @pytest.mark.parametrize("body", [b"[" * 100000 + b"]" * 100000,
@@ -439,3 +506,47 @@ def test_tsit_style_stream_takes_the_style_image():
     plain, _, _ = app.render(label, 0, None)
     assert np.abs(with_bright.astype(int) - with_dark.astype(int)).mean() > 1
     assert np.abs(with_bright.astype(int) - plain.astype(int)).mean() > 1
+
+
+@pytest.mark.parametrize("answer", ["render", "error"])
+def test_a_dropped_connection_is_one_log_line_without_traceback(checkpoint, capfd, answer):
+    """A client that resets its connection while its render waits: the server's answer (an image or
+    an error) cannot be sent; that is one log line for the request, and no traceback."""
+    import struct
+
+    from jspade.painter import ApiError
+
+    lines, started = [], threading.Event()
+    app = PainterApp.from_checkpoint(checkpoint, warmup=False, log=lines.append)
+    real = app._generate
+
+    def slow(*args):
+        started.set()
+        time.sleep(0.5)
+        if answer == "error":
+            raise ApiError(503, "busy", code="busy")
+        return real(*args)
+
+    app._generate = slow
+    srv = make_server(app, "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        body = json.dumps({"label": png_b64(scene())}).encode()
+        client = socket.create_connection(srv.server_address[:2])
+        client.sendall(b"POST /api/render HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        assert started.wait(30)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset
+        client.close()
+        deadline = time.time() + 30
+        while not any("/api/render" in line for line in lines) and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)  # anything else the server would write about it
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)
+    logged = [line for line in lines if "/api/render" in line or "dropped" in line]
+    assert len(logged) == 1 and "not sent: the client went away" in logged[0], lines
+    assert "Traceback" not in capfd.readouterr().err

@@ -71,8 +71,9 @@ def fake_torch():
 
 
 class _Storage:
-    def __init__(self, key, array):
+    def __init__(self, key, array, numel=None):
         self.key, self.array = key, array
+        self.numel = array.size if numel is None else numel  # what the pickle declares
 
 
 class _Tensor:
@@ -84,10 +85,11 @@ class _Tensor:
 
 
 class Strided:
-    """A tensor viewing `array`'s storage with its own size and stride (e.g. a transpose)."""
+    """A tensor viewing `array`'s storage with its own size, stride and offset (e.g. a transpose)."""
 
-    def __init__(self, array, size, stride):
-        self.array, self.size, self.stride = array, size, stride
+    def __init__(self, array, size, stride, offset=0, declared_numel=None):
+        self.array, self.size, self.stride, self.offset = array, size, stride, offset
+        self.declared_numel = declared_numel  # the storage's element count as the pickle states it
 
 
 def _torch_pickle(obj, protocol=2):
@@ -99,14 +101,15 @@ def _torch_pickle(obj, protocol=2):
     class TorchPickler(pickle.Pickler):
         def persistent_id(self, o):
             if isinstance(o, _Storage):
-                return ("storage", storage_cls, o.key, "cpu", o.array.size)
+                return ("storage", storage_cls, o.key, "cpu", o.numel)
             return None
 
     def convert(value):
         if isinstance(value, Strided):
-            st = _Storage(str(len(storages)), np.ascontiguousarray(value.array, np.float32).ravel())
+            st = _Storage(str(len(storages)), np.ascontiguousarray(value.array, np.float32).ravel(),
+                          value.declared_numel)
             storages.append(st)
-            return _Tensor(st, 0, value.size, value.stride, rebuild)
+            return _Tensor(st, value.offset, value.size, value.stride, rebuild)
         if isinstance(value, np.ndarray):
             st = _Storage(str(len(storages)), np.ascontiguousarray(value, np.float32).ravel())
             storages.append(st)
@@ -301,3 +304,194 @@ def test_average_checkpoints_refuses_a_hostile_input(tmp_path):
     assert run.returncode != 0
     assert str(bad) in run.stderr and "posix.mkdir" in run.stderr
     assert not marker.exists() and not (tmp_path / "avg.pkl").exists()
+
+
+
+# --- hostile structure: out-of-bounds views, unbounded sizes, self-reference, depth -------------------
+def refused(path, *words):
+    """safe_load(path) is refused in one line naming the file and the reason."""
+    with pytest.raises(CheckpointError) as e:
+        safe_load(path)
+    message = str(e.value)
+    assert str(path) in message and "\n" not in message, message
+    for word in words:
+        assert word in message, message
+    return message
+
+
+@pytest.mark.parametrize("writer", [write_torch_zip, write_torch_legacy])
+@pytest.mark.parametrize("tensor, words", [
+    # fc.bias at offset -1: before, 255 of 256 values came from process memory
+    (Strided(np.ones(256), (256,), (1,), offset=-1), ["storage offset -1"]),
+    (Strided(np.ones(256), (256,), (-1,), offset=255), ["stride entry -1"]),
+    (Strided(np.ones(4), (5,), (1,)), ["past its storage", "element 4", "holds 4"]),
+    (Strided(np.ones(6), (2, 3), (3, 2)), ["past its storage"]),
+    (Strided(np.ones(4), (2,), (1,), offset=5), ["past its storage"]),
+    # an 8 KB file asking for a 1 GiB tensor of one repeated element
+    (Strided(np.ones(1), (1 << 28,), (0,)), ["would take 1073741840 bytes", "storages of 20 bytes"]),
+    (Strided(np.ones(1), (1 << 14, 1 << 14), (0, 0)), ["would take 1073741840 bytes"]),
+    (Strided(np.ones(2), (2.0,), (1,)), ["size entry a float"]),
+])
+def test_tensors_are_checked_against_their_storage_before_memory_is_touched(tmp_path, writer, tensor, words):
+    path = writer(tmp_path / "latest_net_G.pth", {"fc.weight": np.ones((2, 2), np.float32), "fc.bias": tensor})
+    assert path.stat().st_size < 8192
+    refused(path, "refused", *words)
+
+
+def test_views_inside_their_storage_still_read(tmp_path):
+    """The bounds are exact: the last element of the storage, a stride-0 broadcast within the budget,
+    an empty tensor at the storage's end."""
+    storage = np.arange(6, dtype=np.float32)
+    path = write_torch_zip(tmp_path / "ok.pth", {"tail": Strided(storage, (2,), (2,), offset=3),
+                                                 "bcast": Strided(storage, (3, 4), (1, 0), offset=3),
+                                                 "empty": Strided(storage, (0, 5), (5, 1), offset=6)})
+    state = safe_load(path)
+    assert state["tail"].tolist() == [3, 5]
+    assert state["bcast"].tolist() == [[3] * 4, [4] * 4, [5] * 4]
+    assert state["empty"].shape == (0, 5)
+
+
+def test_a_storage_the_file_cannot_hold_is_refused_before_it_is_read(tmp_path):
+    """The legacy format's storages follow in the file itself; a zip entry's size must be what the
+    pickle declares."""
+    legacy = write_torch_legacy(tmp_path / "legacy.pth", {"w": Strided(np.ones(4), (4,), (1,), declared_numel=1 << 40)})
+    refused(legacy, "more than the whole")
+    zipped = write_torch_zip(tmp_path / "zipped.pth", {"w": Strided(np.ones(4), (4,), (1,), declared_numel=8)})
+    refused(zipped, "holds 16 bytes", "declares 8 elements")
+
+
+def test_object_arrays_and_calls_of_ndarray_are_refused(tmp_path):
+    plain = tmp_path / "objects.pkl"
+    plain.write_bytes(pickle.dumps({"fc.weight": np.array([None] * 4, dtype=object)}, protocol=2))
+    refused(plain, "refused", "object dtype")
+    # numpy.ndarray(shape, dtype) called directly: an uninitialised (or object) array; refused
+    call = tmp_path / "call.pkl"
+    call.write_bytes(b"\x80\x02cnumpy\nndarray\nK\x04\x85X\x01\x00\x00\x00O\x86R.")
+    refused(call, "numpy.ndarray")
+
+
+def self_referencing_list():
+    loop = []
+    loop.append(loop)
+    return loop
+
+
+@pytest.mark.parametrize("writer", [write_torch_legacy, write_torch_zip, write_jittor_pkl])
+def test_a_container_that_contains_itself_is_refused(tmp_path, writer):
+    """Before: a legacy .pth list containing itself printed a 3-million-line RecursionError."""
+    path = writer(tmp_path / "loop.pth", {"w": np.ones(3, np.float32), "loop": self_referencing_list()})
+    refused(path, "refused", "list that contains itself")
+
+
+@contextlib.contextmanager
+def recursion_limit(limit):
+    saved = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(saved)
+
+
+def test_deep_nesting_is_refused_whatever_the_recursion_limit(tmp_path):
+    """100000 nested lists (a 200 KB pickle): refused by depth, walked without recursion, under the
+    10^6 recursion limit Jittor sets (where a recursive walk would overflow the C stack)."""
+    from jspade.safe_load import MAX_NESTING
+
+    n = 100_000
+    path = tmp_path / "deep.pkl"
+    path.write_bytes(b"\x80\x02" + b"]" * (n + 1) + b"a" * n + b".")  # EMPTY_LIST x n+1, APPEND x n
+    with recursion_limit(10 ** 6):
+        refused(path, "refused", f"nested more than {MAX_NESTING} deep")
+    shallow = tmp_path / "shallow.pkl"  # within the bound: read
+    shallow.write_bytes(b"\x80\x02" + b"]" * 50 + b"a" * 49 + b".")
+    assert isinstance(safe_load(shallow), list)
+
+
+def test_shared_parts_count_each_time_they_are_reached(tmp_path):
+    """A 64-level chain of lists each holding the next twice: 2^64 items to any consumer that walks it."""
+    from jspade.safe_load import MAX_ITEMS
+
+    inner = []
+    for _ in range(64):
+        inner = [inner, inner]
+    path = write_jittor_pkl(tmp_path / "doubling.pkl", inner)
+    refused(path, "refused", f"more than {MAX_ITEMS} items")
+    tied = np.ones(3, np.float32)  # a shared array or dict (tied weights) is fine
+    assert safe_load(write_jittor_pkl(tmp_path / "tied.pkl", {"a": tied, "b": tied}))["b"].tolist() == [1, 1, 1]
+
+
+def test_a_zip_bomb_entry_is_refused_without_inflating_it(tmp_path, monkeypatch):
+    """An honest deflated entry inflating past the budget (here 32 MiB of zeros in a 33 KB zip, with
+    the floor lowered to 1 MiB) is refused from the zip's directory: the entry is never opened."""
+    import jspade.safe_load as safe_load_module
+
+    data, storages = _torch_pickle({"w": np.zeros(8 << 20, np.float32)})
+    path = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("archive/data.pkl", data)
+        z.writestr("archive/data/0", storages[0].array.astype("<f4").tobytes())
+    assert path.stat().st_size < 64 << 10
+    monkeypatch.setattr(safe_load_module, "ZIP_INFLATION_FLOOR", 1 << 20)
+    opened = []
+    real_open = zipfile.ZipFile.open
+
+    def spying_open(self, name, *args, **kwargs):
+        opened.append(getattr(name, "filename", name))
+        return real_open(self, name, *args, **kwargs)
+    monkeypatch.setattr(zipfile.ZipFile, "open", spying_open)
+    refused(path, "refused", "inflate", "archive/data/0 declares 33554432")
+    assert opened == ["archive/data.pkl"]
+
+
+def test_a_zip_declaring_a_huge_entry_is_refused_with_the_real_limits(tmp_path):
+    """A 1 GiB storage declared by both the pickle and the zip's directory (the data is 4 bytes):
+    refused by the inflation limit of a small archive, before reading it."""
+    data, storages = _torch_pickle({"w": Strided(np.ones(1), (1,), (1,), declared_numel=1 << 28)})
+    path = tmp_path / "declared.pth"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", data)
+        z.writestr("archive/data/0", b"\x00" * 4)
+        z.getinfo("archive/data/0").file_size = 1 << 30  # what the directory written at close says
+    refused(path, "refused", "inflate", "1073741824")
+
+
+def write_torchscript(path, attributes):
+    """A TorchScript-shaped archive (code/ beside data.pkl) whose module pickles `attributes`."""
+    module = types.ModuleType("__torch__")
+    WrapNet = type("WrapNet", (), {"__module__": "__torch__"})
+    module.WrapNet = WrapNet
+    net = WrapNet()
+    net.__dict__.update(attributes)
+    sys.modules["__torch__"] = module
+    try:
+        data = pickle.dumps(net, protocol=2)
+    finally:
+        del sys.modules["__torch__"]
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", data)
+        z.writestr("archive/code/__torch__.py", "")
+    return path
+
+
+def test_torchscript_fid_archive_with_a_self_reference_is_refused(tmp_path):
+    """Before: a ~200-byte archive like this drove evaluate.py to 23.9 GB."""
+    from jspade.metrics.torchscript import flatten_tensors, load_fid_inception_weights
+
+    path = write_torchscript(tmp_path / "default_1.pt", {"net": self_referencing_list()})
+    assert path.stat().st_size < 512
+    with recursion_limit(10 ** 6), pytest.raises(CheckpointError) as e:
+        load_fid_inception_weights(path)
+    assert str(path) in str(e.value) and "contains itself" in str(e.value)
+    with pytest.raises(CheckpointError, match="contains itself"):  # the walk itself is bounded too
+        flatten_tensors({"net": self_referencing_list()}, source="x.pt")
+    with pytest.raises(CheckpointError, match="not the FID Inception"):  # a well-formed stranger: one line
+        load_fid_inception_weights(write_torchscript(tmp_path / "other.pt", {"w": np.ones(2, np.float32)}))
+
+
+def test_a_safetensors_header_nested_deeply_is_refused(tmp_path):
+    header = b"[" * 200_000 + b"]" * 200_000
+    path = tmp_path / "deep.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    with recursion_limit(10 ** 6):
+        refused(path, "nests more than")

@@ -26,8 +26,13 @@ from jspade.inference import (StyleUnsupported, encode_style, has_style_encoder,
                               render, require_style_photos, resolve_checkpoint, takes_style_photos)
 from jspade.models.spade_model import has_style_stream
 
-MAX_BODY = 8 * 1024 * 1024          # request bodies (base64 inflates files by 4/3)
 MAX_LABEL_SIDE = 2048
+# Request bodies fit the largest label map: MAX_LABEL_SIDE² 8-bit class ids as a PNG even with its
+# pixels stored uncompressed (a filter byte per row, 5 bytes per 64 KB deflate block, < 4 KB of
+# chunks), in base64 (4/3): 5.6 MB, and 10% for the JSON around it: 5.9 MB. (Style images share the
+# limit: files up to about 4.4 MB.)
+_LARGEST_LABEL_PNG = MAX_LABEL_SIDE * (MAX_LABEL_SIDE + 1) * 65541 // 65535 + 4096
+MAX_BODY = _LARGEST_LABEL_PNG * 4 // 3 * 11 // 10
 MAX_STYLE_SIDE = 4096
 MAX_SEED = 2 ** 31 - 1
 STYLE_CACHE_SIZE = 64

@@ -8,11 +8,13 @@ around a `PainterApp` (jspade.painter.app, which holds the model).
     POST /api/label/import   {"label": b64 PNG} -> {"width", "height", "classes", "ids", "png"}
 
 Every request is validated and bad input is answered with a 4xx and `{"error": "..."}`: bodies are
-JSON (`Content-Type: application/json`, at most 8 MB, nested at most MAX_JSON_DEPTH deep: checked
-before parsing, since Jittor raises Python's recursion limit to 10^6 and a deeply nested body would
-overflow the C stack inside `json.loads`), labels are PNGs holding one channel of class ids at most
-2048x2048, style images are PNG or JPEG at most 4096x4096. A 500 means a bug. Under load, requests
-beyond the render queue, or beyond MAX_CONNECTIONS open connections, get 503 with Retry-After.
+JSON (`Content-Type: application/json`, at most MAX_BODY: what the largest label map needs; nested
+at most MAX_JSON_DEPTH deep, measured in one linear pass before parsing, since Jittor raises Python's
+recursion limit to 10^6 and a deeply nested body would overflow the C stack inside `json.loads`),
+labels are PNGs holding one channel of class ids at most 2048x2048, style images are PNG or JPEG at
+most 4096x4096. A 500 means a bug. Under load, requests beyond the render queue, or beyond
+MAX_CONNECTIONS open connections, get 503 with Retry-After. A client that drops its connection costs
+one log line, no traceback.
 
 Only requests whose Host (and Origin, when sent) name this server are answered (a guard against DNS
 rebinding and other sites' pages): loopback names, and on a non-loopback bind also this machine's
@@ -21,7 +23,6 @@ host name, the address the request arrived on, and names given with `allow_hosts
 import base64
 import ipaddress
 import json
-import re
 import socket
 import sys
 import threading
@@ -34,7 +35,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from jspade.painter.app import MAX_BODY, MAX_SEED, ApiError, encode_png
+from jspade.painter.app import MAX_BODY, MAX_LABEL_SIDE, MAX_SEED, ApiError, encode_png
+from jspade.safe_load import json_depth
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 STATIC_FILES = {
@@ -52,18 +54,8 @@ MAX_JSON_DEPTH = 16                 # the API's bodies are flat objects
 MAX_CONNECTIONS = 64                # open connections (one thread each) before new ones get 503
 LISTEN_BACKLOG = 128                # connections the kernel queues while the server is busy
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
-
-# A JSON string (with escapes), matched without recursion so that any body can be scanned.
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
-
-
-def json_depth(body):
-    """How deeply the arrays/objects of a JSON text (bytes) nest, without parsing it (strings are
-    skipped, so brackets inside them do not count)."""
-    structure = np.frombuffer(_JSON_STRING.sub(b'""', body), np.uint8)
-    steps = ((structure == ord("[")) | (structure == ord("{"))).astype(np.int32)
-    steps -= (structure == ord("]")) | (structure == ord("}"))
-    return int(np.cumsum(steps).max(initial=0))
+# A client that went away (reset, closed, or stalled past Handler.timeout): nothing to answer.
+CLIENT_GONE = (ConnectionError, TimeoutError)
 
 
 def _mb(n):
@@ -139,6 +131,7 @@ class Handler(BaseHTTPRequestHandler):
         pass  # one line per request is written by _dispatch, with its duration
 
     def _send(self, status, body, content_type, headers=None):
+        self._answering = status
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -202,8 +195,9 @@ class Handler(BaseHTTPRequestHandler):
                     if not chunk:
                         break
                     left -= len(chunk)
-            raise ApiError(413, f"the request body is {_mb(length)}; at most {_mb(MAX_BODY)} is accepted "
-                                "(images up to about 6 MB)", code="too_big")
+            raise ApiError(413, f"the request body is {_mb(length)}; at most {_mb(MAX_BODY)} is accepted (a "
+                                f"label map up to {MAX_LABEL_SIDE}x{MAX_LABEL_SIDE}, image files up to about "
+                                f"{_mb(MAX_BODY * 3 // 4)})", code="too_big")
         body = self.rfile.read(length)
         if len(body) != length:
             self.close_connection = True
@@ -228,9 +222,18 @@ class Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method):
         t0 = time.perf_counter()
-        self._status = None
+        self._status = self._answering = None
         self._body = b""
         path = urlsplit(self.path).path
+        try:
+            self._respond(method, path)
+            outcome = self._status
+        except CLIENT_GONE as error:  # one line below, no traceback
+            self.close_connection = True
+            outcome = f"{self._answering or '-'} not sent: the client went away ({type(error).__name__})"
+        self.app.log(f"{method} {path} {outcome} {(time.perf_counter() - t0) * 1000:.0f} ms")
+
+    def _respond(self, method, path):
         try:
             body_error = None
             if method == "POST" or self.headers.get("Content-Length") not in (None, "0"):
@@ -260,15 +263,14 @@ class Handler(BaseHTTPRequestHandler):
             if error.code:
                 payload["code"] = error.code
             self._send_json(error.status, payload, error.headers)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
+        except CLIENT_GONE:
+            raise
         except Exception as error:  # noqa: BLE001 - a bug: report it, keep serving
             traceback.print_exc(file=sys.stderr)
             if self._status is None:
                 self.close_connection = True
                 self._send_json(500, {"error": f"internal error ({type(error).__name__}: {error}); see the "
                                                "server log"})
-        self.app.log(f"{method} {path} {self._status} {(time.perf_counter() - t0) * 1000:.0f} ms")
 
     def do_GET(self):
         self._dispatch("GET")
@@ -414,6 +416,15 @@ class PainterServer(ThreadingHTTPServer):
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
+
+    def handle_error(self, request, client_address):
+        """A client gone between requests (e.g. reset while its next request line was awaited) is one
+        log line; anything else is a bug and keeps its traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, CLIENT_GONE):
+            self.app.log(f"{client_address[0]} connection dropped ({type(error).__name__})")
+        else:
+            super().handle_error(request, client_address)
 
     def process_request_thread(self, request, client_address):
         try:
