@@ -20,35 +20,28 @@
   `jspade.runtime` before Jittor is imported; `--verbose` keeps them.
 """
 import argparse
+import json
 import math
 import os
 import pickle
 import sys
+import tomllib
 from pathlib import Path
 
-# Errors a user can cause and fix, as (module, class name): looked up only in modules already
-# imported (an error can only come from a module that was), so checking costs no imports.
-PROJECT_ERRORS = (
-    ("jspade.checkpoint", "CheckpointError"),
-    ("jspade.data.readers", "DataError"),
-    ("jspade.train.trainer", "RunFolderError"),
-    ("jspade.safe_load", "UnsafeFileError"),
-)
-# Raised by file readers and loaders for unreadable, truncated or malformed input. ValueError also
-# covers tomllib.TOMLDecodeError, json.JSONDecodeError and UnicodeDecodeError.
-GENERAL_ERRORS = (OSError, ValueError, EOFError, pickle.UnpicklingError)
+from jspade.errors import JspadeError
+
+# Besides JspadeError (every project error class derives from it), what file readers and loaders
+# raise for unreadable, truncated or malformed input. ValueError is not among them: a plain
+# ValueError is a bug and keeps its traceback.
+GENERAL_ERRORS = (OSError, EOFError, pickle.UnpicklingError, json.JSONDecodeError, tomllib.TOMLDecodeError,
+                  UnicodeDecodeError)
 
 _debug = "--debug" in sys.argv[1:]
 
 
 def expected_errors():
     """The exception classes reported as one line (the rest keep their traceback)."""
-    found = []
-    for module_name, class_name in PROJECT_ERRORS:
-        cls = getattr(sys.modules.get(module_name), class_name, None)
-        if isinstance(cls, type) and issubclass(cls, BaseException):
-            found.append(cls)
-    return tuple(found) + GENERAL_ERRORS
+    return (JspadeError,) + GENERAL_ERRORS
 
 
 def describe(error):

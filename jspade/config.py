@@ -348,6 +348,9 @@ def check_model(m: ModelConfig, source="model options"):
     if not 1 <= height <= MAX_IMAGE_SIDE:
         raise ConfigError(f"{source}: crop_size {m.crop_size} with aspect_ratio {m.aspect_ratio:g} makes images "
                           f"{height} pixels high; the height must be from 1 to {MAX_IMAGE_SIDE}")
+    if m.clip_dim and m.netG != "spade":
+        raise ConfigError(f"{source}: [model] clip_dim {m.clip_dim} needs netG 'spade' (CLIP modulation is built "
+                          f"into SPADE's layers, not {m.netG!r}'s)")
     if m.netG == "spade" and "fade" in m.norm_G:
         raise ConfigError(f"{source}: [model] norm_G {m.norm_G!r} names FADE layers, which only netG 'tsit' has "
                           "(use e.g. spectralspadesyncbatch3x3)")

@@ -20,6 +20,7 @@ from jspade.runtime import jt
 from jspade.checkpoint import load_state_strict
 from jspade.config import ModelConfig
 from jspade.data.semantics import instance_edges, semantics_for
+from jspade.errors import JspadeError
 from jspade.models.spade_model import SPADEModel
 
 
@@ -70,7 +71,7 @@ class Comparison:
                     and self.error <= self.tolerance + self.reference_noise)
 
 
-class ArchiveError(ValueError):
+class ArchiveError(JspadeError, ValueError):
     """A reference archive that cannot be checked (one line: the file and the reason)."""
 
     def __init__(self, path, reason):

@@ -9,13 +9,14 @@ import json
 from pathlib import Path
 
 from jspade.atomic import write_bytes_atomic
+from jspade.errors import JspadeError
 
 REPORT_FILE = "report.html"
 MAX_GRIDS = 12  # sample grids shown, evenly spaced over the run
 D_LOSSES = ("D_Fake", "D_real")
 
 
-class ReportError(ValueError):
+class ReportError(JspadeError, ValueError):
     pass
 
 

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from jspade.errors import UnsupportedRequest
+from jspade.safe_load import CheckpointError
+
 FORMAT = "jspade-style-bank-1"
 DEFAULT_K = 16
 DEFAULT_SEED = 0
@@ -95,9 +98,9 @@ class StyleBank:
         return int(self.centres.shape[0])
 
     def centre(self, index):
-        """Centre `index` as a float32 [D] embedding; ValueError naming the range."""
+        """Centre `index` as a float32 [D] embedding; UnsupportedRequest naming the range."""
         if not 0 <= index < self.k:
-            raise ValueError(f"style centre {index} is out of range: the bank has centres 0..{self.k - 1}")
+            raise UnsupportedRequest(f"style centre {index} is out of range: the bank has centres 0..{self.k - 1}")
         return self.centres[index].astype(np.float32)
 
     def nearest_centre(self, embedding):
@@ -113,7 +116,7 @@ class StyleBank:
 
     @classmethod
     def from_payload(cls, payload, source="checkpoint"):
-        """Inverse of to_payload; ValueError naming `source` when the payload is not a style bank."""
+        """Inverse of to_payload; CheckpointError naming `source` when the payload is not a style bank."""
         try:
             if payload.get("format") != FORMAT:
                 raise ValueError(f"format {payload.get('format')!r}, expected {FORMAT!r}")
@@ -125,14 +128,14 @@ class StyleBank:
                        stems=[str(s) for s in payload["stems"]],
                        weights_sha256=str(payload["weights_sha256"]), seed=int(payload.get("seed", DEFAULT_SEED)))
         except (AttributeError, KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{source}: not a usable style bank ({type(e).__name__}: {e})") from None
+            raise CheckpointError(f"{source}: not a usable style bank ({type(e).__name__}: {e})") from None
         k, d = bank.centres.shape if bank.centres.ndim == 2 else (0, 0)
         n = len(bank.stems)
         if (not k or bank.counts.shape != (k,) or len(bank.medoid_stems) != k or bank.mean.shape != (d,)
                 or bank.embeddings.shape != (n, d)):
-            raise ValueError(f"{source}: the style bank's arrays disagree in size (centres {bank.centres.shape}, "
-                             f"counts {bank.counts.shape}, {len(bank.medoid_stems)} medoids, mean {bank.mean.shape}, "
-                             f"embeddings {bank.embeddings.shape}, {n} stems)")
+            raise CheckpointError(f"{source}: the style bank's arrays disagree in size (centres "
+                                  f"{bank.centres.shape}, counts {bank.counts.shape}, {len(bank.medoid_stems)} "
+                                  f"medoids, mean {bank.mean.shape}, embeddings {bank.embeddings.shape}, {n} stems)")
         return bank
 
 

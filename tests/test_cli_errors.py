@@ -36,6 +36,7 @@ def workdir(tmp_path):
     (tmp_path / "garbage.pkl").write_bytes(whole[:len(whole) // 2])  # a checkpoint cut short
     (tmp_path / "bad_phase.toml").write_text("[[phases]]\nepochs = 1\nbogus = 2\n")
     (tmp_path / "bad_batch.toml").write_text("[[phases]]\nepochs = 1\nbatch_size = -3\n")
+    (tmp_path / "bad_type.toml").write_text('[model]\nngf = "sixteen"\n')
     return tmp_path
 
 
@@ -80,6 +81,10 @@ BAD_ARGUMENTS = [
      ["bad_phase.toml", "[[phases]] #1", "unknown option bogus"]),
     ("train.py", ["--config", "bad_batch.toml", "--train.output_dir", "results"],
      ["bad_batch.toml", "batch_size", "at least 1", "-3"]),
+    ("train.py", ["--config", "bad_type.toml", "--train.output_dir", "results"],
+     ["bad_type.toml", "[model] ngf", "integer", "sixteen"]),
+    ("train.py", ["--model.netG", "tsit", "--model.clip_dim", "8", "--train.output_dir", "results"],
+     ["clip_dim 8", "netG 'spade'"]),
     ("train.py", ["--name", "x", "--resume", "--overwrite", "--train.output_dir", "results"],
      ["--resume and --overwrite"]),
     ("infer.py", ["--labels", "labels", "--checkpoint", "garbage.pkl", "--out", "out", "--size", "100000x100000",
@@ -128,13 +133,21 @@ def test_painter_without_a_checkpoint_says_to_train_first(workdir):
 
 
 def test_jittor_log_lines_only_with_verbose(workdir):
-    args = ["--preview", "p.png", "--preview-n", "1", "--size", "32x32"]
-    quiet = run_script("make_synthetic.py", args, workdir)
-    assert quiet.returncode == 0, quiet.stderr
+    args = ["--labels", "labels", "--checkpoint", "garbage.pkl", "--out", "out"]  # imports Jittor, then fails
+    quiet = run_script("infer.py", args, workdir)
     assert "[i " not in quiet.stdout + quiet.stderr and "Total mem" not in quiet.stdout + quiet.stderr
-    assert quiet.stdout.strip().splitlines() == ["preview of 1 scenes: p.png"]
-    verbose = run_script("make_synthetic.py", args + ["--verbose"], workdir)
-    assert verbose.returncode == 0 and "[i " in verbose.stderr + verbose.stdout
+    assert quiet.returncode == 1 and len(quiet.stderr.strip().splitlines()) == 1, quiet.stderr
+    verbose = run_script("infer.py", args + ["--verbose"], workdir)
+    assert verbose.returncode == 1 and "[i " in verbose.stderr + verbose.stdout
+
+
+def test_scripts_that_need_no_jittor_do_not_import_it(workdir):
+    """make_synthetic.py is numpy and PIL only: even --verbose shows no Jittor line (`import jspade`
+    does not import Jittor)."""
+    args = ["--preview", "p.png", "--preview-n", "1", "--size", "32x32", "--verbose"]
+    proc = run_script("make_synthetic.py", args, workdir)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines() == ["preview of 1 scenes: p.png"] and "[i " not in proc.stderr
 
 
 def test_argument_types_report_the_limit():
@@ -176,6 +189,35 @@ def test_run_reports_expected_errors_and_keeps_bugs_loud(capsys):
     assert cli.run(lambda argv: 3) == 3 and cli.run(lambda argv: None) == 0
     with pytest.raises(KeyError):  # a bug keeps its traceback
         cli.run(lambda argv: {}["x"])
+    with pytest.raises(ValueError):  # a ValueError too: user errors are JspadeErrors
+        cli.run(lambda argv: int("x"))
+
+
+# A script as scripts/ writes them: an internal ValueError (a bug) and a user error (JspadeError).
+TOOL = """
+import sys
+from jspade import cli
+from jspade.errors import UnsupportedRequest
+
+def main(argv):
+    if sys.argv[1] == "bug":
+        int("not a number")
+    raise UnsupportedRequest("style centre 20 is out of range: the bank has centres 0..15")
+
+sys.exit(cli.run(main))
+"""
+
+
+def test_a_value_error_bug_keeps_its_traceback_and_a_user_error_is_one_line(tmp_path):
+    (tmp_path / "tool.py").write_text(TOOL)
+    run = lambda what: subprocess.run([sys.executable, "tool.py", what], cwd=tmp_path,  # noqa: E731
+                                      capture_output=True, text=True, timeout=60)
+    bug = run("bug")
+    assert bug.returncode == 1 and "Traceback" in bug.stderr, bug.stderr
+    assert "ValueError: invalid literal for int()" in bug.stderr
+    user = run("user")
+    assert user.returncode == 1, user.stderr
+    assert user.stderr.splitlines() == ["tool.py: error: style centre 20 is out of range: the bank has centres 0..15"]
 
 
 def test_a_second_trainer_on_a_locked_run_folder_is_refused(workdir):

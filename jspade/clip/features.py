@@ -17,11 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from jspade.errors import JspadeError
+
 FORMAT = "jspade-clip-features-1"
 DEFAULT_NAME = "clip_features.npz"
 
 
-class FeatureCacheError(ValueError):
+class FeatureCacheError(JspadeError, ValueError):
     """A CLIP feature cache that cannot be used; the message names it and the command that rebuilds it."""
 
 

@@ -16,6 +16,9 @@ import ftfy
 import numpy as np
 import regex
 
+from jspade.errors import UnsupportedRequest
+from jspade.safe_load import CheckpointError
+
 VOCAB_PATH = Path(__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 _N_MERGES = 49152 - 256 - 2  # the vocabulary has 49408 ids: 256 bytes, 256 word-final bytes, merges, SOT, EOT
@@ -48,7 +51,7 @@ class Tokenizer:
             lines = f.read().split("\n")
         merges = [tuple(line.split()) for line in lines[1:_N_MERGES + 1]]
         if len(merges) != _N_MERGES or any(len(m) != 2 for m in merges):
-            raise ValueError(f"{vocab_path}: not CLIP's BPE vocabulary ({len(merges)} merges)")
+            raise CheckpointError(f"{vocab_path}: not CLIP's BPE vocabulary ({len(merges)} merges)")
         byte_chars = list(byte_to_unicode().values())
         vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges] + [SOT, EOT]
         self.encoder = {token: i for i, token in enumerate(vocab)}
@@ -96,7 +99,7 @@ class Tokenizer:
 
     def tokenize(self, texts, context_length=77, truncate=False):
         """int64 [len(texts), context_length] like `clip.tokenize`: SOT, ids, EOT, zeros. A prompt
-        longer than the context raises ValueError, or with truncate=True keeps the first
+        longer than the context raises UnsupportedRequest, or with truncate=True keeps the first
         context_length ids with EOT last."""
         if isinstance(texts, str):
             texts = [texts]
@@ -105,8 +108,8 @@ class Tokenizer:
             ids = [self.sot_id] + self.encode(text) + [self.eot_id]
             if len(ids) > context_length:
                 if not truncate:
-                    raise ValueError(f"the prompt {text!r:.60} has {len(ids)} tokens, more than CLIP's "
-                                     f"context of {context_length}")
+                    raise UnsupportedRequest(f"the prompt {text!r:.60} has {len(ids)} tokens, more than CLIP's "
+                                             f"context of {context_length}")
                 ids = ids[:context_length]
                 ids[-1] = self.eot_id
             result[row, :len(ids)] = ids

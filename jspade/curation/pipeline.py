@@ -198,7 +198,8 @@ def curate(data_dir, out_dir, options: Optional[CurationOptions] = None):
         for reason, message in found:
             reasons[stem].setdefault(reason, {"messages": []})["messages"].append(message)
     if segmenter is not None and segmenter.label_nc != label_nc:
-        raise CheckpointError(f"segmenter {options.segmenter} predicts {segmenter.label_nc} classes, the data has {label_nc}")
+        raise CheckpointError(f"segmenter {options.segmenter} predicts {segmenter.label_nc} classes, the data has "
+                              f"{label_nc}")
     lap("integrity")
 
     features = read_features([samples[s] for s in all_stems if s in samples and not reasons[s]],

@@ -13,6 +13,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from jspade.errors import JspadeError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Labels must be lossless: a JPEG label would invent class ids at every boundary.
 LABEL_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
@@ -55,7 +57,7 @@ def list_files(folder, extensions, recursive=False):
     return sorted((p for p in listed if p.is_file()), key=lambda p: natural_key(p.name))
 
 
-class DataError(ValueError):
+class DataError(JspadeError, ValueError):
     """A dataset file is missing, unreadable or holds values the model cannot use."""
 
     def __init__(self, message, path=None, kind="integrity"):

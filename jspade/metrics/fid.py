@@ -10,6 +10,7 @@ Weights come from, in order: an explicit path, the `JSPADE_FID_WEIGHTS` environm
 import hashlib
 import os
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from jspade.atomic import atomic_path
-from jspade.data.readers import IMAGE_EXTENSIONS, list_files
+from jspade.data.readers import IMAGE_EXTENSIONS, DataError, list_files
 from jspade.metrics.torchscript import installed_fid_helper_weights, load_fid_inception_weights
 from jspade.models.inception import FEATURE_DIM, FIDInceptionV3
 from jspade.runtime import jt
@@ -88,7 +89,7 @@ class InceptionFeatureExtractor:
         """N x 2048 float32, one row per image of `list_images(directory)` (natural name order)."""
         paths = list_images(directory)
         if not paths:
-            raise ValueError(f"no .jpg/.png images in {directory}")
+            raise DataError(f"no .jpg/.png images in {directory}", directory)
         return self.features(paths, description=f"FID features {Path(directory).name}")
 
 
@@ -131,10 +132,16 @@ def save_statistics(path, stats):
 
 
 def load_statistics(path):
-    with np.load(path, allow_pickle=False) as data:
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, zipfile.BadZipFile) as error:  # not an .npz, or a damaged one
+        raise DataError(f"{path} is not an FID statistics file ({error})", path) from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise DataError(f"{path} is not an FID statistics file (an .npy array, not an .npz)", path)
+    with data:
         missing = {"mu", "sigma"} - set(data.files)
         if missing:
-            raise ValueError(f"{path} is not an FID statistics file (no {sorted(missing)})")
+            raise DataError(f"{path} is not an FID statistics file (no {sorted(missing)})", path)
         return FIDStatistics(
             mu=data["mu"], sigma=data["sigma"], n=int(data["n"]) if "n" in data.files else -1,
             fingerprint=str(data["fingerprint"]) if "fingerprint" in data.files else "",
@@ -146,7 +153,7 @@ def folder_statistics(directory, extractor=None, cache=None, weights=None):
     the same file list and extractor is reused; a missing or stale one is (re)computed and written."""
     paths = list_images(directory)
     if len(paths) < 2:
-        raise ValueError(f"FID needs at least 2 images, {directory} has {len(paths)}")
+        raise DataError(f"FID needs at least 2 images, {directory} has {len(paths)}", directory)
     fingerprint = file_list_fingerprint(paths)
     if cache is not None and Path(cache).is_file():
         cached = load_statistics(cache)
@@ -220,5 +227,5 @@ def fid(fake_dir, real, extractor=None, real_cache=None, weights=None):
     fake = folder_statistics(fake_dir, extractor)
     reference = statistics_of(real, extractor, cache=real_cache)
     if reference.extractor and reference.extractor != EXTRACTOR_ID:
-        raise ValueError(f"{real} was computed with a different extractor: {reference.extractor!r}")
+        raise DataError(f"{real} was computed with a different extractor: {reference.extractor!r}", real)
     return frechet_distance(fake.mu, fake.sigma, reference.mu, reference.sigma)

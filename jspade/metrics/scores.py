@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from jspade.data.readers import LABEL_EXTENSIONS, list_files
+from jspade.errors import JspadeError
 from jspade.metrics.fid import list_images, read_rgb
 
 FID_CLAMP = 100.0
@@ -141,7 +142,7 @@ def mean_iou(confusion):
     return float((intersection[present] / union[present]).mean()) if present.any() else float("nan")
 
 
-class SegmenterUnavailable(ValueError):
+class SegmenterUnavailable(JspadeError, ValueError):
     """No segmentation network checkpoint at the given path (mask accuracy and the curation's
     agreement check need one)."""
 

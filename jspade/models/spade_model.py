@@ -7,6 +7,7 @@ from jspade.runtime import jt
 
 from jspade.models import losses
 from jspade.checkpoint import CheckpointError, load_state_strict
+from jspade.errors import ConfigError, UnsupportedRequest
 from jspade.models.clip_modulation import fill_new_clip_keys
 from jspade.models.discriminator import MultiscaleDiscriminator
 from jspade.models.encoder import ConvEncoder, reparameterize
@@ -18,15 +19,16 @@ from jspade.models.vgg import VGG19
 def build_generator(opt):
     clip_dim = getattr(opt, "clip_dim", 0)
     if not isinstance(clip_dim, int) or isinstance(clip_dim, bool) or clip_dim < 0:
-        raise ValueError(f"model.clip_dim must be a whole number >= 0 (0: no CLIP; 512 for ViT-B/32), got {clip_dim!r}")
+        raise ConfigError(f"model.clip_dim must be a whole number >= 0 (0: no CLIP; 512 for ViT-B/32), "
+                          f"got {clip_dim!r}")
     if clip_dim and opt.netG != "spade":
-        raise ValueError(f"model.clip_dim {clip_dim} needs netG 'spade': CLIP modulation is built into SPADE's "
-                         f"layers, not {opt.netG!r}'s")
+        raise ConfigError(f"model.clip_dim {clip_dim} needs netG 'spade': CLIP modulation is built into SPADE's "
+                          f"layers, not {opt.netG!r}'s")
     if opt.netG == "spade":
         return SPADEGenerator(opt)
     if opt.netG == "tsit":
         return TSITGenerator(opt)
-    raise ValueError(f"netG {opt.netG!r} is not recognized (spade | tsit)")
+    raise ConfigError(f"netG {opt.netG!r} is not recognized (spade | tsit)")
 
 
 def has_style_stream(netG):
@@ -58,10 +60,10 @@ class SPADEModel:
     def set_style_bank(self, bank):
         """Attach a StyleBank; its mean becomes the generator's "no style" embedding (netG.clip_mean)."""
         if not self.uses_clip:
-            raise ValueError("a style bank needs a CLIP model (model.clip_dim > 0)")
+            raise UnsupportedRequest("a style bank needs a CLIP model (model.clip_dim > 0)")
         if bank.dim != self.netG.clip_dim:
-            raise ValueError(f"the style bank holds {bank.dim}-d embeddings; the model takes {self.netG.clip_dim}-d "
-                             "(model.clip_dim)")
+            raise UnsupportedRequest(f"the style bank holds {bank.dim}-d embeddings; the model takes "
+                                     f"{self.netG.clip_dim}-d (model.clip_dim)")
         self.style_bank = bank
         self.netG.clip_mean.update(jt.array(bank.mean.astype(np.float32)))
         self.netG.clip_mean.sync()
@@ -71,19 +73,21 @@ class SPADEModel:
         training set's mean ("no style": the bank's, else the generator's clip_mean); an int K -> the
         style bank's centre K; an array -> itself (e.g. a photo's embedding, or project_text's)."""
         if not self.uses_clip:
-            raise ValueError("this model has no CLIP modulation (model.clip_dim 0): it takes no CLIP style")
+            raise UnsupportedRequest("this model has no CLIP modulation (model.clip_dim 0): it takes no CLIP style")
         dim = self.netG.clip_dim
         if style is None or (isinstance(style, str) and style == "mean"):
             return (self.style_bank.mean if self.style_bank is not None else self.netG.clip_mean.numpy()).astype(np.float32)
         if isinstance(style, (int, np.integer)) and not isinstance(style, bool):
             if self.style_bank is None:
-                raise ValueError("a style centre needs the checkpoint's style bank, and this model has none")
+                raise UnsupportedRequest("a style centre needs the checkpoint's style bank, and this model has "
+                                         "none")
             return self.style_bank.centre(int(style))
         embedding = np.asarray(style, dtype=np.float32)
         if embedding.shape != (dim,):
-            raise ValueError(f"a CLIP embedding of shape {embedding.shape}; the model takes ({dim},) (model.clip_dim)")
+            raise UnsupportedRequest(f"a CLIP embedding of shape {embedding.shape}; the model takes ({dim},) "
+                                     "(model.clip_dim)")
         if not np.all(np.isfinite(embedding)) or not np.any(embedding):
-            raise ValueError("a CLIP embedding must be finite and not all zero")
+            raise UnsupportedRequest("a CLIP embedding must be finite and not all zero")
         return embedding
 
     def networks(self):
@@ -122,7 +126,7 @@ class SPADEModel:
         if self.uses_clip:
             return self.netG(semantics, z=z, clip=clip)
         if clip is not None:
-            raise ValueError("this model has no CLIP modulation (model.clip_dim 0): it takes no CLIP embedding")
+            raise UnsupportedRequest("this model has no CLIP modulation (model.clip_dim 0): it takes no CLIP embedding")
         return self.netG(semantics, z=z)
 
     def discriminate(self, semantics, fake_image, real_image):

@@ -5,7 +5,7 @@ import numpy as np
 
 from jspade.models import winograd
 from jspade.runtime import jt
-from jspade.safe_load import safe_load
+from jspade.safe_load import CheckpointError, safe_load
 from jittor import nn
 
 # torchvision's `vgg19().features` up to relu5_1: conv indices and where each slice ends.
@@ -50,7 +50,7 @@ class VGG19(nn.Module):
             raise FileNotFoundError(f"VGG19 weights not found at {path}")
         state = safe_load(path)  # torchvision .pth or Jittor .pkl; a pickle that would run code is refused
         if not isinstance(state, dict):
-            raise ValueError(f"{path} is not a VGG19 state dict")
+            raise CheckpointError(f"{path} is not a VGG19 state dict")
         wanted = {k: v for k, v in self.state_dict().items()}
         missing = []
         for name, var in wanted.items():
@@ -60,11 +60,11 @@ class VGG19(nn.Module):
                 continue
             arr = np.asarray(src, dtype=np.float32)
             if tuple(arr.shape) != tuple(var.shape):
-                raise ValueError(f"{path}: {name} has shape {arr.shape}, expected {tuple(var.shape)}")
+                raise CheckpointError(f"{path}: {name} has shape {arr.shape}, expected {tuple(var.shape)}")
             var.update(jt.array(arr))
         if missing:
-            raise ValueError(f"{path} is not a VGG19 state dict: missing {', '.join(missing[:6])}"
-                             + (" ..." if len(missing) > 6 else ""))
+            raise CheckpointError(f"{path} is not a VGG19 state dict: missing {', '.join(missing[:6])}"
+                                  + (" ..." if len(missing) > 6 else ""))
         for p in self.parameters():
             p.stop_grad()
         self.pretrained = True

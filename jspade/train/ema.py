@@ -14,7 +14,7 @@ mean and unbiased variance (PyTorch's `momentum=None`). Those train-mode passes 
 power iteration each, moving u, v on toward the averaged weights' singular vectors. Under MPI every rank holds the same live
 weights, batch statistics are synchronised, so the copies stay identical on all ranks.
 """
-from jspade.checkpoint import load_state_strict, state_arrays
+from jspade.checkpoint import CheckpointError, load_state_strict, state_arrays
 from jspade.models.base import trainable_parameters
 from jspade.models.normalization import SyncBatchNorm
 from jspade.runtime import jt
@@ -108,7 +108,7 @@ class ModelEMA:
     def load_state(self, networks, updates, source="checkpoint"):
         for name, net in self.networks.items():
             if name not in networks:
-                raise ValueError(f"{source} has no EMA weights for net{name}")
+                raise CheckpointError(f"{source} has no EMA weights for net{name}")
             load_state_strict(net, networks[name], source=f"{source} [ema {name}]")
             net.eval()
         self.updates = int(updates)

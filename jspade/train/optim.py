@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from jspade.runtime import jt
+from jspade.safe_load import CheckpointError
 
 
 class Adam:
@@ -49,10 +50,10 @@ class Adam:
 
     def load_state_dict(self, state):
         if len(state["m"]) != len(self.params):
-            raise ValueError(f"optimizer state holds {len(state['m'])} tensors, the model has {len(self.params)}")
+            raise CheckpointError(f"optimizer state holds {len(state['m'])} tensors, the model has {len(self.params)}")
         self.step_count = int(state["step"])
         self.lr = state["lr"]
         for buf, arr in zip(self.m + self.v, list(state["m"]) + list(state["v"])):
             if tuple(buf.shape) != tuple(np.shape(arr)):
-                raise ValueError("optimizer state does not match the model's parameter shapes")
+                raise CheckpointError("optimizer state does not match the model's parameter shapes")
             buf.update(jt.array(np.asarray(arr)))

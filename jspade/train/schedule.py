@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from jspade.errors import ConfigError
+from jspade.safe_load import CheckpointError
+
 
 @dataclass
 class Position:
@@ -52,7 +55,7 @@ class Schedule:
             raise ValueError("one dataset size per phase is needed")
         for k, (phase, n) in enumerate(zip(phases, phase_sizes)):
             if n < phase.batch_size:
-                raise ValueError(f"phase {k + 1}: {n} samples, fewer than batch size {phase.batch_size}")
+                raise ConfigError(f"[[phases]] #{k + 1}: {n} samples, fewer than batch_size {phase.batch_size}")
         self.phases, self.phase_sizes, self.seed = list(phases), list(phase_sizes), seed
         self.pos = Position()
 
@@ -109,6 +112,6 @@ class Schedule:
         pos = Position(**{k: int(state[k]) for k in ("iteration", "phase", "epoch", "batch")})
         if pos.phase > len(self.phases) or (pos.phase < len(self.phases) and (
                 pos.epoch >= self.phases[pos.phase].epochs or pos.batch >= self.batches_per_epoch(pos.phase))):
-            raise ValueError(f"the checkpoint's position (phase {pos.phase + 1}, epoch {pos.epoch + 1}, "
-                             f"batch {pos.batch}) lies outside this run's phases")
+            raise CheckpointError(f"the checkpoint's position (phase {pos.phase + 1}, epoch {pos.epoch + 1}, "
+                                  f"batch {pos.batch}) lies outside this run's phases")
         self.pos = pos
