@@ -76,26 +76,35 @@ def test_the_module_keeps_jittors_parameters_and_can_be_switched_off():
         winograd.set_enabled(True)
 
 
-def test_tsit_generator_keeps_the_direct_algorithm():
-    """TSIT amplifies rounding too much for Winograd's (README): its generator runs Jittor's convolutions,
-    bit for bit the same whether Winograd is on or off, and switches it back on afterwards."""
+def test_tsit_generator_uses_winograd_where_it_pays():
+    """TSIT's generator takes Winograd like SPADE's (its 512x384 reference archive keeps every array on the
+    same side of its bound, docs/tsit.md): on and off differ, by no more than an ulp nudge of the weights moves it."""
     from jspade.config import ModelConfig
     from jspade.models.tsit import TSITGenerator
+    from jspade.parity import ulp_nudge
 
-    opt = ModelConfig(netG="tsit", label_nc=4, ngf=16, ndf=4, crop_size=256, aspect_ratio=2.0,
+    # 512x384: the stream's deepest maps are 3x4 (at 256x128 their 1x2-pixel instance norm amplifies any
+    # rounding difference to ~3e-2)
+    opt = ModelConfig(netG="tsit", label_nc=4, ngf=16, ndf=4, crop_size=512, aspect_ratio=4 / 3,
                       num_upsampling_layers="more", norm_G="spectralfadeinstance3x3", norm_S="spectralinstance",
                       use_vae=False)
     jt.set_global_seed(0)
     g = TSITGenerator(opt).init_weights()
-    g.eval()
-    label = np.random.default_rng(0).integers(0, 4, (2, 128, 256))
+    g.eval()  # no power iteration: every forward sees the same weights
+    label = np.random.default_rng(0).integers(0, 4, (1, 384, 512))
     seg = jt.array((label[:, None] == np.arange(4)[None, :, None, None]).astype(np.float32))
     jt.sync_all()
-    assert winograd.winograd_pays((2, 16, 128, 256)), "the finest convolutions would take the Winograd path"
+    assert winograd.winograd_pays((1, 16, 384, 512)), "the finest convolutions take the Winograd path"
     with_winograd = g(seg).numpy()
     assert winograd.enabled()
     try:
         winograd.set_enabled(False)
-        np.testing.assert_array_equal(with_winograd, g(seg).numpy())
+        direct = g(seg).numpy()
+        rng = np.random.RandomState(1)
+        g.load_parameters({k: ulp_nudge(v.numpy(), rng) for k, v in g.state_dict().items()})
+        nudged = g(seg).numpy()  # the direct algorithm on weights moved by at most one ulp
     finally:
         winograd.set_enabled(True)
+    difference = float(np.abs(with_winograd - direct).max())
+    noise = float(np.abs(nudged - direct).max())
+    assert 0 < difference < 3 * noise, (difference, noise)  # Winograd's rounding: within the net's own noise
