@@ -4,7 +4,6 @@
 
   const RENDER_DELAY_MS = 300;   // debounce after the last change
   const MAX_UNDO = 60;
-  const MAX_FILE_BYTES = 6 * 1024 * 1024;  // base64 in a JSON body must stay under the server's 8 MB
   const PAINT_WIDTH = 512;       // the label is painted at least this wide, sent at the model's size
 
   const $ = (id) => document.getElementById(id);
@@ -170,10 +169,16 @@
     }
     return resp;
   }
+  function maxFileBytes() {
+    // base64 (4/3) of the file, inside a JSON body, must stay under the server's body limit (/api/info)
+    const body = state.info && state.info.limits && state.info.limits.max_body_bytes;
+    return body ? Math.floor(body * 3 / 4) - 65536 : 4 * 1048576;
+  }
   async function readFile(file, what) {
-    if (file.size > MAX_FILE_BYTES) {
+    const limit = maxFileBytes();
+    if (file.size > limit) {
       throw new Error(`${what} ${file.name} is ${(file.size / 1048576).toFixed(1)} MB; at most ` +
-        `${MAX_FILE_BYTES / 1048576} MB is accepted`);
+        `${(limit / 1048576).toFixed(1)} MB is accepted`);
     }
     if (file.size === 0) throw new Error(`${what} ${file.name} is empty`);
     return new Uint8Array(await file.arrayBuffer());
