@@ -9,18 +9,9 @@ is missing or stale (a changed image file; other weights make every row stale) a
 longer in the data. `--clip-weights random` uses a small random-weight CLIP (demos and tests only,
 says so loudly). An existing --out that is not a CLIP feature cache is not overwritten without --overwrite.
 """
-import hashlib
 import sys
 
 from jspade import cli
-
-
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def main(argv=None):
@@ -40,45 +31,9 @@ def main(argv=None):
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --out that is not a feature cache")
     args = ap.parse_args(argv)
 
-    import numpy as np
-    from tqdm import tqdm
-    from jspade.clip.features import DEFAULT_NAME, FORMAT, FeatureCacheError, encode_images, read_cache_file, \
-        write_feature_cache
-    from jspade.clip.weights import open_clip_weights
-    from jspade.data.datasets import build_dataset
-    from jspade.data.readers import read_image
-
-    out = args.out or args.data / DEFAULT_NAME
-    previous = None
-    if out.exists():
-        try:
-            previous = read_cache_file(out)
-        except FeatureCacheError:
-            if not args.overwrite:
-                raise FeatureCacheError(f"{out}: exists and is not a CLIP feature cache ({FORMAT}); "
-                                        "not overwritten (--overwrite replaces it, or choose --out)") from None
-    dataset = build_dataset(args.dataset, args.data, strict=False)
-    samples = [s for s in dataset.samples if s.image_path is not None]
-    if not samples:
-        raise FeatureCacheError(f"{args.data}: no training images found (layout {args.dataset})")
-    model, weights_sha256 = open_clip_weights(args.clip_weights)
-    hashes = [file_sha256(s.image_path) for s in samples]
-    rows = {}
-    if previous is not None and str(previous["weights_sha256"]) == weights_sha256:
-        for i, (stem, digest) in enumerate(zip(previous["stems"], previous["image_sha256"])):
-            rows[(str(stem), str(digest))] = previous["features"][i]
-    features = [rows.get((s.stem, h)) for s, h in zip(samples, hashes)]
-    todo = [i for i, f in enumerate(features) if f is None]
-    print(f"{len(samples)} images: {len(samples) - len(todo)} cached, {len(todo)} to encode", file=sys.stderr)
-    with tqdm(total=len(todo), desc="CLIP features", unit="img", disable=not todo) as bar:
-        for start in range(0, len(todo), args.batch_size):
-            chunk = todo[start:start + args.batch_size]
-            encoded = encode_images(model, [read_image(samples[i].image_path) for i in chunk], args.batch_size)
-            for i, row in zip(chunk, encoded):
-                features[i] = row
-            bar.update(len(chunk))
-    write_feature_cache(out, [s.stem for s in samples], np.stack(features), hashes, weights_sha256,
-                        args.clip_weights, args.data, model.image_resolution)
+    from jspade.clip.cache_update import update_feature_cache
+    out, _, _ = update_feature_cache(args.data, args.clip_weights, dataset=args.dataset, out=args.out,
+                                     batch_size=args.batch_size, overwrite=args.overwrite)
     print(out)
     return 0
 
