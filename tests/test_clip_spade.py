@@ -1,7 +1,9 @@
 """CLIP-modulated SPADE (model.clip_dim > 0) and its style bank: a new CLIP model computes exactly the
 plain SPADE with the same weights, plain checkpoints fine-tune into one (only the CLIP keys may be
 missing), gradients reach every head, the bank is deterministic and survives a checkpoint, and a text
-embedding is projected onto the right training images. Random embeddings stand in for CLIP's."""
+embedding is projected onto the right training images. Random embeddings stand in for CLIP's.
+Inference: --clip-style / --clip-reference / --clip-text choose the embedding each label is rendered
+with, and every wrong choice is one error naming the flag."""
 import numpy as np
 import pytest
 
@@ -339,3 +341,149 @@ def test_clip_batches_use_the_cache_by_stem_and_sometimes_the_mean(tmp_path):
     with pytest.raises(FeatureCacheError, match="scripts/clip_features.py"):
         Trainer(cfg, progress=False)
     assert not (tmp_path / "out2").exists()  # refused before the run folder was made
+
+
+# ---- inference: --clip-style / --clip-reference / --clip-text ----------------------------------------
+
+@pytest.fixture(scope="module")
+def clip_checkpoint(tmp_path_factory):
+    """A 64x32 CLIP model (512-d, the tiny random CLIP's size) whose heads are randomised so that the
+    embedding visibly matters, with a style bank of 4 centres over the random:0 CLIP's embeddings of
+    12 synthetic photos; returns (checkpoint, data folder, bank, labels folder of 3 labels)."""
+    import shutil
+    from jspade.checkpoint import save_checkpoint
+    from jspade.clip.features import encode_images
+    from jspade.clip.weights import tiny_random_clip
+    from jspade.config import Config
+    from jspade.data.readers import read_image
+    from jspade.data.synthetic import write_synthetic_dataset
+    root = tmp_path_factory.mktemp("clip_ckpt")
+    stems = [str(s) for s in write_synthetic_dataset(root / "data", 12, size=(64, 32), seed=0)]
+    clip_model, digest = tiny_random_clip(0, warn=False)
+    photos = [read_image(next((root / "data" / "imgs").glob(f"{s}.*"))) for s in stems]
+    bank = build_style_bank(encode_images(clip_model, photos), stems, digest, k=4)
+    cfg = Config.default()
+    cfg.model = options(512, label_nc=29, use_vae=False)
+    jt.set_global_seed(5)
+    model = SPADEModel(cfg.model, with_discriminator=False, with_vgg=False)
+    rng = np.random.default_rng(0)
+    for name, p in model.netG.named_parameters():
+        if ".clip_affine." in name:
+            p.update(jt.array(rng.normal(0, 0.5, p.shape).astype(np.float32)))
+    model.set_style_bank(bank)
+    ckpt = save_checkpoint(root / "clip.pkl", model, {"config": cfg.to_dict(), "style_bank": bank.to_payload()})
+    labels = root / "labels"
+    labels.mkdir()
+    for stem in stems[:3]:
+        shutil.copy(root / "data" / "labels" / f"{stem}.png", labels / f"{stem}.png")
+    return ckpt, root / "data", bank, labels
+
+
+def rendered(folder):
+    from PIL import Image
+    return {p.name: np.asarray(Image.open(p)) for p in sorted(folder.iterdir())}
+
+
+def test_clip_style_centres_render_differently_and_repeatably(tmp_path, clip_checkpoint):
+    from jspade.inference import ClipChoice, RenderOptions, render_folder
+    ckpt, _, bank, labels = clip_checkpoint
+    lines = []
+    base = RenderOptions(size=(64, 32), report=lines.append)
+    outs = {}
+    for name, choice in [("mean", None), ("c0", ClipChoice(centre=0)), ("c1", ClipChoice(centre=1)),
+                         ("c0_again", ClipChoice(centre=0))]:
+        assert render_folder(labels, ckpt, tmp_path / name, base, clip=choice)[0] == 3
+        outs[name] = rendered(tmp_path / name)
+    assert outs["c0"].keys() == outs["mean"].keys() and len(outs["c0"]) == 3
+    for key in outs["c0"]:
+        np.testing.assert_array_equal(outs["c0"][key], outs["c0_again"][key])
+        assert np.abs(outs["c0"][key].astype(int) - outs["c1"][key]).max() > 0
+        assert np.abs(outs["c0"][key].astype(int) - outs["mean"][key]).max() > 0
+    assert any(f"medoid {bank.medoid_stems[1]}" in line for line in lines)
+
+
+def test_clip_reference_forms_give_each_label_its_photos_embedding(tmp_path, clip_checkpoint):
+    import json
+    import shutil
+    from jspade.inference import ClipChoice, clip_embeddings_for, list_labels, load_generator, render_folder
+    ckpt, data, bank, labels = clip_checkpoint
+    model, _ = load_generator(ckpt)
+    paths = list_labels(labels)
+    imgs = data / "imgs"
+    photo_of = {p: next(imgs.glob(f"{bank.stems[-1 - i]}.*")) for i, p in enumerate(paths)}  # other scenes
+
+    def stored(photo):  # the bank keeps every training photo's unit embedding (float16)
+        return bank.embeddings[bank.stems.index(photo.stem)].astype(np.float32)
+
+    one = photo_of[paths[0]]
+    folder = tmp_path / "refs"
+    folder.mkdir()
+    for p, photo in photo_of.items():
+        shutil.copy(photo, folder / f"{p.stem}{photo.suffix}")
+    mapping = tmp_path / "label_to_img.json"
+    mapping.write_text(json.dumps({p.name: photo_of[p].name for p in paths}))
+    for reference, expected in [(one, {p: one for p in paths}), (folder, photo_of), (mapping, photo_of)]:
+        choice = ClipChoice(reference=reference, weights="random:0")
+        embeddings, photos = clip_embeddings_for(model, ckpt, choice, paths, style_root=imgs)
+        assert sorted(photos) == paths
+        for p in paths:
+            np.testing.assert_allclose(embeddings[p], stored(expected[p]), atol=2e-3, err_msg=str(reference))
+    # the photos also serve --match-histogram
+    assert render_folder(labels, ckpt, tmp_path / "out", size=(64, 32), match_histogram=True,
+                         clip=ClipChoice(reference=folder, weights="random:0"))[0] == 3
+
+
+def test_clip_text_is_projected_onto_training_images_and_reports_them(clip_checkpoint):
+    from jspade.clip.features import encode_text
+    from jspade.clip.weights import tiny_random_clip
+    from jspade.inference import ClipChoice, clip_embeddings_for, list_labels, load_generator
+    ckpt, _, bank, labels = clip_checkpoint
+    model, _ = load_generator(ckpt)
+    paths = list_labels(labels)
+    lines = []
+    choice = ClipChoice(text="misty pine forest at dawn", weights="random:0", top_k=3)
+    embeddings, photos = clip_embeddings_for(model, ckpt, choice, paths, report=lines.append)
+    expected, stems, _ = project_text(encode_text(tiny_random_clip(0, warn=False)[0], [choice.text])[0], bank, top_k=3)
+    assert photos == {} and len(stems) == 3
+    for p in paths:
+        np.testing.assert_allclose(embeddings[p], expected, atol=1e-6)
+    assert len(lines) == 1 and "--clip-text" in lines[0] and all(stem in lines[0] for stem in stems)
+
+
+def test_clip_choice_errors_name_the_flag_and_its_range(tmp_path, clip_checkpoint):
+    from jspade.data.readers import DataError
+    from jspade.inference import ClipChoice, ClipChoiceError, render_folder
+    from tiny_models import tiny_checkpoint
+    ckpt, data, bank, labels = clip_checkpoint
+    out = tmp_path / "out"
+    refused = [
+        (ClipChoice(centre=4), ckpt, r"--clip-style 4: this checkpoint's style bank has centres 0\.\.3"),
+        (ClipChoice(centre=0), tiny_checkpoint(tmp_path / "plain.pkl"), r"--clip-style: .*plain\.pkl is not a CLIP model"),
+        (ClipChoice(text="a lake", weights="random:1"), ckpt, r"--clip-weights random:1: not the CLIP this checkpoint"),
+        (ClipChoice(text="lake " * 80, weights="random:0"), ckpt, r"--clip-text: .*77"),
+        (ClipChoice(text="a lake"), ckpt, "--clip-text needs --clip-weights"),
+        (ClipChoice(text=" "), ckpt, "--clip-text: the prompt is empty"),
+        (ClipChoice(weights="random:0"), ckpt, "--clip-weights is used only with"),
+        (ClipChoice(centre=1, text="a lake", weights="random:0"), ckpt, "--clip-style and --clip-text are alternatives"),
+        (ClipChoice(reference=labels.parent / "clip.pkl", weights="random:0"), ckpt, "--clip-reference .*neither a photo"),
+    ]
+    for choice, checkpoint, message in refused:
+        with pytest.raises(ClipChoiceError, match=message):
+            render_folder(labels, checkpoint, out, size=(64, 32), clip=choice)
+    (tmp_path / "refs").mkdir()
+    with pytest.raises(DataError, match="--clip-reference .*no reference image for 3 label"):
+        render_folder(labels, ckpt, out, size=(64, 32), clip=ClipChoice(reference=tmp_path / "refs", weights="random:0"))
+    assert not out.exists()  # refused before anything was written
+
+
+def test_infer_cli_clip_style_range_and_text_neighbours(tmp_path, clip_checkpoint):
+    from conftest import run_script
+    ckpt, _, bank, labels = clip_checkpoint
+    common = ["--labels", labels, "--checkpoint", ckpt, "--size", "64x32", "--no-progress"]
+    proc = run_script("infer", *common, "--out", tmp_path / "a", "--clip-style", "7")
+    assert proc.returncode == 2 and not (tmp_path / "a").exists()
+    assert proc.stderr.strip().count("\n") == 0 and "--clip-style 7" in proc.stderr and "0..3" in proc.stderr
+    proc = run_script("infer", *common, "--out", tmp_path / "b", "--clip-text", "a red sunset", "--clip-weights", "random")
+    assert proc.returncode == 0, proc.stderr
+    assert "projected onto the training images" in proc.stdout and "RANDOM weights" in proc.stderr
+    assert len(list((tmp_path / "b").glob("*.jpg"))) == 3

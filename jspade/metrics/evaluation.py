@@ -28,6 +28,7 @@ class EvaluationInputs:
     references: Optional[Path] = None
     label_to_img: Optional[Path] = None
     style_root: Optional[Path] = None
+    clip_reference: Optional[Path] = None  # infer.py --clip-reference: a folder, a label_to_img.json or one photo
     bins: int = scores.HISTOGRAM_BINS
     match_histogram: bool = False  # also style similarity after histogram matching (infer.py --match-histogram)
     aesthetic: Optional[float] = None
@@ -61,7 +62,14 @@ def style_pairs(inputs):
         return scores.style_pairs_by_name(inputs.fake, inputs.references)
     if inputs.label_to_img is not None and inputs.style_root is not None:
         return scores.style_pairs_from_mapping(inputs.fake, inputs.label_to_img, inputs.style_root)
-    raise Unavailable("needs --references, or --label-to-img with --style-root")
+    reference = inputs.clip_reference
+    if reference is not None:
+        if Path(reference).is_dir():
+            return scores.style_pairs_by_name(inputs.fake, reference)
+        if Path(reference).suffix.lower() == ".json":
+            return scores.style_pairs_from_mapping(inputs.fake, reference, inputs.style_root or Path(reference).parent)
+        return [(output, Path(reference)) for output in fid_metrics.list_images(inputs.fake)]  # one photo for all
+    raise Unavailable("needs --references, --label-to-img with --style-root, or --clip-reference")
 
 
 def style_similarity_value(inputs):
