@@ -485,6 +485,8 @@ class Trainer:
         command that rebuilds it, when missing, incomplete or damaged), and the style bank over them."""
         from jspade.clip.features import load_feature_cache, normalize
         stems = sorted({sample.stem for sample in self.training_dataset("").samples})
+        from jspade.clip.cache_update import prepare_training_cache  # the demo's cache; loud if random weights
+        prepare_training_cache(self.clip_cache_path(), self.data_root, self.cfg.data.dataset == "synthetic", stems, log)
         cache = load_feature_cache(self.clip_cache_path(), stems)
         if cache.features.shape[1] != self.cfg.model.clip_dim:
             raise ValueError(f"{cache.path}: holds {cache.features.shape[1]}-d CLIP embeddings but model.clip_dim is "
