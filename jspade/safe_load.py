@@ -21,7 +21,8 @@ Bounded work (the limits below; docs/safety.md): tensors are declared while unpi
 against their storages' declared sizes (offset and strides non-negative, the highest element inside)
 before any byte is read; a zip entry's inflated size is checked before it is opened; the loaded object
 is walked once without recursion and refused if a container contains itself, nests deeper than
-MAX_NESTING or expands to more than MAX_ITEMS items; then the tensors' total bytes are checked against
+MAX_NESTING or expands to more than MAX_ITEMS items (and before unpickling, its opcodes are checked for
+objects nested deeper than MAX_OPCODE_NESTING: the C unpickler recurses on some); then the tensors' total bytes are checked against
 their storages' before they are materialised. Every refusal is one line naming the file and the reason.
 """
 import collections
@@ -30,6 +31,7 @@ import itertools
 import json
 import math
 import pickle
+import pickletools
 import struct
 import zipfile
 from pathlib import Path
@@ -98,6 +100,8 @@ TENSOR_BUDGET_FLOOR = 64 << 20   # bytes the tensors may take: this, or twice th
 TENSOR_BUDGET_FACTOR = 2         # (views repeating a storage's elements, as stride 0 does)
 ZIP_INFLATION_FLOOR = 256 << 20  # bytes a zip's entries may inflate to: this, or 16x the archive
 MAX_ZIP_INFLATION = 16           # (torch stores its entries uncompressed: 1x)
+MAX_OPCODE_NESTING = 4 * MAX_NESTING  # objects built from objects, counted on the pickle's opcodes before
+                                      # unpickling (a tensor adds ~3 levels: its reduce and size tuples)
 
 
 class _Refused(pickle.UnpicklingError):
@@ -314,8 +318,56 @@ class _SafeUnpickler(pickle.Unpickler):
         return self.storages(pid[1], str(pid[2]), pid[4])
 
 
+def _check_opcode_nesting(file):
+    """Refuse a pickle whose objects nest deeper than MAX_OPCODE_NESTING, from its opcodes alone (one
+    linear pass, nothing built; the file is read back to where it was). The C unpickler itself recurses
+    on some nested objects (hashing a dict key that is a tuple nested 10^6 deep overflows its stack and
+    kills the process), so this runs before it. Each stack entry is a cell [depth] shared with the memo,
+    so items appended to a memoised container after it was stored still count."""
+    start = file.tell()
+    stack, marks, memo = [], [], {}
+    for op, arg, _ in pickletools.genops(file):
+        before, after = op.stack_before, op.stack_after
+        if op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[arg] = stack[-1]
+            continue
+        if op.name == "MEMOIZE":
+            memo[len(memo)] = stack[-1]
+            continue
+        if op.name in ("GET", "BINGET", "LONG_BINGET"):
+            stack.append(memo[arg])
+            continue
+        if op.name == "MARK":
+            marks.append(len(stack))
+            continue
+        if op.name == "DUP":
+            stack.append(stack[-1])
+            continue
+        items = []
+        if pickletools.markobject in before:  # the items since the last MARK, then those below it
+            mark = marks.pop()
+            items, stack[mark:] = stack[mark:], []
+            below = before.index(pickletools.markobject)
+        else:
+            below = len(before)
+        held = stack[len(stack) - below:] if below else []
+        del stack[len(stack) - below:]
+        if not after:
+            continue
+        if op.name in ("APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"):
+            target, items = held[0], held[1:] + items  # the container grows in place: its memo entry too
+        else:
+            target, items = [0], held + items
+        target[0] = max(target[0], 1 + max((cell[0] for cell in items), default=-1))
+        stack.append(target)
+        if target[0] > MAX_OPCODE_NESTING:
+            raise _Refused(f"objects nested more than {MAX_OPCODE_NESTING} deep")
+    file.seek(start)
+
+
 def _unpickle(path, file, **kwargs):
     try:
+        _check_opcode_nesting(file)
         return _SafeUnpickler(file, **kwargs).load()
     except UnsafeFileError as e:
         raise UnsafeFileError(

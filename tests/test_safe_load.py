@@ -402,10 +402,34 @@ def test_deep_nesting_is_refused_whatever_the_recursion_limit(tmp_path):
     path = tmp_path / "deep.pkl"
     path.write_bytes(b"\x80\x02" + b"]" * (n + 1) + b"a" * n + b".")  # EMPTY_LIST x n+1, APPEND x n
     with recursion_limit(10 ** 6):
-        refused(path, "refused", f"nested more than {MAX_NESTING} deep")
+        refused(path, "refused", "nested more than")
     shallow = tmp_path / "shallow.pkl"  # within the bound: read
     shallow.write_bytes(b"\x80\x02" + b"]" * 50 + b"a" * 49 + b".")
     assert isinstance(safe_load(shallow), list)
+
+
+def test_a_deeply_nested_dict_key_is_refused_before_unpickling(tmp_path):
+    """A dict key that is a tuple nested 10^6 deep (a 1 MB pickle): Python's C unpickler hashes the key
+    recursively and overflows its stack (the process dies); the opcodes are checked first."""
+    n = 1_000_000
+    path = tmp_path / "deep_key.pkl"
+    path.write_bytes(b"\x80\x02}" + b")" + b"\x85" * n + b"Ns.")  # {((((),),)...): None}
+    with recursion_limit(10 ** 6):
+        refused(path, "refused", "nested more than")
+    ok = tmp_path / "key.pkl"  # a few levels: read
+    ok.write_bytes(b"\x80\x02}" + b")" + b"\x85" * 5 + b"Ns.")
+    assert list(safe_load(ok).values()) == [None]
+
+
+def test_a_container_grown_after_it_was_memoised_still_counts(tmp_path):
+    """Nesting built through the memo: a list is stored, a 300-deep tuple appended to it, and the list
+    fetched back and wrapped 200 times (501 levels). Counted where the container is, not where it was
+    first stored (a count taken at storing time would see 200)."""
+    from jspade.safe_load import MAX_OPCODE_NESTING
+    assert 200 < MAX_OPCODE_NESTING < 501
+    path = tmp_path / "memo.pkl"
+    path.write_bytes(b"\x80\x02" + b"]q\x00" + b")" + b"\x85" * 300 + b"a0" + b"h\x00" + b"\x85" * 200 + b".")
+    refused(path, "refused", "nested more than")
 
 
 def test_shared_parts_count_each_time_they_are_reached(tmp_path):
