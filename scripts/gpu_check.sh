@@ -56,7 +56,14 @@ prepare() {
   done
   echo "prepared $dir:"
   (cd "$dir" && du -sb -- * jittor_extern/* fixtures/* 2>/dev/null | awk '{printf "  %8.2f MiB  %s\n", $1/1048576, $2}')
-  echo "total $(du -sb "$dir" | awk '{printf "%.1f MiB", $1/1048576}') (plus the working tree: $(git ls-files -z | du -cb --files0-from=- | tail -1 | awk '{printf "%.1f MiB", $1/1048576}'))"
+  local total tree
+  total=$(du -sb "$dir" | cut -f1)
+  tree=$(git ls-files -z | du -cb --files0-from=- | tail -1 | cut -f1)
+  echo "total $(awk -v b="$total" 'BEGIN{printf "%.1f MiB", b/1048576}') (plus the working tree: $(awk -v b="$tree" 'BEGIN{printf "%.1f MiB", b/1048576}'))"
+  # The device run carries the working tree and this folder together, 64 MiB at most (device README).
+  if [ $((total + tree)) -gt $((62 * 1048576)) ]; then
+    echo "gpu_check.sh: warning: over the 64 MiB the device run carries; leave out a fixture (--fixtures spade: 24 MiB, tsit: 38 MiB)" >&2
+  fi
 }
 
 case "${1:-}" in
