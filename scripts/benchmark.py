@@ -80,10 +80,11 @@ def main(argv=None):
     from jspade.runtime import jt
     from jspade.config import ModelConfig
     from jspade.data.semantics import semantics_for
+    from jspade.config import TrainConfig
     from jspade.models import winograd
     from jspade.models.base import trainable_parameters
     from jspade.models.spade_model import SPADEModel
-    from jspade.train.optim import Adam
+    from jspade.train.step import build_optimizers, set_lr, train_step
 
     if args.no_winograd:
         winograd.set_enabled(False)
@@ -91,9 +92,9 @@ def main(argv=None):
                       ngf=args.ngf, ndf=args.ndf, use_vae=args.use_vae, no_vgg_loss=args.no_vgg, netG=args.netG)
     model = SPADEModel(opt)
     model.train()
-    g_params = trainable_parameters(model.netG) + (trainable_parameters(model.netE) if model.netE else [])
-    optimizer_G = Adam(g_params, 1e-4)
-    optimizer_D = Adam(trainable_parameters(model.netD), 4e-4)
+    optimizer_G, optimizer_D = build_optimizers(model, TrainConfig())  # TTUR Adam, as training
+    set_lr(optimizer_G, optimizer_D, 2e-4)
+    g_params = optimizer_G.params
     _, h = opt.image_size
     rng = np.random.default_rng(0)
     label = jt.array(rng.integers(0, args.label_nc, (args.batch_size, 1, h, args.crop_size)).astype(np.int32))
@@ -101,11 +102,8 @@ def main(argv=None):
     sem = semantics_for(opt, label).detach()
     jt.sync_all()
 
-    def train_iter():
-        g_losses, fake, _ = model.generator_losses(sem, real)
-        optimizer_G.step(sum(g_losses.values()), fetch=list(g_losses.values()) + [fake] * args.reuse_fake)
-        d_losses = model.discriminator_losses(sem, real, fake=fake if args.reuse_fake else None)
-        optimizer_D.step(sum(d_losses.values()), fetch=list(d_losses.values()))
+    def train_iter():  # the trainer's own step
+        train_step(model, optimizer_G, optimizer_D, sem, real, reuse_fake=args.reuse_fake)
 
     def timed(fn, n):
         for _ in range(args.warmup):

@@ -38,8 +38,8 @@ def test_best_fid_checkpoint_follows_a_staged_sequence(tmp_path, monkeypatch):
     records = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [(r["iter"], r["fid"]) for r in records if "fid" in r] == [(1, 5.0), (2, 3.0), (3, 4.0), (4, 2.0), (5, 6.0)]
     # the held-out scenes are not training scenes
-    train_stems = {s.stem for s in trainer.training_dataset().samples}
-    held_out = {s.stem for s in trainer.held_out_dataset().samples}
+    train_stems = {s.stem for s in trainer.data.training().samples}
+    held_out = {s.stem for s in trainer.data.held_out().samples}
     assert len(held_out) == 4 and not train_stems & held_out
 
 
@@ -47,17 +47,17 @@ def test_holdout_fraction_is_fixed_and_never_trained_on(tmp_path):
     cfg = tiny_config(tmp_path, tmp_path / "data", max_iters=1)
     cfg.data.holdout_fraction = 0.25
     trainer = Trainer(cfg, progress=False)
-    train_stems = {s.stem for s in trainer.training_dataset().samples}
-    held_out = {s.stem for s in trainer.held_out_dataset().samples}
+    train_stems = {s.stem for s in trainer.data.training().samples}
+    held_out = {s.stem for s in trainer.data.held_out().samples}
     assert held_out and not train_stems & held_out and len(train_stems | held_out) == 16
     assert held_out == {s for s in train_stems | held_out if is_held_out(s, 0.25)}
-    assert trainer.phase_sizes() == [len(train_stems)]  # the schedule counts only the training pairs
+    assert trainer.data.phase_sizes() == [len(train_stems)]  # the schedule counts only the training pairs
 
 
 def test_fid_needs_held_out_pairs(tmp_path):
     trainer = Trainer(tiny_config(tmp_path, tmp_path / "data", max_iters=1), progress=False)
     with pytest.raises(ValueError, match="val_root.*holdout_fraction"):
-        trainer.held_out_dataset()
+        trainer.data.held_out()
     with pytest.raises(ValueError, match="val_root.*holdout_fraction"):  # at start-up, not at the first FID
         Trainer(tiny_config(tmp_path / "b", tmp_path / "data", max_iters=1, fid_every=10), progress=False)
 
@@ -70,11 +70,11 @@ def test_real_fid_is_finite_and_real_statistics_are_cached(tmp_path, monkeypatch
     cfg = tiny_config(tmp_path, tmp_path / "data", max_iters=1)
     cfg.data.synthetic_val_n = 3
     trainer = Trainer(cfg, progress=False)
-    tracker = HeldOutFID(trainer.held_out_dataset(), cfg.model, tmp_path / "stats.npz")
+    tracker = HeldOutFID(trainer.data.held_out(), cfg.model, tmp_path / "stats.npz")
     trainer.model.eval()
     value = tracker.measure(trainer.model.netG)
     assert np.isfinite(value) and value > 0
     assert (tmp_path / "stats.npz").is_file()
-    again = HeldOutFID(trainer.held_out_dataset(), cfg.model, tmp_path / "stats.npz", extractor=tracker.extractor)
+    again = HeldOutFID(trainer.data.held_out(), cfg.model, tmp_path / "stats.npz", extractor=tracker.extractor)
     monkeypatch.setattr(tracker.extractor, "features", lambda *a, **k: pytest.fail("recomputed cached statistics"))
     np.testing.assert_array_equal(again.real_statistics().mu, tracker.real_statistics().mu)

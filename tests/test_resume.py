@@ -125,8 +125,8 @@ def test_a_full_disk_stops_the_run_with_latest_intact(tmp_path, monkeypatch, fai
     monkeypatch.setattr(checkpoint.pickle, "dump", dump)
     with pytest.raises(RunFolderError, match="No space left.*latest.pkl written is intact") as caught:
         trainer.train()
-    assert f"cannot write {trainer.ckpt_dir / failed_file}:" in str(caught.value)  # the file that failed
-    ckpts = trainer.ckpt_dir
+    assert f"cannot write {trainer.run.checkpoints / failed_file}:" in str(caught.value)  # the file that failed
+    ckpts = trainer.run.checkpoints
     assert read_checkpoint(ckpts / "latest.pkl")["position"]["iteration"] == 2
     written = ["iter_0000002.pkl"] + (["iter_0000004.pkl"] if failed_file == "latest.pkl" else [])
     assert sorted(p.name for p in ckpts.iterdir()) == written + ["latest.pkl"]  # no temp files
@@ -189,7 +189,7 @@ def test_two_phases_with_a_subset_and_lr_decay_across_the_boundary(tmp_path, sub
     data, stems = subset_data
     trainer = Trainer(two_phase_config(tmp_path, data), progress=False)
     assert trainer.schedule.phase_sizes == [16, 6] and trainer.schedule.total_iterations() == 10
-    assert sorted(s.label_path.stem for s in trainer.build_phase_dataset(1).samples) == stems
+    assert sorted(s.label_path.stem for s in trainer.data.phase_loader(1).samples) == stems
     run_dir = trainer.train()
     lines = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [(x["iter"], x["phase"], x["epoch"], x["lr"]) for x in lines] == (

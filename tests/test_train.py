@@ -20,9 +20,9 @@ def g_weights(trainer):
 
 def test_overfit_fixed_batch_lowers_reconstruction_error(tmp_path):
     trainer = Trainer(tiny_config(tmp_path, tmp_path / "data"), progress=False)
-    ds = trainer.build_phase_dataset(0)
+    ds = trainer.data.phase_loader(0)
     batch = next(iter(ds))
-    sem, real = trainer.inputs(batch)
+    sem, real = trainer.data.inputs(batch)
     trainer._set_lr(1e-3)
 
     def l1():
@@ -120,6 +120,6 @@ def test_validate_false_trains_on_the_complete_pairs(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
     cfg.data.validate = False
     trainer = Trainer(cfg, progress=False)
-    assert trainer.phase_sizes() == [4]
+    assert trainer.data.phase_sizes() == [4]
     assert "1 incomplete pair(s)" in capsys.readouterr().err
-    trainer.release_lock()
+    trainer.run.close()

@@ -8,14 +8,18 @@ folder; the renderings use the fixed noise of `jspade.models.encoder.noise_for` 
 evaluations differ only by the weights.
 """
 import hashlib
+import math
 from pathlib import Path
 
 import numpy as np
 
 from jspade.data.semantics import semantics_for
+from jspade.errors import ConfigError
+from jspade.data.transforms import to_uint8_images
 from jspade.models.encoder import noise_for
 from jspade.metrics import fid as fid_metrics
 from jspade.runtime import jt
+from jspade.safe_load import CheckpointError
 
 REAL_STATS_FILE = "fid_real_stats.npz"
 
@@ -35,19 +39,14 @@ def drop_samples(dataset, keep):
     return dataset
 
 
-def to_uint8(x):
-    """[-1, 1] NCHW Var or array -> N x H x W x 3 uint8."""
-    arr = x.numpy() if isinstance(x, jt.Var) else np.asarray(x)
-    return np.clip((arr + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
-
-
 class HeldOutFID:
     """`measure(netG, netE)` -> FID of the generator's renderings of `dataset` (a paired dataset,
     no augmentation) against its photos."""
 
     def __init__(self, dataset, opt, cache_path, batch_size=8, seed=0, extractor=None):
         if dataset.total_len < 2:
-            raise ValueError(f"FID during training needs at least 2 held-out pairs, found {dataset.total_len}")
+            raise ConfigError(f"FID during training needs at least 2 held-out pairs, found {dataset.total_len} "
+                              "(train.fid_every 0 turns it off)")
         self.dataset, self.opt, self.cache_path = dataset, opt, Path(cache_path)
         self.batch_size, self.seed = batch_size, seed
         self._extractor = extractor
@@ -80,7 +79,7 @@ class HeldOutFID:
                     self._real = cached
             if self._real is None:
                 images = [img for _, items in self._batches()
-                          for img in to_uint8(np.stack([it["image"] for it in items]))]
+                          for img in to_uint8_images(np.stack([it["image"] for it in items]))]
                 mu, sigma = fid_metrics.compute_statistics(self.extractor.features(images))
                 self._real = fid_metrics.FIDStatistics(mu, sigma, len(images), fingerprint)
                 fid_metrics.save_statistics(self.cache_path, self._real)
@@ -97,7 +96,7 @@ class HeldOutFID:
                 if self.opt.use_vae:
                     z = jt.array(np.stack([noise_for(self.seed, start + i, 0, self.opt.z_dim)
                                            for i in range(len(items))]))
-                out += list(to_uint8(netG(semantics_for(self.opt, label, inst), z=z)))
+                out += list(to_uint8_images(netG(semantics_for(self.opt, label, inst), z=z)))
         return out
 
     def measure(self, netG, netE=None):
@@ -126,3 +125,41 @@ class FIDHistory:
     @property
     def last(self):
         return self.entries[-1] if self.entries else None
+
+
+class FIDTracker:
+    """FID of a run's generator on `held_out()` (a callable giving the held-out dataset, built at the
+    first measurement), with the photos' statistics cached at `cache_path`. Invariant: `history` holds
+    every measurement of the run, a resumed run's earlier ones included (`state_dict` goes into each
+    checkpoint), so its best is the run's best."""
+
+    def __init__(self, held_out, opt, cache_path, seed=0):
+        self.held_out, self.opt, self.cache_path, self.seed = held_out, opt, cache_path, seed
+        self.history = FIDHistory()
+        self._fid = None
+
+    def measure(self, iteration, netG, netE=None):
+        """FID of `netG` (in eval mode) now; recorded. Returns (fid, whether it is the best so far)."""
+        if self._fid is None:
+            self._fid = HeldOutFID(self.held_out(), self.opt, self.cache_path, seed=self.seed)
+        value = self._fid.measure(netG, netE)
+        return value, self.history.add(iteration, value)
+
+    def postfix(self):
+        """{"fid", "best"} for a progress bar (empty before the first measurement)."""
+        if not self.history.entries:
+            return {}
+        return {"fid": f"{self.history.last[1]:.2f}", "best": f"{self.history.best[1]:.2f}"}
+
+    def state_dict(self):
+        return list(self.history.entries)
+
+    def load_state_dict(self, entries):
+        """`entries`: (iteration >= 0, finite fid) pairs, as state_dict gives; CheckpointError otherwise."""
+        try:
+            checked = [(int(i), float(f)) for i, f in entries]
+        except (TypeError, ValueError):
+            raise CheckpointError(f"malformed fid_history {entries!r:.100}") from None
+        if any(i < 0 or not math.isfinite(f) for i, f in checked):
+            raise CheckpointError(f"fid_history holds a negative iteration or a non-finite FID: {entries!r:.100}")
+        self.history = FIDHistory(checked)

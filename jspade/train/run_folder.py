@@ -1,6 +1,9 @@
-"""The checkpoints of a run folder: their two kinds, which one a resume continues from, pruning, and
-the disk they take.
+"""A run folder, `<output_dir>/<name>/`: who may use it, its checkpoints (their two kinds, which one a
+resume continues from, pruning, the disk they take).
 
+    .jspade-run                              marks a folder training made (the only kind --resume uses)
+    .lock                                    held (flock) by the process training in it: one at a time
+    config.toml, log.jsonl, samples/, report.html
     checkpoints/latest.pkl, phaseK_end.pkl   the full training state: G, D, E, both Adam moments,
                                              position, config (what a resume needs)
     checkpoints/iter_XXXXXXX.pkl             snapshots: G, E (and EMA weights when kept), position,
@@ -10,16 +13,20 @@ A full state is about 3x a snapshot (D, and two moments per trainable weight), s
 snapshot as a full state would not fit a contest run on a disk.
 """
 import fcntl
+import json
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
-from jspade.checkpoint import CheckpointError, read_checkpoint
+from jspade.atomic import write_bytes_atomic
+from jspade.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from jspade.errors import JspadeError
 
+RUN_MARKER = ".jspade-run"
 LATEST = "latest.pkl"
 LOCK = ".lock"  # held (flock) by the process training in the folder; holds its PID
 BEST_FID = "best_fid.pkl"  # the lowest-FID weights so far (train.fid_every): what a snapshot holds
@@ -54,6 +61,104 @@ def lock_run_folder(run_dir):
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
+
+
+class RunFolder:
+    """The folder of one training run. Invariants: nothing in it is created or changed before
+    `create()` (a failed start leaves it as it was); from the first look until `close()` (or the end
+    of the process) no other process trains in it (its lock). Under MPI only rank 0 (`writer`) writes."""
+
+    def __init__(self, path, resume=False, overwrite=False, writer=True, log=print):
+        """Check `path` against --resume/--overwrite and lock it when it is a run already."""
+        self.path, self.writer, self.log = Path(path), writer, log
+        self.checkpoints, self.samples = self.path / "checkpoints", self.path / "samples"
+        self._lock = None
+        if resume and overwrite:
+            raise RunFolderError("--resume and --overwrite contradict each other: pass one")
+        run_dir = self.path
+        if run_dir.exists() and not run_dir.is_dir():
+            raise RunFolderError(f"{run_dir} is a file, not a run folder")
+        if run_dir.is_dir() and (run_dir / RUN_MARKER).exists() and writer:
+            self._lock = lock_run_folder(run_dir)  # refused while another process trains in it
+        if run_dir.exists() and folder_contents(run_dir):
+            if resume and not (run_dir / RUN_MARKER).exists():
+                self.close()
+                raise RunFolderError(f"{run_dir} was not created by jspade training; refusing to resume into it")
+            if not resume and not overwrite:
+                self.close()
+                raise RunFolderError(f"{run_dir} already exists: pass --resume to continue that run, or "
+                                     "--overwrite to start over (its contents are moved aside to "
+                                     f"{run_dir.name}.replaced-<time>)")
+        elif resume:
+            raise RunFolderError(f"nothing to resume: {run_dir} does not exist or is empty")
+
+    def create(self, config_toml, resumed=None, overwrite=False):
+        """Create (or, with `overwrite`, replace) the folder once everything it depends on has loaded;
+        write config.toml; set aside the damaged checkpoints of `resumed` (a ResumePoint)."""
+        if not self.writer:
+            return
+        run_dir = self.path
+        if overwrite and run_dir.exists() and folder_contents(run_dir):
+            aside = run_dir.with_name(f"{run_dir.name}.replaced-{datetime.now():%Y%m%d-%H%M%S}")
+            os.replace(run_dir, aside)
+            self.close()  # its lock file moved aside with it
+            self.log(f"--overwrite: the previous contents of {run_dir} were moved to {aside}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if self._lock is None:
+            self._lock = lock_run_folder(run_dir)
+            if resumed is None and not overwrite and folder_contents(run_dir):
+                self.close()  # another process started this run folder since __init__ looked
+                raise RunFolderError(f"{run_dir} was created by another training process meanwhile; "
+                                     "choose another --name")
+        for p in remove_stale_temp_files(run_dir):
+            self.log(f"removed {p}, a temporary file left by an interrupted write")
+        for path, reason in (resumed.damaged if resumed is not None else ()):
+            if path.exists():  # set aside, so that the run never needs their names again
+                self.log(f"{path.name} is damaged ({reason}); renamed to {set_aside_damaged(path).name}")
+        (run_dir / RUN_MARKER).touch()
+        write_bytes_atomic(run_dir / "config.toml", config_toml.encode())
+
+    def append_log(self, record):
+        """One line in log.jsonl (an iteration's losses and timings, an FID, an event)."""
+        if self.writer:
+            with open(self.path / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def log_event(self, event, iteration, **fields):
+        """One line in log.jsonl for something that is not an iteration (resume, restart)."""
+        self.append_log({"event": event, "iter": iteration, **fields, "at": datetime.now().isoformat(timespec="seconds")})
+
+    def write_checkpoint(self, filename, model, extra, keep_latest=True, keep_last=0):
+        """Write `model` and `extra` (the full state's extras) as checkpoints/<filename>: a snapshot for
+        iter_*.pkl and best_fid.pkl, the full state for any other name. Anything but latest.pkl also
+        refreshes latest.pkl (unless not `keep_latest`). A numbered checkpoint that exists is kept (a
+        resume replaying the iterations after a crash between two writes); snapshots beyond the newest
+        `keep_last` are pruned. A failed write (a full disk) is a RunFolderError naming the file; the
+        latest.pkl written before it is intact."""
+        path = writing = self.checkpoints / filename  # `writing`: the file a failed write names
+        keep_existing = path.exists() and filename not in (LATEST, BEST_FID)
+        if keep_existing:
+            self.log(f"{path} exists already; keeping it (numbered checkpoints are never overwritten)")
+        full = {**extra, "kind": "full"}
+        try:
+            if (is_snapshot(filename) or filename == BEST_FID) and not keep_existing:
+                save_checkpoint(path, model, snapshot_extra(extra), networks=SNAPSHOT_NETWORKS)
+            elif not keep_existing:
+                save_checkpoint(path, model, full)
+            if keep_latest and filename != LATEST:
+                writing = self.checkpoints / LATEST
+                save_checkpoint(writing, model, full)
+        except OSError as e:
+            raise RunFolderError(f"cannot write {writing}: {e.strerror or e}; training stopped, the last "
+                                 f"{LATEST} written is intact") from None
+        if is_snapshot(filename):
+            prune_snapshots(self.checkpoints, keep_last)
+
+    def close(self):
+        """Let another process train in this folder (the lock also ends with the process)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
 
 def folder_contents(run_dir):
@@ -206,3 +311,17 @@ def checkpoint_sizes(model, trainable_counts, ema_networks=None):
     full = sum(state_bytes(n) for n in nets.values()) + 2 * 4 * trainable_counts + ema
     snapshot = sum(state_bytes(n) for k, n in nets.items() if k in SNAPSHOT_NETWORKS) + ema
     return full, snapshot
+
+
+def disk_estimate(model, trainable_counts, ema_networks, iterations, save_every, keep_last, phases):
+    """One line: what the checkpoints of a run of `iterations` will take (snapshots every `save_every`
+    and one when it stops, at most `keep_last` of them kept; latest.pkl and one full state per phase)."""
+    full, snap = checkpoint_sizes(model, trainable_counts, ema_networks)
+    n_snap = (iterations // save_every if save_every else 0) + int(not save_every or iterations % save_every > 0)
+    if keep_last:
+        n_snap = min(n_snap, keep_last)
+    nets = ("G, E" if model.netE is not None else "G") + (" + EMA copies" if ema_networks else "")
+    mib = 1 / 2**20
+    return (f"checkpoints: ~{n_snap} snapshots x {snap * mib:.0f} MiB ({nets}) + {LATEST} and {phases} phase "
+            f"end(s) x {full * mib:.0f} MiB (full state) = ~{(n_snap * snap + (1 + phases) * full) / 2**30:.2f} GiB"
+            + ("" if keep_last else " (--train.keep_last K keeps only the newest K snapshots)"))
