@@ -69,11 +69,8 @@ class Log:
 
 # -------------------------------------------------------------------------------------- environment
 def md5(path):
-    h = hashlib.md5()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def patch_jittor(jittor_dir, log):
