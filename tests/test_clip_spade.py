@@ -337,46 +337,44 @@ def test_clip_batches_use_the_cache_by_stem_and_sometimes_the_mean(tmp_path):
     assert 20 <= hits <= 70, hits  # 400 draws at p = 0.1
     (data / DEFAULT_NAME).unlink()
     cfg = clip_run_config(tmp_path / "out2", tmp_path / "other")  # makes other/'s cache, not data/'s
-    cfg.data.root = str(data)
+    cfg.data.root, cfg.data.dataset = str(data), "landscape"  # (synthetic data would get a demo cache)
     with pytest.raises(FeatureCacheError, match="scripts/clip_features.py"):
         Trainer(cfg, progress=False)
     assert not (tmp_path / "out2").exists()  # refused before the run folder was made
+
+
+def test_a_synthetic_clip_run_makes_its_cache_with_the_random_clip_and_says_so(tmp_path, capsys):
+    from jspade.clip.features import DEFAULT_NAME, load_feature_cache
+    from jspade.train.trainer import Trainer
+    from tiny_models import tiny_config
+    cfg = tiny_config(tmp_path / "out", tmp_path / "data", max_iters=1)
+    cfg.model.clip_dim = 512  # the random-weight CLIP's
+    Trainer(cfg, progress=False)
+    cache = load_feature_cache(tmp_path / "data" / DEFAULT_NAME)
+    assert cache.weights == "random:0" and len(cache.stems) == cfg.data.synthetic_n
+    said = "".join(capsys.readouterr())
+    assert "making the synthetic data's CLIP feature cache" in said and "RANDOM weights" in said
+    cfg.train.name = "again"
+    Trainer(cfg, progress=False)  # the cache is complete: reused, and the warning comes again
+    said = "".join(capsys.readouterr())
+    assert "making" not in said and "RANDOM weights" in said
 
 
 # ---- inference: --clip-style / --clip-reference / --clip-text ----------------------------------------
 
 @pytest.fixture(scope="module")
 def clip_checkpoint(tmp_path_factory):
-    """A 64x32 CLIP model (512-d, the tiny random CLIP's size) whose heads are randomised so that the
-    embedding visibly matters, with a style bank of 4 centres over the random:0 CLIP's embeddings of
-    12 synthetic photos; returns (checkpoint, data folder, bank, labels folder of 3 labels)."""
+    """tiny_models.tiny_clip_checkpoint (a CLIP model with a 4-centre bank over the random:0 CLIP's
+    embeddings of 12 synthetic photos), and a folder of 3 of its labels."""
     import shutil
-    from jspade.checkpoint import save_checkpoint
-    from jspade.clip.features import encode_images
-    from jspade.clip.weights import tiny_random_clip
-    from jspade.config import Config
-    from jspade.data.readers import read_image
-    from jspade.data.synthetic import write_synthetic_dataset
+    from tiny_models import tiny_clip_checkpoint
     root = tmp_path_factory.mktemp("clip_ckpt")
-    stems = [str(s) for s in write_synthetic_dataset(root / "data", 12, size=(64, 32), seed=0)]
-    clip_model, digest = tiny_random_clip(0, warn=False)
-    photos = [read_image(next((root / "data" / "imgs").glob(f"{s}.*"))) for s in stems]
-    bank = build_style_bank(encode_images(clip_model, photos), stems, digest, k=4)
-    cfg = Config.default()
-    cfg.model = options(512, label_nc=29, use_vae=False)
-    jt.set_global_seed(5)
-    model = SPADEModel(cfg.model, with_discriminator=False, with_vgg=False)
-    rng = np.random.default_rng(0)
-    for name, p in model.netG.named_parameters():
-        if ".clip_affine." in name:
-            p.update(jt.array(rng.normal(0, 0.5, p.shape).astype(np.float32)))
-    model.set_style_bank(bank)
-    ckpt = save_checkpoint(root / "clip.pkl", model, {"config": cfg.to_dict(), "style_bank": bank.to_payload()})
+    ckpt, data, bank = tiny_clip_checkpoint(root)
     labels = root / "labels"
     labels.mkdir()
-    for stem in stems[:3]:
-        shutil.copy(root / "data" / "labels" / f"{stem}.png", labels / f"{stem}.png")
-    return ckpt, root / "data", bank, labels
+    for stem in bank.stems[:3]:
+        shutil.copy(data / "labels" / f"{stem}.png", labels / f"{stem}.png")
+    return ckpt, data, bank, labels
 
 
 def rendered(folder):
@@ -465,7 +463,7 @@ def test_clip_choice_errors_name_the_flag_and_its_range(tmp_path, clip_checkpoin
         (ClipChoice(text=" "), ckpt, "--clip-text: the prompt is empty"),
         (ClipChoice(weights="random:0"), ckpt, "--clip-weights is used only with"),
         (ClipChoice(centre=1, text="a lake", weights="random:0"), ckpt, "--clip-style and --clip-text are alternatives"),
-        (ClipChoice(reference=labels.parent / "clip.pkl", weights="random:0"), ckpt, "--clip-reference .*neither a photo"),
+        (ClipChoice(reference=ckpt, weights="random:0"), ckpt, "--clip-reference .*neither a photo"),
     ]
     for choice, checkpoint, message in refused:
         with pytest.raises(ClipChoiceError, match=message):
