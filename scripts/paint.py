@@ -3,6 +3,10 @@
   python scripts/paint.py                              # newest results/*/checkpoints/latest.pkl
   python scripts/paint.py --checkpoint results/myrun   # a run folder, a .pkl, or an original SPADE folder
   python scripts/paint.py --port 8000
+  python scripts/paint.py --checkpoint results/myclip --clip-weights ViT-B-32.pt   # CLIP text + photos
+
+A CLIP model (docs/clip_spade.md) gets a style picker (its style bank's centres); with --clip-weights
+(the CLIP it was trained with) also a text prompt box, and style photos go through CLIP.
 
 Serves one local page (http://127.0.0.1:PORT/) and its JSON/PNG API; stop with Ctrl-C.
 """
@@ -26,6 +30,7 @@ def origin_name(text):
 
 
 def main(argv=None):
+    from jspade.clip.weights import clip_weights_arg
     ap = cli.ArgumentParser(description=__doc__)
     ap.add_argument("--checkpoint", default=None,
                     help="a jspade run folder or .pkl, or an original SPADE checkpoint folder (default: the "
@@ -43,6 +48,9 @@ def main(argv=None):
     ap.add_argument("--quiet", action="store_true", help="no per-request log lines")
     ap.add_argument("--no-ema", action="store_true",
                     help="use the raw generator even if the checkpoint has EMA weights (the default uses them)")
+    ap.add_argument("--clip-weights", type=clip_weights_arg, metavar="PATH",
+                    help="the CLIP weights a CLIP checkpoint was trained with (docs/clip.md): text prompts and "
+                         "style photos through CLIP; 'random[:SEED]' for a demo trained on the random-weight CLIP")
     args = ap.parse_args(argv)
 
     import time
@@ -62,10 +70,18 @@ def main(argv=None):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     print(f"loading {checkpoint} ...", file=sys.stderr, flush=True)
-    app = PainterApp.from_checkpoint(checkpoint, warmup=False, log=log, use_ema=not args.no_ema)
+    from jspade.inference import ClipChoiceError
+    try:
+        app = PainterApp.from_checkpoint(checkpoint, warmup=False, log=log, use_ema=not args.no_ema,
+                                         clip_weights=args.clip_weights)
+    except ClipChoiceError as error:
+        ap.error(str(error))
     w, h = app.size
     print(f"model {w}x{h} ({app.model.weights} weights), {app.num_ids} classes, "
-          f"style images {'on' if app.style_supported else 'off (no VAE)'}",
+          f"style images {'on' if app.style_supported else 'off (no VAE)'}"
+          + (f", CLIP styles ({app.info()['clip']['centres']} centres"
+             + (", text prompts and photos through CLIP)" if app.clip_model is not None else
+                "; --clip-weights adds text prompts)") if app.model.uses_clip else ""),
           file=sys.stderr, flush=True)
     try:
         server = make_server(app, args.host, args.port, allow_hosts=args.allow_origin)

@@ -88,6 +88,7 @@ BAD_ARGUMENTS = [
     ("clip_features.py", ["--data", "labels", "--clip-weights", "random", "--batch-size", "0"],
      ["--batch-size", "at least 1"]),
     ("clip_features.py", ["--data", "labels", "--clip-weights", "random:x"], ["--clip-weights", "random:SEED"]),
+    ("paint.py", ["--clip-weights", "nope.pt"], ["--clip-weights", "nope.pt", "does not exist"]),
     # configuration: every source checked by one set of rules, before a run folder exists (issue 20)
     ("train.py", ["--train.max_iters", "-5", "--train.output_dir", "results"], ["--train.max_iters", "at least 0"]),
     ("train.py", ["--train.max_minutes", "nan", "--train.output_dir", "results"], ["--train.max_minutes", "finite"]),

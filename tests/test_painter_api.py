@@ -550,3 +550,81 @@ def test_a_dropped_connection_is_one_log_line_without_traceback(checkpoint, capf
     logged = [line for line in lines if "/api/render" in line or "dropped" in line]
     assert len(logged) == 1 and "not sent: the client went away" in logged[0], lines
     assert "Traceback" not in capfd.readouterr().err
+
+
+# ---- a CLIP model: style picker, text prompts, style photos through CLIP (issue 23) ------------------
+
+@pytest.fixture(scope="module")
+def clip_server(tmp_path_factory):
+    from tiny_models import tiny_clip_checkpoint
+    ckpt, _, bank = tiny_clip_checkpoint(tmp_path_factory.mktemp("clip"))
+    app = PainterApp.from_checkpoint(ckpt, warmup=False, clip_weights="random:0")
+    srv = make_server(app, "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv, bank, ckpt
+    srv.shutdown()
+    srv.server_close()
+    thread.join(5)
+
+
+def test_clip_style_picker_text_and_photos_change_the_rendering(clip_server):
+    srv, bank, _ = clip_server
+    info = json.loads(request(srv, "GET", "/api/info")[2])
+    assert info["clip"] == {"supported": True, "centres": 4, "text": True, "photos": True}
+    assert info["style_supported"] is True  # style photos go through CLIP
+    status, _, data = request(srv, "GET", "/api/clip/styles")
+    centres = json.loads(data)["centres"]
+    assert status == 200 and [c["index"] for c in centres] == [0, 1, 2, 3]
+    assert [c["medoid"] for c in centres] == bank.medoid_stems and [c["count"] for c in centres] == bank.counts.tolist()
+    for c in centres:  # the medoid's training photo, found through the run's config.toml
+        thumb = Image.open(io.BytesIO(base64.b64decode(c["thumbnail"].split(",", 1)[1])))
+        assert thumb.format == "JPEG" and max(thumb.size) <= 96
+    label = png_b64(scene())
+    mean = render(srv, label=label)[1]
+    headers, centre0 = render(srv, label=label, clip_style=0)
+    assert headers["X-Clip-Style"] == "0"
+    assert render(srv, label=label, clip_style=0)[1] == centre0  # deterministic
+    assert len({mean, centre0, render(srv, label=label, clip_style=1)[1]}) == 3
+    headers, text = render(srv, label=label, clip_text="a red sunset over the sea")
+    neighbours = [item.split(":")[0] for item in headers["X-Clip-Neighbours"].split(",")]
+    assert len(neighbours) == 8 and set(neighbours) <= set(bank.stems)
+    assert text != mean
+    status, _, data = request(srv, "POST", "/api/style", {"image": jpeg_b64(style_photo(3))})
+    assert status == 200
+    photo = render(srv, label=label, style_id=json.loads(data)["style_id"])[1]
+    assert photo not in (mean, centre0, text)
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"clip_style": 4}, ["'clip_style'", "0..3", "4"]),
+    ({"clip_style": "2"}, ["'clip_style'", "0..3"]),
+    ({"clip_style": 0, "clip_text": "a lake"}, ["'clip_style' or 'clip_text'", "not both"]),
+    ({"clip_text": " "}, ["'clip_text'", "non-empty"]),
+    ({"clip_text": "lake " * 80}, ["'clip_text'", "77"]),
+])
+def test_bad_clip_choices_are_400_with_a_message(clip_server, body, words):
+    srv, _, _ = clip_server
+    status, msg = error_of(srv, "/api/render", {"label": png_b64(scene()), **body})
+    assert status == 400 and all(w in msg["error"] for w in words), msg
+
+
+def test_clip_painter_without_weights_offers_centres_only_and_plain_models_none(clip_server, checkpoint):
+    from jspade.inference import ClipChoiceError
+    from jspade.painter import ApiError
+    _, _, ckpt = clip_server
+    app = PainterApp.from_checkpoint(ckpt, warmup=False)
+    assert app.info()["clip"] == {"supported": True, "centres": 4, "text": False, "photos": False}
+    assert app.info()["style_supported"] is False
+    with pytest.raises(ApiError, match="--clip-weights"):
+        app.clip_text("a lake")
+    with pytest.raises(ApiError, match="--clip-weights"):
+        app.add_style(style_photo(), "abc")
+    with pytest.raises(ClipChoiceError, match="--clip-weights random:1: not the CLIP this checkpoint"):
+        PainterApp.from_checkpoint(ckpt, warmup=False, clip_weights="random:1")
+    with pytest.raises(ClipChoiceError, match="--clip-weights: .* is not a CLIP model"):
+        PainterApp.from_checkpoint(checkpoint, warmup=False, clip_weights="random:0")
+    plain = PainterApp.from_checkpoint(checkpoint, warmup=False)
+    assert plain.info()["clip"]["supported"] is False
+    with pytest.raises(ApiError, match="no CLIP modulation"):
+        plain.clip_centre(0)

@@ -225,3 +225,44 @@ def test_paint_render_style_and_errors(server, page, tmp_path):
     page.screenshot(path=str(tmp_path / "painter.png"))
     assert not page.problems, page.problems
     assert time.monotonic() - t0 < 60
+
+
+def test_clip_style_picker_and_prompt(page, tmp_path):
+    """A CLIP model with --clip-weights: the style picker shows the bank's centres with their medoid
+    thumbnails; a centre, a prompt and a style photo (through CLIP) each change the picture."""
+    from tiny_models import tiny_clip_checkpoint
+    ckpt, _, bank = tiny_clip_checkpoint(tmp_path / "clip")
+    srv = make_server(PainterApp.from_checkpoint(ckpt, warmup=False, clip_weights="random:0"), "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        page.goto(srv.url)
+        page.wait_for_load_state("networkidle")
+        mean = rendered_after(page, 0)
+        assert page.locator("#clip-controls").is_visible() and page.locator("#clip-text").is_visible()
+        assert page.locator("#clip-styles button").count() == 1 + bank.k
+        assert page.locator("#clip-styles button img").count() == bank.k  # medoid thumbnails
+        n = render_count(page)
+        page.click('#clip-styles button[data-index="1"]')
+        centre = rendered_after(page, n)
+        assert page.get_attribute("#result", "data-clip") == "style 1"
+        assert page.get_attribute('#clip-styles button[data-index="1"]', "aria-checked") == "true"
+        assert not np.array_equal(centre, mean)
+        n = render_count(page)
+        page.fill("#clip-text", "a red sunset over the sea")
+        page.click("#clip-text-apply")
+        prompted = rendered_after(page, n)
+        assert "projected onto the training images" in page.inner_text("#clip-info")
+        assert not np.array_equal(prompted, centre)
+        n = render_count(page)
+        page.click('#clip-styles button[data-index="mean"]')
+        assert np.array_equal(rendered_after(page, n), mean)
+        photo = tmp_path / "style.png"
+        Image.fromarray(np.full((60, 80, 3), (250, 120, 20), np.uint8)).save(photo)
+        n = render_count(page)
+        page.set_input_files("#style-file", str(photo))
+        assert not np.array_equal(rendered_after(page, n), mean)
+        assert not page.problems, page.problems
+    finally:
+        srv.shutdown()
+        srv.server_close()

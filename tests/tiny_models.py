@@ -61,3 +61,36 @@ def tiny_checkpoint(path):
     model.eval()
     save_checkpoint(path, model, {"config": cfg.to_dict()})
     return path
+
+
+def tiny_clip_checkpoint(root, label_nc=29):
+    """A 64x32 CLIP model (clip_dim 512, the tiny random CLIP's size) whose CLIP heads are randomised so
+    that the embedding visibly matters, with a style bank of 4 centres over the random:0 CLIP's
+    embeddings of 12 synthetic photos, saved as a run folder: `root/run/checkpoints/latest.pkl` with
+    `root/run/config.toml` naming the data `root/data`. Returns (checkpoint, data folder, bank)."""
+    from jspade.clip.features import encode_images
+    from jspade.clip.weights import tiny_random_clip
+    from jspade.data.readers import read_image
+    from jspade.data.synthetic import write_synthetic_dataset
+    from jspade.style_bank import build_style_bank
+    stems = [str(s) for s in write_synthetic_dataset(root / "data", 12, size=(64, 32), seed=0)]
+    clip_model, digest = tiny_random_clip(0, warn=False)
+    photos = [read_image(next((root / "data" / "imgs").glob(f"{s}.*"))) for s in stems]
+    bank = build_style_bank(encode_images(clip_model, photos), stems, digest, k=4)
+    cfg = Config.default()
+    cfg.model = ModelConfig(label_nc=label_nc, crop_size=64, aspect_ratio=2.0, ngf=4, ndf=4, num_D=1,
+                            n_layers_D=2, use_vae=False, clip_dim=512, no_vgg_loss=True)
+    cfg.data.root = str(root / "data")
+    jt.set_global_seed(5)
+    model = SPADEModel(cfg.model, with_discriminator=False, with_vgg=False)
+    rng = np.random.default_rng(0)
+    for name, p in model.netG.named_parameters():
+        if ".clip_affine." in name:
+            p.update(jt.array(rng.normal(0, 0.5, p.shape).astype(np.float32)))
+    model.set_style_bank(bank)
+    run = root / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.toml").write_text(f'[data]\nroot = "{root / "data"}"\n')
+    ckpt = save_checkpoint(run / "checkpoints" / "latest.pkl", model,
+                           {"config": cfg.to_dict(), "style_bank": bank.to_payload()})
+    return ckpt, root / "data", bank

@@ -22,9 +22,11 @@ import numpy as np
 from PIL import Image
 
 from jspade.data.labels import LANDSCAPE_LABEL_NC, LANDSCAPE_NAMES, palette_for
-from jspade.inference import (StyleUnsupported, encode_style, has_style_encoder, load_generator, model_size,
-                              render, require_style_photos, resolve_checkpoint, takes_style_photos)
+from jspade.inference import (ClipChoice, ClipChoiceError, StyleUnsupported, encode_style, has_style_encoder,
+                              load_generator, model_size, open_style_clip, render, require_style_photos,
+                              resolve_checkpoint, takes_style_photos)
 from jspade.models.spade_model import has_style_stream
+from jspade.style_bank import project_text
 
 MAX_LABEL_SIDE = 2048
 # Request bodies fit the largest label map: MAX_LABEL_SIDE² 8-bit class ids as a PNG even with its
@@ -37,6 +39,9 @@ MAX_STYLE_SIDE = 4096
 MAX_SEED = 2 ** 31 - 1
 STYLE_CACHE_SIZE = 64
 MAX_PENDING = 16                    # renders waiting for the model before new ones get 503
+MAX_PROMPT_CHARS = 1000             # a CLIP prompt is at most 77 tokens anyway
+TEXT_CACHE_SIZE = 64
+THUMBNAIL_SIDE = 96                 # the style picker's medoid thumbnails
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -140,21 +145,55 @@ def default_checkpoint(results_dir):
 
 
 class Style(NamedTuple):
-    """A style image as the model uses it: (mu, logvar) from the encoder, and the photo at the
-    model's size for a TSIT style stream; each None where the model has no such input."""
+    """A style image as the model uses it: (mu, logvar) from the encoder, the photo at the model's
+    size for a TSIT style stream, and its CLIP embedding for a CLIP model (when the painter has the
+    CLIP weights); each None where the model has no such input."""
     code: Optional[tuple]
     photo: Optional[np.ndarray]
+    clip: Optional[np.ndarray] = None
+
+
+def training_image(checkpoint_path, stem):
+    """The training photo `stem` of the run a checkpoint belongs to (its config.toml's data.root,
+    contest layout or flat), or None when it cannot be found."""
+    import tomllib
+    run = Path(checkpoint_path).parent.parent
+    try:
+        root = tomllib.loads((run / "config.toml").read_text())["data"]["root"]
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+    for base in (Path(root), run / root, Path.cwd() / root):
+        for folder in (base / "imgs", base):
+            for candidate in sorted(folder.glob(f"{stem}.*")) if folder.is_dir() else []:
+                if candidate.suffix.lower() in (".jpg", ".jpeg", ".png"):
+                    return candidate
+    return None
+
+
+def thumbnail_data_url(path, side=THUMBNAIL_SIDE):
+    """A JPEG data: URL of the image at `path` fitted into side x side."""
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        image.thumbnail((side, side), Image.BICUBIC)
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 class PainterApp:
     """One generator behind a lock, with validated decoding of what the page sends."""
 
-    def __init__(self, model, opt, name="", log=None, max_pending=MAX_PENDING):
+    def __init__(self, model, opt, name="", log=None, max_pending=MAX_PENDING, clip_model=None, checkpoint_path=None):
         self.model, self.opt, self.name = model, opt, name
         self.size = model_size(opt)  # (w, h)
         self.num_ids = opt.label_nc + int(opt.contain_dontcare_label)
         self.classes = class_table(opt)
-        self.style_supported = takes_style_photos(model, opt)
+        # a CLIP model's styles: bank centres always; text prompts and photos through CLIP when the
+        # painter was given the CLIP weights (checked against the bank's by from_checkpoint)
+        self.clip_model = clip_model if model.uses_clip else None
+        self.checkpoint_path = checkpoint_path
+        self._texts = OrderedDict()  # prompt -> (embedding, [(stem, weight)])
+        self.style_supported = takes_style_photos(model, opt) or self.clip_model is not None
         self.log = log or (lambda msg: None)
         self.max_pending = max_pending
         self._model_lock = threading.Lock()
@@ -166,10 +205,21 @@ class PainterApp:
         self.renders = 0
 
     @classmethod
-    def from_checkpoint(cls, checkpoint, warmup=True, log=None, max_pending=MAX_PENDING, use_ema=True):
+    def from_checkpoint(cls, checkpoint, warmup=True, log=None, max_pending=MAX_PENDING, use_ema=True,
+                        clip_weights=None):
+        """`clip_weights` (a --clip-weights value) lets a CLIP model take text prompts and style photos
+        through CLIP; ClipChoiceError (naming --clip-weights) for a model without CLIP or other weights
+        than its style bank's."""
         _, path = resolve_checkpoint(checkpoint)
         model, opt = load_generator(checkpoint, use_ema=use_ema)
-        app = cls(model, opt, checkpoint_name(path), log=log, max_pending=max_pending)
+        clip_model = None
+        if clip_weights is not None:
+            if not model.uses_clip:
+                raise ClipChoiceError(f"--clip-weights: {path} is not a CLIP model (model.clip_dim 0); it takes "
+                                      "no CLIP styles")
+            clip_model = open_style_clip(model, ClipChoice(weights=clip_weights))
+        app = cls(model, opt, checkpoint_name(path), log=log, max_pending=max_pending, clip_model=clip_model,
+                  checkpoint_path=path)
         if warmup:
             app.warmup()
         return app
@@ -227,14 +277,18 @@ class PainterApp:
 
     def require_style(self):
         """ApiError 400 unless a style image can change this model's output."""
+        if self.clip_model is not None:
+            return  # through CLIP
         try:
             require_style_photos(self.model, self.opt)
         except StyleUnsupported as error:
-            raise ApiError(400, str(error), code="no_style") from None
+            hint = (" (a CLIP model takes style photos when the painter is started with --clip-weights)"
+                    if self.model.uses_clip else "")
+            raise ApiError(400, f"{error}{hint}", code="no_style") from None
 
     def _encode_style(self, rgb):
-        """What a render needs of a style image: its code through the encoder, and for a TSIT style
-        stream the photo itself (kept at the model's size)."""
+        """What a render needs of a style image: its code through the encoder, for a TSIT style
+        stream the photo itself (kept at the model's size), and for a CLIP model its CLIP embedding."""
         code = None
         if has_style_encoder(self.model, self.opt):
             mu, logvar = encode_style(self.model, self.opt, [rgb])
@@ -242,13 +296,82 @@ class PainterApp:
         photo = None
         if has_style_stream(self.model.netG):
             photo = np.asarray(Image.fromarray(rgb).resize(self.size, Image.BICUBIC))
-        return Style(code, photo)
+        clip = None
+        if self.clip_model is not None:
+            from jspade.clip.features import encode_images, normalize
+            clip = normalize(encode_images(self.clip_model, [rgb]))[0]
+        return Style(code, photo, clip)
 
-    def _generate(self, label, seed, style):
+    def _generate(self, label, seed, style, clip=None):
         style = style or Style(None, None)
         styles = None if style.code is None else tuple(a[None] for a in style.code)
         photos = None if style.photo is None else [style.photo]
-        return render(self.model, self.opt, [label], seed=seed, indices=[0], styles=styles, style_photos=photos)[0]
+        clip = style.clip if clip is None else clip
+        return render(self.model, self.opt, [label], seed=seed, indices=[0], styles=styles, style_photos=photos,
+                      clip=None if clip is None else clip[None])[0]
+
+    # --- a CLIP model's styles ---
+    def require_clip(self, field):
+        if not self.model.uses_clip:
+            raise ApiError(400, f"'{field}': this model has no CLIP modulation (model.clip_dim 0)", code="no_clip")
+
+    def clip_centre(self, index, field="clip_style"):
+        """Centre `index` of the style bank; 400 naming the range."""
+        self.require_clip(field)
+        bank = self.model.style_bank
+        if bank is None:
+            raise ApiError(400, f"'{field}': this checkpoint holds no style bank", code="no_clip")
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < bank.k:
+            raise ApiError(400, f"'{field}' must be a style centre 0..{bank.k - 1}, got {index!r}",
+                           code="bad_clip_style")
+        return bank.centre(index)
+
+    def clip_text(self, text, field="clip_text"):
+        """(embedding, [(stem, weight)]) of a prompt projected onto the training images; 400 when the
+        painter has no CLIP weights or the prompt is empty or too long."""
+        self.require_clip(field)
+        if self.model.style_bank is None:
+            raise ApiError(400, f"'{field}': this checkpoint holds no style bank to project a prompt onto",
+                           code="no_clip")
+        if self.clip_model is None:
+            raise ApiError(400, "text prompts need the CLIP weights: start the painter with --clip-weights PATH",
+                           code="no_clip_text")
+        if not isinstance(text, str) or not text.strip() or len(text) > MAX_PROMPT_CHARS:
+            raise ApiError(400, f"'{field}' must be a non-empty prompt of at most {MAX_PROMPT_CHARS} characters",
+                           code="bad_clip_text")
+        with self._state_lock:
+            if text in self._texts:
+                self._texts.move_to_end(text)
+                return self._texts[text]
+
+        def encode():
+            from jspade.clip.features import encode_text
+            return encode_text(self.clip_model, [text])[0]
+        try:
+            encoded, _, _ = self._run(encode)
+        except ValueError as error:  # over CLIP's 77 tokens
+            raise ApiError(400, f"'{field}': {error}", code="bad_clip_text") from None
+        embedding, stems, weights = project_text(encoded, self.model.style_bank)
+        out = (embedding, [(stem, float(w)) for stem, w in zip(stems, weights)])
+        with self._state_lock:
+            self._texts[text] = out
+            while len(self._texts) > TEXT_CACHE_SIZE:
+                self._texts.popitem(last=False)
+        return out
+
+    def clip_styles(self):
+        """The style bank's centres for the picker: index, training images, medoid stem and its
+        thumbnail (a data: URL, None when the training photo is not found)."""
+        self.require_clip("clip styles")
+        bank = self.model.style_bank
+        if bank is None:
+            return []
+        out = []
+        for k in range(bank.k):
+            photo = training_image(self.checkpoint_path, bank.medoid_stems[k]) if self.checkpoint_path else None
+            out.append({"index": k, "count": int(bank.counts[k]), "medoid": bank.medoid_stems[k],
+                        "thumbnail": thumbnail_data_url(photo) if photo is not None else None})
+        return out
 
     def add_style(self, rgb, style_id):
         """Encode a style image once and remember it under `style_id`."""
@@ -275,9 +398,10 @@ class PainterApp:
                                 "upload the style image again", code="unknown_style")
         return code
 
-    def render(self, label, seed=0, style=None):
-        """HxWx3 uint8 at the model's size, and (queue ms, render ms)."""
-        image, wait_ms, run_ms = self._run(lambda: self._generate(label, seed, style))
+    def render(self, label, seed=0, style=None, clip=None):
+        """HxWx3 uint8 at the model's size, and (queue ms, render ms). `clip`: a CLIP model's embedding
+        (else the style image's, else the training mean)."""
+        image, wait_ms, run_ms = self._run(lambda: self._generate(label, seed, style, clip))
         with self._state_lock:
             self._times.append(run_ms)
             self.renders += 1
@@ -321,6 +445,9 @@ class PainterApp:
             "classes": self.classes,
             "background_class": names.index("sky") if "sky" in names else 0,
             "style_supported": self.style_supported,
+            "clip": {"supported": self.model.uses_clip,
+                     "centres": self.model.style_bank.k if self.model.style_bank is not None else 0,
+                     "text": self.clip_model is not None, "photos": self.clip_model is not None},
             "limits": {"max_body_bytes": MAX_BODY, "max_label_side": MAX_LABEL_SIDE,
                        "max_style_side": MAX_STYLE_SIDE, "max_seed": MAX_SEED},
             "timing": self.timing(),

@@ -6,6 +6,10 @@ around a `PainterApp` (jspade.painter.app, which holds the model).
     POST /api/render         {"label": b64 PNG, "seed": int, "style_id"|"style_image": ...} -> image/png
     POST /api/style          {"image": b64 PNG/JPEG} -> {"style_id", "width", "height"}  (VAE models)
     POST /api/label/import   {"label": b64 PNG} -> {"width", "height", "classes", "ids", "png"}
+    GET  /api/clip/styles    a CLIP model's style bank: [{"index", "count", "medoid", "thumbnail"}]
+  A CLIP model's render also takes "clip_style": K (a bank centre) or "clip_text": "..." (with
+  --clip-weights; X-Clip-Neighbours names the training images it was projected onto); with
+  --clip-weights a style image goes through CLIP.
 
 Every request is validated and bad input is answered with a 4xx and `{"error": "..."}`: bodies are
 JSON (`Content-Type: application/json`, at most MAX_BODY: what the largest label map needs; nested
@@ -31,7 +35,7 @@ import traceback
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import numpy as np
 
@@ -313,11 +317,20 @@ class Handler(BaseHTTPRequestHandler):
 
     def api_render(self):
         body = self._json_body()
-        _fields(body, ("label",), ("seed", "style_id", "style_image"))
+        _fields(body, ("label",), ("seed", "style_id", "style_image", "clip_style", "clip_text"))
         seed = _seed(body)
         if body.get("style_id") is not None and body.get("style_image") is not None:
             raise ApiError(400, "give either 'style_id' or 'style_image', not both")
+        if body.get("clip_style") is not None and body.get("clip_text") is not None:
+            raise ApiError(400, "give either 'clip_style' or 'clip_text', not both")
         label = self.app.decode_label(body["label"])
+        clip, clip_headers = None, {}
+        if body.get("clip_style") is not None:
+            clip = self.app.clip_centre(body["clip_style"])
+            clip_headers["X-Clip-Style"] = str(body["clip_style"])
+        elif body.get("clip_text") is not None:
+            clip, neighbours = self.app.clip_text(body["clip_text"])
+            clip_headers["X-Clip-Neighbours"] = ",".join(f"{quote(stem)}:{weight:.3f}" for stem, weight in neighbours)
         style, style_id = None, None
         if body.get("style_id") is not None:
             style_id = body["style_id"]
@@ -328,8 +341,8 @@ class Handler(BaseHTTPRequestHandler):
             self.app.require_style()
             rgb, style_id = self.app.decode_style_image(body["style_image"])
             style = self.app.add_style(rgb, style_id)
-        image, wait_ms, run_ms = self.app.render(label, seed, style)
-        headers = {"X-Render-Ms": f"{run_ms:.1f}", "X-Queue-Ms": f"{wait_ms:.1f}", "X-Seed": str(seed)}
+        image, wait_ms, run_ms = self.app.render(label, seed, style, clip)
+        headers = {"X-Render-Ms": f"{run_ms:.1f}", "X-Queue-Ms": f"{wait_ms:.1f}", "X-Seed": str(seed), **clip_headers}
         if style_id:
             headers["X-Style-Id"] = style_id
         self._send(200, encode_png(image), "image/png", headers)
@@ -341,6 +354,9 @@ class Handler(BaseHTTPRequestHandler):
         rgb, style_id = self.app.decode_style_image(body["image"], "image")
         self.app.add_style(rgb, style_id)
         self._send_json(200, {"style_id": style_id, "width": rgb.shape[1], "height": rgb.shape[0]})
+
+    def api_clip_styles(self):
+        self._send_json(200, {"centres": self.app.clip_styles()})
 
     def api_label_import(self):
         body = self._json_body()
@@ -359,7 +375,7 @@ class Handler(BaseHTTPRequestHandler):
 
 
 GET_ROUTES = {**{p: Handler.static for p in STATIC_FILES}, "/favicon.ico": Handler.favicon,
-              "/api/info": Handler.api_info}
+              "/api/info": Handler.api_info, "/api/clip/styles": Handler.api_clip_styles}
 POST_ROUTES = {"/api/render": Handler.api_render, "/api/style": Handler.api_style,
                "/api/label/import": Handler.api_label_import}
 

@@ -15,6 +15,8 @@
     randomStyle: $("random-style"), seed: $("seed"), styleFile: $("style-file"), clearStyle: $("clear-style"),
     styleThumb: $("style-thumb"), styleName: $("style-name"), styleNote: $("style-note"),
     currentClass: $("current-class"), styleControls: $("style-controls"),
+    clipControls: $("clip-controls"), clipStyles: $("clip-styles"), clipTextForm: $("clip-text-form"),
+    clipText: $("clip-text"), clipInfo: $("clip-info"),
   };
 
   const state = {
@@ -22,6 +24,7 @@
     ids: null, cls: 0, tool: "brush", eraserCls: 0,
     undo: [], redo: [],
     seed: 0, styleId: null, styleB64: null, styleName: "",
+    clipStyle: null, clipText: null,  // a CLIP model's style: a bank centre or a prompt (null: the mean)
     seq: 0, inflight: null, timer: null, timerPending: false, renderCount: 0, resultUrl: null, statusSource: null,
     drawing: false, last: null, frameQueued: false,
   };
@@ -346,7 +349,16 @@
       if (seq !== state.seq) return;
       const body = { label: toBase64(png), seed: state.seed };
       if (state.styleId) body.style_id = state.styleId;
+      if (state.clipStyle !== null) body.clip_style = state.clipStyle;
+      else if (state.clipText) body.clip_text = state.clipText;
       const resp = await postJSON("/api/render", body, ctrl.signal);
+      const neighbours = resp.headers.get("X-Clip-Neighbours");
+      if (neighbours) {
+        el.clipInfo.textContent = "Prompt projected onto the training images " + neighbours.split(",").map((n) => {
+          const [stem, w] = n.split(":");
+          return `${decodeURIComponent(stem)} (${Number(w).toFixed(2)})`;
+        }).join(", ");
+      }
       const blob = await resp.blob();
       if (seq !== state.seq) return;
       const serverMs = resp.headers.get("X-Render-Ms");
@@ -357,6 +369,8 @@
         el.result.dataset.renderCount = String(state.renderCount);
         el.result.dataset.seed = String(body.seed);
         el.result.dataset.style = body.style_id || "";
+        el.result.dataset.clip = body.clip_style !== undefined ? `style ${body.clip_style}` :
+          (body.clip_text ? `text ${body.clip_text}` : "");
         const total = performance.now() - t0;
         el.renderInfo.textContent = `${state.modelW}×${state.modelH}, seed ${body.seed}` +
           (state.styleName ? `, style of ${state.styleName}` : "") +
@@ -429,6 +443,66 @@
     setStatus("info", "Style image removed: random style from the seed.", "style");
     scheduleRender(0);
   }
+  // ---------- a CLIP model's style ----------
+  function selectClipStyle(index) {
+    state.clipStyle = index;
+    state.clipText = null;
+    for (const b of el.clipStyles.children) {
+      b.setAttribute("aria-checked", String(b.dataset.index === String(index === null ? "mean" : index)));
+    }
+    el.clipInfo.textContent = index === null ? "No CLIP style: the training set's mean." :
+      `Style bank centre ${index}.`;
+    scheduleRender(0);
+  }
+  function onClipText(ev) {
+    ev.preventDefault();
+    const text = el.clipText.value.trim();
+    if (!text) { selectClipStyle(null); return; }
+    state.clipText = text;
+    state.clipStyle = null;
+    for (const b of el.clipStyles.children) b.setAttribute("aria-checked", "false");
+    el.clipInfo.textContent = `Prompt: ${text}`;
+    scheduleRender(0);
+  }
+  async function startClip(info) {
+    if (!info.clip || !info.clip.supported) return;
+    el.clipControls.hidden = false;
+    el.clipTextForm.hidden = !info.clip.text;
+    el.clipTextForm.addEventListener("submit", onClipText);
+    let centres = [];
+    try {
+      const resp = await fetch("/api/clip/styles");
+      if (!resp.ok) throw new Error((await errorText(resp)).msg);
+      centres = (await resp.json()).centres;
+    } catch (e) {
+      showError(`Cannot load the style bank: ${e.message}`, "clip");
+    }
+    const add = (index, text, title, thumbnail) => {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.setAttribute("role", "radio");
+      b.setAttribute("aria-checked", String(index === null));
+      b.dataset.index = index === null ? "mean" : String(index);
+      b.title = title;
+      if (thumbnail) {
+        const img = document.createElement("img");
+        img.src = thumbnail;
+        img.alt = "";
+        b.appendChild(img);
+      }
+      b.appendChild(document.createTextNode(text));
+      b.addEventListener("click", () => selectClipStyle(index));
+      el.clipStyles.appendChild(b);
+    };
+    add(null, "mean", "no style: the training set's mean embedding", null);
+    for (const c of centres) {
+      add(c.index, `${c.index} (${c.count})`, `centre ${c.index}: ${c.count} training images, medoid ${c.medoid}`,
+        c.thumbnail);
+    }
+    el.clipInfo.textContent = info.clip.text ? "Pick a style, or describe one." :
+      "Pick a style (start the painter with --clip-weights for text prompts and photos through CLIP).";
+  }
+
   function setSeed(seed) {
     state.seed = seed;
     el.seed.value = String(seed);
@@ -625,6 +699,7 @@
       el.styleNote.textContent = "This checkpoint has no style encoder (trained without the VAE): the style " +
         "comes from the label alone, so seeds and style images do not apply.";
     }
+    await startClip(info);
     setStatus("info", "Ready: pick a class and paint. Ctrl+Z undoes, Ctrl+Shift+Z redoes.");
     scheduleRender(0);
   }
