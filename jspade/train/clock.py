@@ -4,28 +4,25 @@
 
 A cap is a training budget: the 8-minute CPU demo must train as long on a fresh machine, where Jittor
 first compiles its kernels for minutes (the first iterations, the first sample grid, the first FID),
-as on a warm one. Jittor writes each kernel it compiles into its cache folder (`jt.flags.cache_path`
-/jit), so a span during which that folder changed is compilation: `watch()` leaves it out whole (the
-little training inside it is left out too, in the run's favour). Under MPI each rank has its own
-clock; the trainer lets rank 0's decide (jspade.train.ranks.rank0_decides)."""
+as on a warm one. Jittor compiles each new kernel by running the C++ compiler (nvcc for CUDA) in a
+child process, so a span in which this process's finished children used CPU time is compilation:
+`watch()` leaves it out whole (the little training inside it is left out too, in the run's favour).
+Other processes compiling at the same time do not count. Under MPI each rank has its own clock; the
+trainer lets rank 0's decide (jspade.train.ranks.rank0_decides)."""
 import os
 import time
 from contextlib import contextmanager
 
 
-def _kernel_cache_stamp(folder):
-    try:
-        return os.stat(folder).st_mtime_ns
-    except OSError:
-        return None
+def children_cpu_s():
+    """CPU seconds used by this process's finished child processes (Jittor's compiler runs)."""
+    times = os.times()
+    return times.children_user + times.children_system
 
 
 class TrainingClock:
-    def __init__(self, kernel_cache=None):
-        if kernel_cache is None:
-            from jspade.runtime import jt
-            kernel_cache = os.path.join(jt.flags.cache_path, "jit")
-        self.kernel_cache = kernel_cache
+    def __init__(self, compiler_cpu_s=children_cpu_s):
+        self.compiler_cpu_s = compiler_cpu_s
         self.started = None
         self.measuring_s = 0.0  # FID measurements
         self.compiling_s = 0.0  # spans in which Jittor compiled kernels (less measuring inside them)
@@ -56,12 +53,12 @@ class TrainingClock:
 
     @contextmanager
     def watch(self):
-        """Leave the span out if Jittor compiled a kernel during it (wrap one iteration)."""
-        stamp, started, measured = _kernel_cache_stamp(self.kernel_cache), time.time(), self.measuring_s
+        """Leave the span out if Jittor compiled a kernel in it (wrap one iteration)."""
+        compiler, started, measured = self.compiler_cpu_s(), time.time(), self.measuring_s
         try:
             yield
         finally:
-            if _kernel_cache_stamp(self.kernel_cache) != stamp:
+            if self.compiler_cpu_s() > compiler:
                 self.compiling_s += time.time() - started - (self.measuring_s - measured)
 
     def summary(self):
