@@ -24,8 +24,7 @@ from jspade.runtime import jt
 from jspade.checkpoint import CheckpointError, load_networks
 from jspade.config import Config, check_config, to_toml
 from jspade.errors import ConfigError
-from jspade.models.generator import check_output_size
-from jspade.models.spade_model import SPADEModel
+from jspade.models.spade_model import SPADEModel, check_output_size
 from jspade.report import write_report
 from jspade.train import run_folder
 from jspade.train.clip import NO_STYLE_P, ClipConditioning
