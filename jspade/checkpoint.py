@@ -161,14 +161,16 @@ def checkpoint_config(payload, path):
         raise CheckpointError(str(error)) from None
 
 
-def load_networks(payload, model, networks=("G", "D", "E"), source="checkpoint"):
-    """Load the named networks that the model has from a read checkpoint payload, strictly."""
+def load_networks(payload, model, networks=("G", "D", "E"), source="checkpoint", ema=False):
+    """Load the named networks that the model has from a read checkpoint payload, strictly; with `ema`,
+    their EMA copies ("ema_networks")."""
+    held, which = (payload["ema_networks"], "ema ") if ema else (payload["networks"], "")
     for name, net in model.networks().items():
         if name not in networks:
             continue
-        if name not in payload["networks"]:
-            raise CheckpointError(f"{source} holds no weights for net{name}")
-        load_state_strict(net, payload["networks"][name], source=f"{source} [{name}]")
+        if name not in held:
+            raise CheckpointError(f"{source} holds no {which}weights for net{name}")
+        load_state_strict(net, held[name], source=f"{source} [{which}{name}]")
     return payload
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from jspade.runtime import jt
-from jspade.checkpoint import (CheckpointError, checkpoint_config, import_pytorch_checkpoint, load_state_strict,
+from jspade.checkpoint import (CheckpointError, checkpoint_config, import_pytorch_checkpoint, load_networks,
                                read_checkpoint)
 from jspade.config import ModelConfig, check_model, parse_model_option
 from jspade.data.readers import (IMAGE_EXTENSIONS, LABEL_EXTENSIONS, DataError, list_files, read_image,
@@ -23,9 +23,8 @@ from jspade.data.semantics import model_label_id_problem, semantics_for
 from jspade.data.transforms import to_uint8_images
 from jspade.atomic import save_image_atomic
 from jspade.models.encoder import noise_for, reparameterize
-from jspade.models.generator import check_output_size
-from jspade.errors import JspadeError
-from jspade.models.spade_model import SPADEModel, has_style_stream
+from jspade.errors import JspadeError, UnsupportedRequest
+from jspade.models.spade_model import SPADEModel, check_output_size
 from jspade.style_bank import StyleBank, project_text
 
 
@@ -89,13 +88,9 @@ def load_generator(checkpoint, model_overrides=None, use_ema=True):
     model = SPADEModel(opt, with_discriminator=False, with_vgg=False)
     model.weights = "raw"
     if kind == "jspade":
-        networks = payload["networks"]
-        if use_ema and payload.get("ema_networks"):
-            networks, model.weights = payload["ema_networks"], "ema"
-        for name, net in model.networks().items():
-            if name not in networks:
-                raise CheckpointError(f"{path} holds no {model.weights} weights for net{name}")
-            load_state_strict(net, networks[name], source=f"{path} [{model.weights} {name}]")
+        ema = bool(use_ema and payload.get("ema_networks"))
+        load_networks(payload, model, source=str(path), ema=ema)
+        model.weights = "ema" if ema else "raw"
         if model.uses_clip and payload.get("style_bank") is not None:
             try:
                 bank = StyleBank.from_payload(payload["style_bank"], source=f"{path} [style_bank]")
@@ -183,36 +178,10 @@ def photo_tensor(photos, size):
     return jt.array(np.stack(arrs).transpose(0, 3, 1, 2) / 127.5 - 1.0)
 
 
-class StyleUnsupported(JspadeError, ValueError):
-    """A style image was given to a model without the VAE style encoder."""
-
-
-def has_style_encoder(model, opt):
-    return bool(opt.use_vae and model.netE is not None)
-
-
-def require_style_encoder(model, opt):
-    if not has_style_encoder(model, opt):
-        raise StyleUnsupported("this model has no style encoder (it was trained without use_vae): "
-                               "style images cannot be used")
-
-
-def takes_style_photos(model, opt):
-    """Whether a reference photo changes this model's output: through the VAE style encoder, or
-    through a TSIT generator's style stream."""
-    return has_style_encoder(model, opt) or has_style_stream(model.netG)
-
-
-def require_style_photos(model, opt):
-    if not takes_style_photos(model, opt):
-        raise StyleUnsupported("this model has no style encoder (it was trained without use_vae) and no TSIT "
-                               "style stream: style images cannot be used")
-
-
 def encode_style(model, opt, photos):
     """Style codes of photos (HxWx3 uint8 RGB arrays) through the encoder: (mu, logvar), float32
     numpy arrays [B, z_dim], for `render(..., styles=...)`."""
-    require_style_encoder(model, opt)
+    model.require_encoder()
     with jt.no_grad():
         mu, logvar = model.netE(photo_tensor(photos, model_size(opt)))
         return mu.numpy(), logvar.numpy()
@@ -346,12 +315,12 @@ def render(model, opt, labels, seed=0, indices=None, sample=0, references=None, 
         style_photos = [read_image(p) for p in references]
     photos = None
     if style_photos is not None:
-        if has_style_stream(model.netG):
+        if model.has_style_stream:
             photos = photo_tensor(style_photos, size)
         if styles is None and (opt.use_vae or photos is None):
             styles = encode_style(model, opt, style_photos)
     elif styles is not None:
-        require_style_encoder(model, opt)
+        model.require_encoder()
     sem = semantics_for(opt, label_tensor(labels, size))
     z = None
     if opt.use_vae:
@@ -455,7 +424,7 @@ def render_folder(label_dir, checkpoint, out, options=None, **changes):
         raise FileExistsError(f"{out} is not empty; pass --overwrite to write into it")
     model, opt = load_generator(checkpoint, o.model_overrides, use_ema=o.use_ema)
     if o.seeds > 1 and not opt.use_vae:
-        raise StyleUnsupported("--seeds: this model has no style noise (use_vae is off), every seed renders the same images")
+        raise UnsupportedRequest("--seeds: this model has no style noise (use_vae is off), every seed renders the same images")
     paths = list_labels(label_dir)
     if not paths:
         raise DataError(f"{label_dir}: no .png label maps", label_dir)
@@ -466,7 +435,7 @@ def render_folder(label_dir, checkpoint, out, options=None, **changes):
     refs = style_references(paths, o.style_dir, o.label_to_img, o.style_root)
     clip, clip_refs = clip_embeddings_for(model, checkpoint, o.clip, paths, o.style_root, o.report)
     if o.match_histogram and not (refs or clip_refs):
-        raise StyleUnsupported("histogram matching needs reference photos (a style folder, label_to_img.json or "
+        raise UnsupportedRequest("histogram matching needs reference photos (a style folder, label_to_img.json or "
                          "--clip-reference)")
 
     def batches(s):

@@ -119,7 +119,8 @@ def main(argv=None):
         ap.error("--match-histogram needs reference photos: --style-dir, --label-to-img or --clip-reference")
 
     from jspade.data.readers import DataError
-    from jspade.inference import ClipChoice, ClipChoiceError, RenderOptions, StyleUnsupported, render_folder
+    from jspade.errors import UnsupportedRequest
+    from jspade.inference import ClipChoice, ClipChoiceError, RenderOptions, render_folder
 
     clip_choice = ClipChoice(centre=args.clip_style, reference=args.clip_reference, text=args.clip_text,
                              weights=args.clip_weights, top_k=args.clip_top_k)
@@ -137,7 +138,7 @@ def main(argv=None):
         count, seed, weights = render_folder(args.labels, args.checkpoint, args.out, options)
     except (FileExistsError, ClipChoiceError) as error:  # a flag that does not fit: nothing was written
         ap.error(str(error))
-    except (DataError, StyleUnsupported) as error:  # nothing was written: say so, then each problem
+    except (DataError, UnsupportedRequest) as error:  # nothing was written: say so, then each problem
         cli.report(ap.prog, DataError(f"refusing to render: {error}"))
         return 1
     print(f"wrote {count} image(s) to {args.out}" + (f" with seed {seed}" if args.seeds > 1 else "")

@@ -11,9 +11,8 @@ from PIL import Image
 
 from jspade.checkpoint import CheckpointError, import_pytorch_checkpoint, load_state_strict
 from jspade.config import Config, DataConfig, ModelConfig, Phase, TrainConfig
-from jspade.models.generator import check_output_size
 from jspade.models.normalization import FADE, InstanceNorm2d, SyncBatchNorm
-from jspade.models.spade_model import SPADEModel
+from jspade.models.spade_model import SPADEModel, check_output_size
 from jspade.models.tsit import TSITGenerator, downsample_half, fadain
 from jspade.runtime import jt
 

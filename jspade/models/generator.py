@@ -2,6 +2,7 @@
 from jspade.runtime import jt
 from jittor import nn
 
+from jspade.errors import ConfigError
 from jspade.models import winograd
 from jspade.models.base import BaseNetwork
 from jspade.models.clip_modulation import STYLE_WIDTH, ClipHead, ClipMapping, reset_clip_parameters
@@ -62,39 +63,17 @@ def latent_size(crop_size, aspect_ratio, num_upsampling_layers):
     return sw, round(sw / aspect_ratio)
 
 
-def check_output_size(crop_size, aspect_ratio, num_upsampling_layers, netG="spade"):
-    """The generator's output must have the data's size (crop_size x round(crop_size / aspect_ratio));
-    with some sizes the original's rounding of the latent height breaks that (crop 64 at 4:3 gives
-    64x64 fakes for 64x48 photos). Raise a clear error instead of a shape mismatch mid-training."""
-    if netG == "tsit":
-        check_tsit_size(crop_size, aspect_ratio, num_upsampling_layers)
-        return
-    if netG != "spade":
-        raise ValueError(f"netG {netG!r} is not recognized (spade | tsit)")
+def check_spade_size(crop_size, aspect_ratio, num_upsampling_layers):
+    """SPADE's output must have the data's size (crop_size x round(crop_size / aspect_ratio)); with some
+    sizes the original's rounding of the latent height breaks that (crop 64 at 4:3 gives 64x64 fakes for
+    64x48 photos). Raise a clear error instead of a shape mismatch mid-training."""
     sw, sh = latent_size(crop_size, aspect_ratio, num_upsampling_layers)
     scale = 2 ** UPSAMPLINGS[num_upsampling_layers]
     want = (round(crop_size / aspect_ratio), crop_size)
     if (sh * scale, sw * scale) != want:
-        raise ValueError(f"crop_size {crop_size} with aspect_ratio {aspect_ratio:.4g} makes {sw * scale}x{sh * scale} "
+        raise ConfigError(f"crop_size {crop_size} with aspect_ratio {aspect_ratio:.4g} makes {sw * scale}x{sh * scale} "
                          f"images but the data is {want[1]}x{want[0]}: use a crop_size that is a multiple of "
                          f"{scale} whose height crop_size/aspect_ratio is one too (e.g. 128, 256, 512 at 4:3)")
-
-
-def check_tsit_size(crop_size, aspect_ratio, num_upsampling_layers):
-    """TSIT's content stream halves its input seven times and its decoder meets the stream at every
-    scale, so both sides must be multiples of 128; and only the original's 'more' layout lines up
-    (its 'most' starts the decoder at half the deepest stream feature: a shape error, checked by
-    running the original)."""
-    if num_upsampling_layers == "most":
-        raise ValueError("TSIT cannot use num_upsampling_layers 'most': the original fails with a shape error "
-                         "there (its decoder starts at half the scale of the content stream's deepest feature); "
-                         "use 'more', which the original always uses")
-    width, height = crop_size, round(crop_size / aspect_ratio)
-    if width % 128 or height % 128 or width < 128 or height < 128:
-        raise ValueError(f"TSIT cannot make {width}x{height} images (crop_size {crop_size}, aspect_ratio "
-                         f"{aspect_ratio:.4g}): its content stream halves the input seven times, so width and "
-                         "height must be multiples of 128 (e.g. 512x384: crop_size 512 at 4:3; 256x128: "
-                         "crop_size 256, aspect_ratio 2)")
 
 
 def first_feature_map(generator, seg, z=None):

@@ -11,9 +11,19 @@ from jspade.errors import ConfigError, UnsupportedRequest
 from jspade.models.clip_modulation import fill_new_clip_keys
 from jspade.models.discriminator import MultiscaleDiscriminator
 from jspade.models.encoder import ConvEncoder, reparameterize
-from jspade.models.generator import SPADEGenerator
-from jspade.models.tsit import TSITGenerator
+from jspade.models.generator import SPADEGenerator, check_spade_size
+from jspade.models.tsit import TSITGenerator, check_tsit_size
 from jspade.models.vgg import VGG19
+
+
+def check_output_size(crop_size, aspect_ratio, num_upsampling_layers, netG="spade"):
+    """Refuse, with the reason, a size the chosen generator cannot produce for the data."""
+    if netG == "spade":
+        check_spade_size(crop_size, aspect_ratio, num_upsampling_layers)
+    elif netG == "tsit":
+        check_tsit_size(crop_size, aspect_ratio, num_upsampling_layers)
+    else:
+        raise ConfigError(f"netG {netG!r} is not recognized (spade | tsit)")
 
 
 def build_generator(opt):
@@ -31,11 +41,6 @@ def build_generator(opt):
     raise ConfigError(f"netG {opt.netG!r} is not recognized (spade | tsit)")
 
 
-def has_style_stream(netG):
-    """Whether the generator takes the reference photo itself (TSIT with its style stream)."""
-    return bool(getattr(netG, "has_style_stream", False))
-
-
 class SPADEModel:
     """Holds netG, netD, netE (VAE mode) and the VGG. Not a Module: each network is saved and
     optimised on its own, like the original's checkpoints (`latest_net_G.pth`, ...)."""
@@ -51,6 +56,33 @@ class SPADEModel:
         self.vgg = VGG19() if with_vgg else None
         self.diffaugment = None  # a jspade.train.diffaugment.DiffAugment for D's inputs (per phase)
         self.style_bank = None  # a CLIP model's jspade.style_bank.StyleBank, once built or loaded
+
+    # --- what a style can reach: the one place that answers it -------------------------------------
+    @property
+    def has_encoder(self):
+        """Whether a photo's style code comes through the VAE encoder (use_vae)."""
+        return self.netE is not None
+
+    @property
+    def has_style_stream(self):
+        """Whether the generator takes the reference photo itself (TSIT with its style stream)."""
+        return bool(getattr(self.netG, "has_style_stream", False))
+
+    @property
+    def takes_style_photos(self):
+        """Whether a reference photo changes the output (encoder or style stream; CLIP photos go
+        through CLIP first, see uses_clip)."""
+        return self.has_encoder or self.has_style_stream
+
+    def require_encoder(self):
+        if not self.has_encoder:
+            raise UnsupportedRequest("this model has no style encoder (it was trained without use_vae): "
+                                     "style images cannot be used")
+
+    def require_style_photos(self):
+        if not self.takes_style_photos:
+            raise UnsupportedRequest("this model has no style encoder (it was trained without use_vae) and no "
+                                     "TSIT style stream: style images cannot be used")
 
     @property
     def uses_clip(self):
@@ -121,7 +153,7 @@ class SPADEModel:
     def generate(self, semantics, z=None, style=None, clip=None):
         """G on the semantics; `style` (a reference photo) reaches only a generator with a style stream,
         `clip` (CLIP embeddings [N, D] or one [D]) only a CLIP model (None there: its clip_mean)."""
-        if has_style_stream(self.netG):
+        if self.has_style_stream:
             return self.netG(semantics, z=z, style=style)
         if self.uses_clip:
             return self.netG(semantics, z=z, clip=clip)

@@ -12,9 +12,10 @@ before each block with strength `alpha` in [0, 1]. Without a photo the decoder r
 from jspade.runtime import jt
 from jittor import nn
 
+from jspade.errors import ConfigError
 from jspade.models import winograd
 from jspade.models.base import BaseNetwork
-from jspade.models.generator import ModulatedResnetBlock, check_tsit_size, first_feature_map, residual_convs
+from jspade.models.generator import ModulatedResnetBlock, first_feature_map, residual_convs
 from jspade.models.normalization import FADE, InstanceNorm2d, SyncBatchNorm
 from jspade.models.resize import upsample2x
 
@@ -79,6 +80,23 @@ class FADEResnetBlock(ModulatedResnetBlock):
 
     def __init__(self, fin, fout, norm_G):
         super().__init__(fin, fin, fout, norm_G, lambda config, channels: FADE(config, channels, channels))
+
+
+def check_tsit_size(crop_size, aspect_ratio, num_upsampling_layers):
+    """TSIT's content stream halves its input seven times and its decoder meets the stream at every
+    scale, so both sides must be multiples of 128; and only the original's 'more' layout lines up
+    (its 'most' starts the decoder at half the deepest stream feature: a shape error, checked by
+    running the original)."""
+    if num_upsampling_layers == "most":
+        raise ConfigError("TSIT cannot use num_upsampling_layers 'most': the original fails with a shape error "
+                         "there (its decoder starts at half the scale of the content stream's deepest feature); "
+                         "use 'more', which the original always uses")
+    width, height = crop_size, round(crop_size / aspect_ratio)
+    if width % 128 or height % 128 or width < 128 or height < 128:
+        raise ConfigError(f"TSIT cannot make {width}x{height} images (crop_size {crop_size}, aspect_ratio "
+                         f"{aspect_ratio:.4g}): its content stream halves the input seven times, so width and "
+                         "height must be multiples of 128 (e.g. 512x384: crop_size 512 at 4:3; 256x128: "
+                         "crop_size 256, aspect_ratio 2)")
 
 
 def _mean_std(x, eps=1e-5):

@@ -22,10 +22,9 @@ import numpy as np
 from PIL import Image
 
 from jspade.data.labels import LANDSCAPE_LABEL_NC, LANDSCAPE_NAMES, palette_for
-from jspade.inference import (ClipChoice, ClipChoiceError, StyleUnsupported, encode_style, has_style_encoder,
-                              load_generator, model_size, open_style_clip, render, require_style_photos,
-                              resolve_checkpoint, takes_style_photos)
-from jspade.models.spade_model import has_style_stream
+from jspade.errors import UnsupportedRequest
+from jspade.inference import (ClipChoice, ClipChoiceError, encode_style, load_generator, model_size, open_style_clip,
+                              render, resolve_checkpoint)
 from jspade.style_bank import project_text
 
 MAX_LABEL_SIDE = 2048
@@ -193,7 +192,7 @@ class PainterApp:
         self.clip_model = clip_model if model.uses_clip else None
         self.checkpoint_path = checkpoint_path
         self._texts = OrderedDict()  # prompt -> (embedding, [(stem, weight)])
-        self.style_supported = takes_style_photos(model, opt) or self.clip_model is not None
+        self.style_supported = model.takes_style_photos or self.clip_model is not None
         self.log = log or (lambda msg: None)
         self.max_pending = max_pending
         self._model_lock = threading.Lock()
@@ -280,8 +279,8 @@ class PainterApp:
         if self.clip_model is not None:
             return  # through CLIP
         try:
-            require_style_photos(self.model, self.opt)
-        except StyleUnsupported as error:
+            self.model.require_style_photos()
+        except UnsupportedRequest as error:
             hint = (" (a CLIP model takes style photos when the painter is started with --clip-weights)"
                     if self.model.uses_clip else "")
             raise ApiError(400, f"{error}{hint}", code="no_style") from None
@@ -290,11 +289,11 @@ class PainterApp:
         """What a render needs of a style image: its code through the encoder, for a TSIT style
         stream the photo itself (kept at the model's size), and for a CLIP model its CLIP embedding."""
         code = None
-        if has_style_encoder(self.model, self.opt):
+        if self.model.has_encoder:
             mu, logvar = encode_style(self.model, self.opt, [rgb])
             code = (mu[0], logvar[0])
         photo = None
-        if has_style_stream(self.model.netG):
+        if self.model.has_style_stream:
             photo = np.asarray(Image.fromarray(rgb).resize(self.size, Image.BICUBIC))
         clip = None
         if self.clip_model is not None:
