@@ -159,8 +159,7 @@ class TSITGenerator(BaseNetwork):
         """`style`: the reference photo [B,3,H,W] in [-1, 1] for the style stream (ignored without one;
         None runs the decoder unstyled)."""
         # 3x3 convolutions by Winograd where it pays, as in SPADE's generator: on the 512x384 reference
-        # archive it moves no array across its bound, measured for the whole generator and for the stream
-        # and the decoder apart (docs/tsit.md).
+        # archive it lands closer than the direct algorithm, whole or per stream (docs/tsit.md).
         opt = self.opt
         ft = self.content_stream(seg)
         sft = self.style_stream(style) if opt.style_stream and style is not None else None

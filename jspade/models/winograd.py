@@ -8,9 +8,8 @@ forward pass and both backward passes (`jit_wino_4x3`, AVX-512 CPUs), but Jittor
 and fall back to the direct algorithm where oneDNN has no Winograd implementation (e.g. without
 AVX-512), so they always run.
 
-Measured on 2 cores of an AVX-512 EPYC (fwd / bwd-data / bwd-weights, 128 -> 64 channels at 256x192):
-47 / 40 / 43 ms direct, 23 / 19 / 25 ms Winograd. Rounding against float64, same layer: forward 1.4e-6
-direct, 8.4e-6 Winograd (outputs up to 5.7); weight gradient 2.2e-3 direct, 4.2e-4 Winograd (up to 639).
+About twice as fast per layer on AVX-512, with forward rounding a few times the direct algorithm's and
+weight gradients closer to float64: the measurements are in docs/performance.md.
 
 `conv3x3(x, weight, bias)` is `jt.nn.conv2d(x, weight, bias, stride=1, padding=1)`. On CUDA (cuDNN picks
 its own algorithms), with `set_enabled(False)` or with the environment variable JSPADE_WINOGRAD=0 (the
@@ -200,12 +199,10 @@ class _Conv3x3(jt.Function):
         return dx, dw
 
 
-# Winograd pays where there are many 4x4 tiles per weight. Measured through Jittor (fwd + bwd, 2 cores,
-# AVX-512): 1.3-2.4x faster from 768 output pixels per batch up (e.g. 1024 -> 512 channels at 32x24:
-# 50 against 81 ms), slower at 192 (1024 channels at 16x12: 74 against 63 ms; at 8x6: 85 against 27 ms),
-# where the 4x larger transformed weights dominate. The rule counts the pixels of one image, so that
-# splitting a batch over MPI ranks does not change which algorithm (and rounding) a layer gets. With 3
-# input channels (VGG's first layer) forward + backward is no faster (13.0 against 13.1 ms at 256x192).
+# Winograd pays where there are many 4x4 tiles per weight: on small maps the 4x larger transformed
+# weights dominate, and with 3 input channels (VGG's first layer) it is no faster (docs/performance.md).
+# The rule counts the pixels of one image, so that splitting a batch over MPI ranks does not change
+# which algorithm (and rounding) a layer gets.
 MIN_PIXELS = 512
 MIN_IN_CHANNELS = 16
 
