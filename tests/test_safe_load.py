@@ -272,7 +272,8 @@ def test_vgg_fid_and_segmenter_weights_refuse_hostile_files(tmp_path):
 def test_resume_refuses_a_hostile_latest_and_changes_nothing(tmp_path):
     """train.py --resume: the hostile latest.pkl is not run, and with no intact checkpoint beside it
     the resume stops before touching the run folder."""
-    from jspade.train.trainer import RUN_MARKER, Trainer
+    from jspade.train.run_folder import RUN_MARKER
+    from jspade.train.trainer import Trainer
     from tiny_models import tiny_config
 
     cfg = tiny_config(tmp_path / "out", tmp_path / "data", max_iters=1)
