@@ -398,8 +398,8 @@ def _children(obj):
 _END = object()
 
 
-def _check_structure(path, root):
-    """Refuse an object with a container that contains itself, containers nested deeper than
+def check_structure(path, root):
+    """Refuse (CheckpointError naming `path`) an object with a container that contains itself, containers nested deeper than
     MAX_NESTING, or more than MAX_ITEMS items counting shared parts each time they are reached; walked
     without recursion, each container once. Returns the pending tensors and storages in it."""
     pending = {}
@@ -450,6 +450,36 @@ def _check_structure(path, root):
 
 
 
+MAX_TENSORS = 100_000  # named tensors (flatten_tensors) in one archive (the FID Inception: 376; CLIP ViT-L/14: ~400)
+
+
+def flatten_tensors(obj, prefix="", source="the archive"):
+    """{dotted name: array} for every array inside dicts, lists and TorchScript objects. `obj` may come
+    from any file: the safe reader's structure check (no container inside itself, nesting and items
+    bounded) runs first, so the walk below is bounded too; more than MAX_TENSORS names are refused."""
+    check_structure(source, obj)
+    tensors = {}
+
+    def walk(value, name):
+        if isinstance(value, (np.ndarray, np.generic)):  # a 0-d tensor may come back as a numpy scalar
+            if len(tensors) >= MAX_TENSORS:
+                raise CheckpointError(f"{source}: refused: more than {MAX_TENSORS} tensors")
+            tensors[name] = np.asarray(value)
+            return
+        container = getattr(value, "attributes", {}) if isinstance(value, ScriptObject) else value
+        if isinstance(container, dict):
+            items = container.items()
+        elif isinstance(container, (list, tuple)):
+            items = enumerate(container)
+        else:
+            return
+        for key, item in items:
+            walk(item, f"{name}.{key}" if name else str(key))
+
+    walk(obj, prefix)
+    return tensors
+
+
 def _check_tensor_budget(path, pending):
     """The tensors' bytes within twice their storages' (or TENSOR_BUDGET_FLOOR): an 8 KB file cannot
     declare a 1 GiB tensor of one repeated element (stride 0)."""
@@ -496,7 +526,7 @@ def _resolve(path, obj, memo):
 def _checked(path, obj, read_storage=None):
     """`obj` once its structure is checked; with tensors: their bytes within budget, each storage's
     bytes read by `read_storage(storage)` (returns bytes) only then, tensors materialised."""
-    pending = _check_structure(path, obj)
+    pending = check_structure(path, obj)
     if not pending:
         return obj
     for storage in _check_tensor_budget(path, pending):
@@ -575,7 +605,7 @@ def _load_legacy_torch(path, f):
         return pending[key]
 
     obj = _unpickle(path, f, torch=True, storages=storage)
-    _check_structure(path, obj)  # before the storages' bytes are read
+    check_structure(path, obj)  # before the storages' bytes are read
     keys = _unpickle(path, f)
     if not (isinstance(keys, list) and all(type(key) in (str, int) for key in keys)):
         raise CheckpointError(f"{path}: truncated or not a checkpoint (no storage key list)")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jspade.safe_load import CheckpointError, ScriptObject, safe_load
+from jspade.safe_load import CheckpointError, ScriptObject, flatten_tensors, safe_load
 from jspade.clip.model import CLIP, CLIPConfig
 
 # Entries some OpenAI archives carry that are not weights (openai/CLIP's build_model drops them too).
@@ -29,21 +29,10 @@ class CLIPWeightsError(CheckpointError):
 
 
 # --- reading -----------------------------------------------------------------------------------------
-def _script_state(obj, prefix=""):
-    """The state dict of a TorchScript module tree: its array attributes, by dotted path."""
-    state = collections.OrderedDict()
-    for name, value in obj.attributes.items():
-        if isinstance(value, ScriptObject) and hasattr(value, "attributes"):
-            state.update(_script_state(value, f"{prefix}{name}."))
-        elif isinstance(value, (np.ndarray, np.generic)):
-            state[prefix + name] = np.asarray(value)
-    return state
-
-
 def _unwrap(obj):
     """A state dict from what a .pt/.bin holds: the dict itself, or {'state_dict'/'model': dict}."""
     if isinstance(obj, ScriptObject):
-        return _script_state(obj)
+        return collections.OrderedDict(flatten_tensors(obj, source="the TorchScript archive"))
     if isinstance(obj, dict):
         for wrapper in ("state_dict", "model"):
             if set(obj) - {"epoch", "name", "optimizer"} == {wrapper} and isinstance(obj[wrapper], dict):

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jspade.safe_load import MAX_ITEMS, MAX_NESTING, CheckpointError, ScriptObject, safe_load
+from jspade.safe_load import CheckpointError, flatten_tensors, safe_load
 
 
 def load_torch_zip(path):
@@ -43,52 +43,6 @@ def is_torchscript_archive(path):
         return False
     with zipfile.ZipFile(path) as archive:
         return any(name.split("/")[1:2] == ["code"] for name in archive.namelist())
-
-
-MAX_TENSORS = 100_000  # named tensors in one archive (the FID Inception: 376; CLIP ViT-L/14: ~400)
-
-
-def flatten_tensors(obj, prefix="", source="the archive"):
-    """{dotted name: array} for every array inside dicts, lists and TorchScript objects. Walked without
-    recursion and bounded whatever the object (it may come from any file): a container inside itself,
-    nesting deeper than safe_load.MAX_NESTING, more than safe_load.MAX_ITEMS visits (shared parts are
-    visited each time) or more than MAX_TENSORS names are refused with a CheckpointError naming `source`."""
-    tensors = {}
-    on_path = set()
-    stack = [(obj, prefix, 0)]
-    visits = 0
-    while stack:
-        value, name, depth = stack.pop()
-        if value is _LEAVE:  # the container `name` (an id here) is done
-            on_path.discard(name)
-            continue
-        visits += 1
-        if visits > MAX_ITEMS:
-            raise CheckpointError(f"{source}: refused: more than {MAX_ITEMS} items (counting shared parts each time)")
-        if isinstance(value, np.ndarray):
-            if len(tensors) >= MAX_TENSORS:
-                raise CheckpointError(f"{source}: refused: more than {MAX_TENSORS} tensors")
-            tensors[name] = value
-            continue
-        container = getattr(value, "attributes", {}) if isinstance(value, ScriptObject) else value
-        if isinstance(container, dict):
-            items = list(container.items())
-        elif isinstance(container, (list, tuple)):
-            items = list(enumerate(container))
-        else:
-            continue
-        if id(container) in on_path:
-            raise CheckpointError(f"{source}: refused: a {type(container).__name__} that contains itself")
-        if depth >= MAX_NESTING:
-            raise CheckpointError(f"{source}: refused: containers nested more than {MAX_NESTING} deep")
-        on_path.add(id(container))
-        stack.append((_LEAVE, id(container), depth))
-        for key, item in reversed(items):  # popped in order: names keep the container's order
-            stack.append((item, f"{name}.{key}" if name else str(key), depth + 1))
-    return tensors
-
-
-_LEAVE = object()
 
 
 def read_tensors(path):
