@@ -50,7 +50,7 @@ class SampleGrids:
         model.eval()
         try:
             with jt.no_grad():
-                z = model.netE(real)[0] if model.netE is not None else None  # the style of the real photo
+                z = model.netE(real)[0] if model.has_encoder else None  # the style of the real photo
                 fake = model.generate(sem, z=z, style=real, clip=clip)
         finally:
             model.train()
