@@ -50,6 +50,24 @@ def test_weight_and_bias_gradients_equal_the_dense_convolutions(h, w, k, pad):
     assert_close(label_conv_weight_grad(labels, probe, 29, k, pad).numpy(), dense[0].numpy(), "kernel")
 
 
+@pytest.mark.parametrize("h,w,k,pad", SHAPES[:3])
+def test_with_relu_forward_and_gradients_equal_relu_of_the_dense_convolution(h, w, k, pad):
+    """SPADE's mlp_shared is conv + ReLU: the kernel applies it in the same pass, and its backward
+    passes the gradient only where the output is positive (about half the pixels here)."""
+    rng, labels, weight, bias = random_case(2, h, w, k, seed=4)
+    probe = jt.array(rng.standard_normal((2, 16, h, w)).astype(np.float32))
+    dense = jt.nn.relu(jt.nn.conv2d(onehot(labels, 29), weight, bias, 1, pad))
+    ours = label_conv(labels, weight, bias, pad, relu=True)
+    assert_close(ours.numpy(), dense.numpy(), "forward")
+    assert 0.2 < (dense.numpy() > 0).mean() < 0.8
+    got = jt.grad((ours * probe).sum(), [weight, bias])
+    want = jt.grad((dense * probe).sum(), [weight, bias])
+    assert_close(got[0].numpy(), want[0].numpy(), "weight gradient")
+    assert_close(got[1].numpy(), want[1].numpy(), "bias gradient")
+    with jt.no_grad():  # inference runs the forward kernel alone
+        assert_close(label_conv(labels, weight, bias, pad, relu=True).numpy(), dense.numpy(), "no_grad forward")
+
+
 def test_more_input_channels_than_labels_present():
     rng, labels, weight, bias = random_case(2, 12, 16, 3, classes=20, num_labels=35, seed=2)
     x = onehot(labels, 35)

@@ -329,8 +329,10 @@ def test_tsit_parity_catches_a_real_bug(tsit_parity, monkeypatch, bug):
         monkeypatch.setattr(tsit, "downsample_half",
                             lambda x: resize_bilinear(x, (x.shape[2] // 2, x.shape[3] // 2)))
     elif bug == "fade_one_plus_gamma":  # gamma instead of 1 + gamma
-        monkeypatch.setattr(normalization.FADE, "execute",
-                            lambda self, x, f: self.param_free_norm(x) * self.mlp_gamma(f) + self.mlp_beta(f))
+        def without_one(self, x, f, slope=None):
+            out = self.param_free_norm(x) * self.mlp_gamma(f) + self.mlp_beta(f)
+            return out if slope is None else jt.nn.leaky_relu(out, slope)
+        monkeypatch.setattr(normalization.FADE, "execute", without_one)
     else:  # batch statistics where the archive's stream normalises each instance
         _break_stream_norm(monkeypatch, tsit, tsit_parity.ref.opt)
     buggy, _ = tsit_parity.generator_forwards()

@@ -113,10 +113,10 @@ static inline void lc_transpose(const float* src, size_t src_stride, float* dst,
         for (int j = (i < ni4 ? nj4 : 0); j < nj; j++) dst[j * dst_stride + i] = src[i * src_stride + j];
 }
 
-// result[n, c, y, x] = bias[c] + sum_t weight[c, L(n, y+ky-pad, x+kx-pad), t]
+// result[n, c, y, x] = bias[c] + sum_t weight[c, L(n, y+ky-pad, x+kx-pad), t], then max(0, .) if `relu`
 template <int KH, int KW, int CB>
 static void lc_forward(const int* L, const float* weight, const float* bias, float* result,
-                       int N, int H, int W, int C, int K, int pad, int HO, int WO) {
+                       int N, int H, int W, int C, int K, int pad, int HO, int WO, int relu) {
     constexpr int KT = KH * KW, NV = CB / LC_VW, XC = 256;  // pixels per row tile
     const int K1 = K + 1, WP = WO + KW - 1, NB = (C + CB - 1) / CB;
     const size_t TB = (size_t)(KT + 1) * K1 * CB;  // per channel block: [tap | sum of taps][label][cc]
@@ -164,6 +164,10 @@ static void lc_forward(const int* L, const float* weight, const float* bias, flo
                                     const float* w = tb + (size_t)(ky * KW + kx) * K1 * CB + lrow[ky * WP + x + kx];
                                     for (int j = 0; j < NV; j++) acc[j] += lc_ld(w + j * LC_VW);
                                 }
+                        }
+                        if (relu) {  // as ReLU's x > 0 ? x : 0 (NaN -> 0)
+                            const lc_vec zero{};
+                            for (int j = 0; j < NV; j++) acc[j] = acc[j] > zero ? acc[j] : zero;
                         }
                         float* tl = tile + (size_t)(x - x0) * CB;
                         for (int j = 0; j < NV; j++) lc_st(tl + j * LC_VW, acc[j]);
@@ -257,6 +261,25 @@ static void lc_weight_grad(const int* L, const float* dy, float* dw,
 }
 """
 
+# The gradient through the ReLU (dy where the output is positive, else 0) and its sum per (n, c) plane in
+# double, for the bias gradient: one multithreaded pass instead of Jittor's two single-threaded ones.
+_RELU_GRAD_SRC = r"""
+@alias(dy, in0)
+@alias(y, in1)
+@alias(masked, out0)
+@alias(rows, out1)
+const size_t hw = (size_t)dy_shape2 * dy_shape3;
+#pragma omp parallel for schedule(static)
+for (int r = 0; r < dy_shape0 * dy_shape1; r++) {
+    const float* d = dy_p + r * hw;
+    const float* v = y_p + r * hw;
+    float* m = masked_p + r * hw;
+    double s = 0;
+    for (size_t i = 0; i < hw; i++) { const float g = v[i] > 0.f ? d[i] : 0.f; m[i] = g; s += (double)g; }
+    rows_p[r] = s;
+}
+"""
+
 # The kernels' entry points; {kh}, {kw}, {cb} (template arguments) are filled in per kernel size.
 _FORWARD_SRC = r"""
 @alias(labels, in0)
@@ -265,7 +288,7 @@ _FORWARD_SRC = r"""
 @alias(result, out0)
 lc_forward<{kh}, {kw}, {cb}>(labels_p, weight_p, bias_p, result_p,
     labels_shape0, labels_shape1, labels_shape2, weight_shape0, weight_shape1,
-    (int)data["padding"], result_shape2, result_shape3);
+    (int)data["padding"], result_shape2, result_shape3, (int)data["relu"]);
 """
 
 _WEIGHT_GRAD_SRC = r"""
@@ -316,34 +339,47 @@ def label_conv_weight_grad(labels, dy, num_labels, kernel_size, padding):
                    cpu_header=_HEADER, cpu_src=_kernel(_WEIGHT_GRAD_SRC, kh, kw), data={"padding": float(padding)})
 
 
-def _forward(labels, weight, bias, padding):
+def _forward(labels, weight, bias, padding, relu):
     c, _, kh, kw = weight.shape
     n, h, w = labels.shape
     shape = (n, c, h + 2 * padding - kh + 1, w + 2 * padding - kw + 1)
-    return jt.code(shape, "float32", [labels, weight, bias],
-                   cpu_header=_HEADER, cpu_src=_kernel(_FORWARD_SRC, kh, kw), data={"padding": float(padding)})
+    return jt.code(shape, "float32", [labels, weight, bias], cpu_header=_HEADER,
+                   cpu_src=_kernel(_FORWARD_SRC, kh, kw), data={"padding": float(padding), "relu": int(relu)})
 
 
 class _LabelConv(jt.Function):
-    def execute(self, labels, weight, bias, padding):
-        self.saved = (labels, weight.shape, padding)
+    def execute(self, labels, weight, bias, padding, relu):
         if bias is None:
             bias = jt.zeros((weight.shape[0],), "float32")
-        return _forward(labels, weight, bias, padding)
+        y = _forward(labels, weight, bias, padding, relu)
+        # with the ReLU, its output (the next layer's input, kept anyway) says where the gradient passes
+        self.saved = (labels, weight.shape, padding, y if relu else None)
+        return y
 
     def grad(self, dy):
-        labels, (_, k, kh, kw), padding = self.saved
+        labels, (_, k, kh, kw), padding, y = self.saved
+        dy = dy.float32()
+        if y is not None:
+            dy, rows = jt.code([dy.shape, dy.shape[:2]], ["float32", "float64"], [dy, y], cpu_src=_RELU_GRAD_SRC)
+            db = rows.sum(0).float32()
+        else:
+            db = dy.sum(dims=(0, 2, 3))
         dw = None if self.input_mask[1] == -2 else label_conv_weight_grad(labels, dy, k, (kh, kw), padding)
-        db = None if self.input_mask[2] < 0 else dy.sum(dims=(0, 2, 3))
-        return None, dw, db, None
+        return None, dw, None if self.input_mask[2] < 0 else db, None, None
 
 
-def label_conv(labels, weight, bias=None, padding=1):
+def label_conv(labels, weight, bias=None, padding=1, relu=False):
     """`jt.nn.conv2d(onehot(labels, K), weight, bias, stride=1, padding=padding)` computed from the
-    int labels [N, H, W] (values in [0, K), K = weight.shape[1]) without building the one-hot map.
+    int labels [N, H, W] (values in [0, K), K = weight.shape[1]) without building the one-hot map,
+    followed by `jt.nn.relu` when `relu` (in the same pass, forward and backward).
     weight float32 [C, K, k, k] (k odd), bias [C] or None; returns float32 [N, C, Ho, Wo]
     (Ho = H + 2*padding - k + 1, = H for padding = k // 2). Differentiable w.r.t. weight and bias."""
     _check(labels, weight.shape[2:])
     if jt.flags.use_cuda:
-        return jt.nn.conv2d(_onehot(labels, weight.shape[1]), weight, bias, 1, padding)
-    return _LabelConv.apply(labels.int32().stop_grad(), weight.float32(), bias, padding)
+        out = jt.nn.conv2d(_onehot(labels, weight.shape[1]), weight, bias, 1, padding)
+        return jt.nn.relu(out) if relu else out
+    labels = labels.int32().stop_grad()
+    if jt.flags.no_grad:  # inference: the kernel alone, keeping nothing for a backward
+        return _forward(labels, weight.float32(), jt.zeros((weight.shape[0],), "float32") if bias is None else bias,
+                        padding, relu)
+    return _LabelConv.apply(labels, weight.float32(), bias, padding, bool(relu))

@@ -16,7 +16,7 @@ import numpy as np
 from jspade.runtime import jt
 from jittor import nn
 
-from jspade.models import winograd
+from jspade.models import fused_norm, winograd
 from jspade.models.clip_modulation import ClipHead
 from jspade.models.label_conv import label_conv
 from jspade.models.resize import resize_nearest
@@ -103,27 +103,40 @@ class _BatchNormFunction(jt.Function):
         return dx, None, None, grad_weight, grad_bias, None, None
 
 
-def batch_norm_train(x, weight=None, bias=None, eps=1e-5, synced=False):
-    """Batch-statistics normalisation of NCHW `x`, as PyTorch's CPU kernel computes it.
-    Returns (output, batch mean, biased variance, element count per channel)."""
+def batch_statistics(x, eps=1e-5, synced=False):
+    """Per-channel batch statistics of NCHW `x` as PyTorch's CPU batch norm computes them: the mean,
+    then the biased variance from the centred squares, both summed in float64 (under MPI over the
+    union batch). Returns (mean, biased variance, invstd, element count per channel), no gradient."""
     c = x.shape[1]
     count = x.numel() // c
+    fused = fused_norm.enabled()
     with jt.no_grad():
-        total = _sum_nhw(x)
+        total = fused_norm.sums(x, False) if fused else _sum_nhw(x)
         if synced:
             total = total.mpi_all_reduce("add")
             count *= jt.world_size
         mean = (total / count).float32()
-        centered = x - mean.reshape(1, c, 1, 1)
-        var_sum = _sum_nhw(centered * centered)
+        if fused:
+            var_sum = fused_norm.sums(x, False, mean)
+        else:
+            centered = x - mean.reshape(1, c, 1, 1)
+            var_sum = _sum_nhw(centered * centered)
         if synced:
             var_sum = var_sum.mpi_all_reduce("add")
         var = var_sum.float32().float64() / count
         invstd = (1.0 / jt.sqrt(var + eps)).float32()
+    return mean.detach(), var.float32().detach(), invstd.detach(), count
+
+
+def batch_norm_train(x, weight=None, bias=None, eps=1e-5, synced=False):
+    """Batch-statistics normalisation of NCHW `x`, as PyTorch's CPU kernel computes it.
+    Returns (output, batch mean, biased variance, element count per channel)."""
+    c = x.shape[1]
+    mean, var, invstd, count = batch_statistics(x, eps, synced)
     weight = jt.ones(c) if weight is None else weight
     bias = jt.zeros(c) if bias is None else bias
-    out = _BatchNormFunction.apply(x, mean.detach(), invstd.detach(), weight, bias, count, synced)
-    return out, mean.detach(), var.float32().detach(), count
+    out = _BatchNormFunction.apply(x, mean, invstd, weight, bias, count, synced)
+    return out, mean, var, count
 
 
 class SyncBatchNorm(nn.Module):
@@ -138,14 +151,29 @@ class SyncBatchNorm(nn.Module):
         self.running_mean = jt.zeros(num_features).stop_grad()
         self.running_var = jt.ones(num_features).stop_grad()
 
+    def _update_running(self, mean, var, n):
+        m = self.momentum
+        self.running_mean.update(self.running_mean * (1 - m) + mean * m)
+        self.running_var.update(self.running_var * (1 - m) + var * (m * n / max(n - 1, 1)))
+
+    def statistics(self, x):
+        """The `fused_norm.Statistics` this layer normalises `x` with (the batch's in training mode,
+        running statistics updated; the running ones in eval mode), for a modulated norm (no affine)."""
+        assert self.weight is None, "fused_norm.modulate takes a parameter-free batch norm"
+        if self.is_training():
+            synced = self.sync and jt.in_mpi
+            mean, var, invstd, n = batch_statistics(x, self.eps, synced)
+            self._update_running(mean, var, n)
+            return fused_norm.Statistics(mean, invstd, n, synced, True, False)
+        invstd = 1.0 / jt.sqrt(self.running_var + self.eps)
+        return fused_norm.Statistics(self.running_mean, invstd, None, False, False, False)
+
     def execute(self, x):
         c = self.num_features
         if self.is_training():
             out, mean, var, n = batch_norm_train(x, self.weight, self.bias, self.eps,
                                                  synced=self.sync and jt.in_mpi)
-            m = self.momentum
-            self.running_mean.update(self.running_mean * (1 - m) + mean * m)
-            self.running_var.update(self.running_var * (1 - m) + var * (m * n / max(n - 1, 1)))
+            self._update_running(mean, var, n)
             return out
         alpha = 1.0 / jt.sqrt(self.running_var + self.eps)
         if self.weight is not None:
@@ -162,6 +190,12 @@ class InstanceNorm2d(nn.Module):
 
     def __init__(self, num_features, eps=1e-5):
         self.num_features, self.eps = num_features, eps
+
+    def statistics(self, x):
+        """The `fused_norm.Statistics` of each (image, channel) plane of `x`."""
+        n, c, h, w = x.shape
+        mean, _, invstd, count = batch_statistics(x.reshape(1, n * c, h, w), self.eps)
+        return fused_norm.Statistics(mean, invstd, count, False, True, True)
 
     def execute(self, x):
         n, c, h, w = x.shape
@@ -250,16 +284,16 @@ class SPADE(nn.Module):
         if style_width:
             self.clip_head = ClipHead(style_width, self.nhidden)
 
-    def execute(self, x, segmap):
-        """`segmap`: the semantics (a Var) or a SegmentationMap of them (the generators pass one)."""
-        normalized = self.param_free_norm(x)
+    def execute(self, x, segmap, slope=None):
+        """`segmap`: the semantics (a Var) or a SegmentationMap of them (the generators pass one).
+        With `slope`, the leaky ReLU that follows in a residual block is applied too."""
         if hasattr(self, "clip_head"):
             actv = nn.relu(self.clip_head(self.hidden(segmap, x.shape[2:]), self.style_of(segmap)))
         elif isinstance(segmap, SegmentationMap):
-            actv = nn.relu(self.hidden_from_ids(segmap, x.shape[2:]))
+            actv = self.hidden_from_ids(segmap, x.shape[2:], relu=True)
         else:
             actv = self.mlp_shared(resize_nearest(segmap, x.shape[2:]))
-        return normalized * (1 + self.mlp_gamma(actv)) + self.mlp_beta(actv)
+        return modulated_norm(self, x, actv, slope)
 
     def hidden(self, segmap, size):
         """mlp_shared's convolution of the semantics at `size`, before its ReLU."""
@@ -275,16 +309,16 @@ class SPADE(nn.Module):
                              "makes one from the CLIP embedding)")
         return style
 
-    def hidden_from_ids(self, segmap, size):
-        """mlp_shared's convolution of the semantics, from their label ids (before its ReLU)."""
+    def hidden_from_ids(self, segmap, size, relu=False):
+        """mlp_shared's convolution of the semantics, from their label ids (then its ReLU if `relu`)."""
         conv = self.mlp_shared[0]
         ids, other = segmap.at(size)
         k, pad = segmap.num_ids, conv.padding[0]
-        weight = conv.weight if other is None else conv.weight[:, :k]
-        out = label_conv(ids, weight, conv.bias, pad)
-        if other is not None:
-            out = out + winograd.conv2d(other, conv.weight[:, k:], None, 1, pad)
-        return out
+        if other is None:
+            return label_conv(ids, conv.weight, conv.bias, pad, relu=relu)
+        out = label_conv(ids, conv.weight[:, :k], conv.bias, pad)
+        out = out + winograd.conv2d(other, conv.weight[:, k:], None, 1, pad)
+        return nn.relu(out) if relu else out
 
 
 class FADE(nn.Module):
@@ -298,5 +332,20 @@ class FADE(nn.Module):
         self.mlp_gamma = winograd.Conv2d(feature_nc, norm_nc, ks, padding=pw)
         self.mlp_beta = winograd.Conv2d(feature_nc, norm_nc, ks, padding=pw)
 
-    def execute(self, x, feature):
-        return self.param_free_norm(x) * (1 + self.mlp_gamma(feature)) + self.mlp_beta(feature)
+    def execute(self, x, feature, slope=None):
+        return modulated_norm(self, x, feature, slope)
+
+
+def modulated_norm(layer, x, actv, slope=None):
+    """A SPADE or FADE `layer`'s output, norm(x) * (1 + mlp_gamma(actv)) + mlp_beta(actv), then leaky
+    ReLU with `slope` unless None. On the CPU mlp_gamma and mlp_beta run as one convolution (their
+    weights concatenated: `actv` is read once, and its gradient comes from one backward pass) and the
+    rest in fused_norm's kernels; else, or with them disabled, layer by layer."""
+    gamma, beta = layer.mlp_gamma, layer.mlp_beta
+    if not fused_norm.enabled():
+        out = layer.param_free_norm(x) * (1 + gamma(actv)) + beta(actv)
+        return out if slope is None else nn.leaky_relu(out, slope)
+    stats = layer.param_free_norm.statistics(x)
+    weight = jt.concat([gamma.weight, beta.weight], 0)
+    gb = winograd.conv2d(actv, weight, None, gamma.stride, gamma.padding, gamma.dilation, gamma.groups)
+    return fused_norm.modulate(x, gb, jt.concat([gamma.bias, beta.bias]), stats, slope)

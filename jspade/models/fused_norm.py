@@ -1,0 +1,258 @@
+"""SPADE's and FADE's modulated normalisation as three multithreaded CPU passes.
+
+A SPADE layer computes y = norm(x) * (1 + gamma) + beta, gamma = conv_g(h) + bias_g, beta = conv_b(h) +
+bias_b, usually followed by leaky_relu(y, 0.2). Written as Jittor ops that is about ten single-threaded
+passes over full-size tensors, forward and backward, each keeping an intermediate for the backward.
+Here (`jt.code` kernels; Jittor compiles them with OpenMP, parallel over the (n, c) planes):
+
+* `statistics`: the batch (or instance) mean and biased variance, summed in float64 as PyTorch's CPU
+  batch norm does: one pass for the sums, one for the centred squares (an MPI all-reduce after each
+  for synchronised batch norm);
+* `modulate` forward: one pass reading x and the [N, 2C, H, W] output of *one* convolution that
+  computes gamma and beta together (their biases added here), writing y (activated);
+* its backward: one pass for the two per-channel sums batch norm's gradient needs (all-reduced under
+  MPI), one writing dx and the [N, 2C, H, W] gradient of the gamma/beta convolution. Only x, 1 + gamma
+  (written by the forward pass) and y are kept for it (y is the next convolution's input, kept
+  anyway); the normalised x is recomputed, and the convolution's output is released.
+
+Rounding: every float32 operation is the one the unfused path (normalization.py, the original's order)
+performs, in the same order and without fused multiply-adds, so the result equals it up to the
+order of the float64 sums. On CUDA (`jt.flags.use_cuda`) or with JSPADE_FUSED_NORM=0 the unfused path
+runs instead (Jittor fuses element-wise ops on the GPU itself).
+"""
+import os
+from collections import namedtuple
+
+from jspade.runtime import jt
+
+_enabled = os.environ.get("JSPADE_FUSED_NORM", "1") != "0"
+
+
+def set_enabled(enabled):
+    """Fused kernels on (the default) or off (the layer-by-layer Jittor ops) from now on."""
+    global _enabled
+    _enabled = bool(enabled)
+
+
+def enabled():
+    return _enabled and not jt.flags.use_cuda
+
+
+# What `modulate` needs of a normalisation: mean and 1/std per statistics group (a channel for batch
+# norm, an (image, channel) plane for instance norm), float32; the element count per group; whether the
+# backward sums are all-reduced over MPI ranks; whether mean/invstd are the batch's own (their gradient
+# terms then enter dx) rather than running statistics (constants).
+Statistics = namedtuple("Statistics", "mean invstd count synced batch per_instance")
+
+_HEADER = r"""
+#include <cstddef>
+
+namespace fused_norm {
+
+// planes of the statistics group s: [N, C, HW] data, plane (n, c) = row n * C + c; a group is one
+// plane (instance norm) or the N planes of channel s (batch norm)
+struct Groups {
+    int N, C, HW, per_instance;
+    int groups() const { return per_instance ? N * C : C; }
+    int planes() const { return per_instance ? 1 : N; }
+    size_t row(int s, int j) const { return per_instance ? (size_t)s : (size_t)j * C + s; }
+};
+
+// out[s] = sum of x over group s (mode 0), or of (x - mean[s])^2 with the difference and the square
+// rounded to float as PyTorch's CPU kernel rounds them (mode 1); in double
+static void sums(const float* x, const float* mean, double* out, Groups g, int mode) {
+    #pragma omp parallel for schedule(dynamic, 4)
+    for (int s = 0; s < g.groups(); s++) {
+        double acc = 0;
+        const float m = mode ? mean[s] : 0.f;
+        for (int j = 0; j < g.planes(); j++) {
+            const float* p = x + g.row(s, j) * g.HW;
+            if (mode == 0) {
+                for (int i = 0; i < g.HW; i++) acc += (double)p[i];
+            } else {
+                for (int i = 0; i < g.HW; i++) { const float d = p[i] - m; acc += (double)(d * d); }
+            }
+        }
+        out[s] = acc;
+    }
+}
+
+// y = (x * a + b0) * (1 + gamma) + beta, a = invstd, b0 = 0 - mean * a (batch norm's alpha and beta),
+// gamma/beta = the modulation convolution's output planes (n, c) and (n, C + c) plus their biases;
+// then leaky ReLU with `slope` when `leaky`. With `gamma1` (training), 1 + gamma is written there too:
+// all the backward needs of gb, which can then be released.
+static void forward(const float* x, const float* gb, const float* bias, const float* mean,
+                    const float* invstd, float* y, float* gamma1, Groups g, int leaky, float slope) {
+    const int C = g.C, HW = g.HW;
+    #pragma omp parallel for schedule(static)
+    for (int r = 0; r < g.N * C; r++) {
+        const int n = r / C, c = r % C, s = g.per_instance ? r : c;
+        const float a = invstd[s], b0 = 0.f - mean[s] * a, bg = bias[c], bb = bias[C + c];
+        const float* xp = x + (size_t)r * HW;
+        const float* gp = gb + ((size_t)n * 2 * C + c) * HW;
+        const float* bp = gp + (size_t)C * HW;
+        float* yp = y + (size_t)r * HW;
+        float* g1 = gamma1 ? gamma1 + (size_t)r * HW : nullptr;
+        for (int i = 0; i < HW; i++) {
+            const float normalized = xp[i] * a + b0;
+            const float t = 1.f + (gp[i] + bg);
+            const float v = normalized * t + (bp[i] + bb);
+            yp[i] = (leaky && !(v > 0.f)) ? v * slope : v;
+            if (gamma1) g1[i] = t;
+        }
+    }
+}
+
+// out[s] = sum of dn, out[S + s] = sum of (x - mean) * dn over group s, in double; dn = dy' * (1 + gamma),
+// dy' the gradient reaching y (through the leaky ReLU: y > 0 exactly where its input was)
+static void backward_sums(const float* x, const float* gamma1, const float* y, const float* dy,
+                          const float* mean, double* out, Groups g, int leaky, float slope) {
+    const int HW = g.HW, S = g.groups();
+    #pragma omp parallel for schedule(dynamic, 4)
+    for (int s = 0; s < S; s++) {
+        double sum_dn = 0, dot = 0;
+        const float m = mean[s];
+        for (int j = 0; j < g.planes(); j++) {
+            const size_t r = g.row(s, j);
+            const float* xp = x + r * HW;
+            const float* yp = y + r * HW;
+            const float* dp = dy + r * HW;
+            const float* tp = gamma1 + r * HW;
+            for (int i = 0; i < HW; i++) {
+                const float dn = ((leaky && !(yp[i] > 0.f)) ? dp[i] * slope : dp[i]) * tp[i];
+                sum_dn += (double)dn;
+                dot += (double)((xp[i] - m) * dn);
+            }
+        }
+        out[s] = sum_dn;
+        out[S + s] = dot;
+    }
+}
+
+// dx = (dn - grad_mean - (x - mean) * k) * invstd (batch norm's backward; grad_mean = k = 0 for
+// running statistics); dgamma = dy' * normalized, dbeta = dy' (dy' the gradient reaching y); and
+// their sums per plane, in double, for the biases' gradients: dbias_rows[n, c] and [n, C + c]
+static void backward(const float* x, const float* gamma1, const float* y, const float* dy,
+                     const float* mean, const float* invstd, const float* grad_mean, const float* k,
+                     float* dx, float* dgb, double* dbias_rows, Groups g, int leaky, float slope) {
+    const int C = g.C, HW = g.HW;
+    #pragma omp parallel for schedule(static)
+    for (int r = 0; r < g.N * C; r++) {
+        const int n = r / C, c = r % C, s = g.per_instance ? r : c;
+        const float m = mean[s], a = invstd[s], b0 = 0.f - m * a, gm = grad_mean[s], ks = k[s];
+        const float* xp = x + (size_t)r * HW;
+        const float* yp = y + (size_t)r * HW;
+        const float* dp = dy + (size_t)r * HW;
+        const float* tp = gamma1 + (size_t)r * HW;
+        float* dxp = dx + (size_t)r * HW;
+        float* dgp = dgb + ((size_t)n * 2 * C + c) * HW;
+        float* dbp = dgp + (size_t)C * HW;
+        double sum_dg = 0, sum_db = 0;
+        for (int i = 0; i < HW; i++) {
+            const float d = (leaky && !(yp[i] > 0.f)) ? dp[i] * slope : dp[i];
+            const float dn = d * tp[i];
+            dxp[i] = (dn - gm - (xp[i] - m) * ks) * a;
+            const float dg = d * (xp[i] * a + b0);
+            dgp[i] = dg;
+            dbp[i] = d;
+            sum_dg += (double)dg;
+            sum_db += (double)d;
+        }
+        dbias_rows[(size_t)n * 2 * C + c] = sum_dg;
+        dbias_rows[(size_t)n * 2 * C + C + c] = sum_db;
+    }
+}
+
+}  // namespace fused_norm
+"""
+
+_GROUPS = 'fused_norm::Groups{(int)data["n"], (int)data["c"], (int)data["hw"], (int)data["per_instance"]}'
+
+_SUMS_SRC = f'fused_norm::sums(in0_p, in1_p, out0_p, {_GROUPS}, (int)data["mode"]);'
+_FORWARD_SRC = f'fused_norm::forward(in0_p, in1_p, in2_p, in3_p, in4_p, out0_p, {{gamma1}}, {_GROUPS}, ' \
+               '(int)data["leaky"], (float)data["slope"]);'
+_BACKWARD_SUMS_SRC = f'fused_norm::backward_sums(in0_p, in1_p, in2_p, in3_p, in4_p, out0_p, {_GROUPS}, ' \
+                     '(int)data["leaky"], (float)data["slope"]);'
+_BACKWARD_SRC = f'fused_norm::backward(in0_p, in1_p, in2_p, in3_p, in4_p, in5_p, in6_p, in7_p, out0_p, out1_p, ' \
+                f'out2_p, {_GROUPS}, (int)data["leaky"], (float)data["slope"]);'
+
+# no fused multiply-adds: each float32 product and sum rounded as the unfused ops (and PyTorch) round it
+_OPTIONS = {"FLAGS: -ffp-contract=off ": 1}
+
+
+def _code(shapes, dtypes, inputs, src, data):
+    out = jt.code(shapes, dtypes, inputs, cpu_header=_HEADER, cpu_src=src, data=data)
+    for v in (out if isinstance(out, (list, tuple)) else [out]):
+        v.compile_options = _OPTIONS
+    return out
+
+
+def _groups(x, per_instance):
+    n, c = x.shape[:2]
+    return {"n": n, "c": c, "hw": x.numel() // (n * c), "per_instance": int(per_instance)}
+
+
+def sums(x, per_instance, mean=None):
+    """float64 per-group sums of NCHW `x` (groups: channels, or (n, c) planes when `per_instance`);
+    with `mean` (float32, one per group), of the centred squares instead."""
+    data = _groups(x, per_instance)
+    size = data["n"] * data["c"] if per_instance else data["c"]
+    data["mode"] = 0 if mean is None else 1
+    mean = jt.zeros((size,), "float32") if mean is None else mean
+    return _code((size,), "float64", [x, mean], _SUMS_SRC, data)
+
+
+def _data(x, stats, slope):
+    data = _groups(x, stats.per_instance)
+    data.update(leaky=int(slope is not None), slope=float(slope or 0.0))
+    return data
+
+
+def _forward(x, gb, bias, mean, invstd, data, gamma1=False):
+    """y, or [y, 1 + gamma] with `gamma1`."""
+    shapes = [x.shape, x.shape] if gamma1 else x.shape
+    src = _FORWARD_SRC.replace("{gamma1}", "out1_p" if gamma1 else "nullptr")
+    return _code(shapes, ["float32"] * 2 if gamma1 else "float32", [x, gb, bias, mean, invstd], src, data)
+
+
+class _Modulate(jt.Function):
+    def execute(self, x, gb, bias, mean, invstd, stats, slope):
+        data = _data(x, stats, slope)
+        y, gamma1 = _forward(x, gb, bias, mean, invstd, data, gamma1=True)
+        # kept for the backward: x, 1 + gamma and y (the next convolution's input, kept anyway); not gb
+        self.saved = (x, gamma1, mean, invstd, y, stats, data)
+        return y
+
+    def grad(self, dy):
+        x, gamma1, mean, invstd, y, stats, data = self.saved
+        dy = dy.float32()
+        if stats.batch:
+            s = mean.shape[0]
+            both = _code((2 * s,), "float64", [x, gamma1, y, dy, mean], _BACKWARD_SUMS_SRC, data)
+            if stats.synced:
+                both = both.mpi_all_reduce("add")
+            sum_dn, dot = both[:s], both[s:]
+            # as normalization._BatchNormFunction.grad, in float32
+            k = dot.float32() * invstd * invstd / stats.count
+            grad_mean = (sum_dn / stats.count).float32()
+        else:
+            k = grad_mean = jt.zeros(mean.shape, "float32")
+        n, c = x.shape[:2]
+        dx, dgb, dbias_rows = _code([x.shape, (n, 2 * c, *x.shape[2:]), (n, 2 * c)], ["float32", "float32", "float64"],
+                                    [x, gamma1, y, dy, mean, invstd, grad_mean, k], _BACKWARD_SRC, data)
+        return dx, dgb, dbias_rows.sum(0).float32(), None, None, None, None
+
+
+def modulate(x, gb, bias, stats, slope=None):
+    """leaky_relu(norm(x) * (1 + gamma) + beta, slope) (no activation when `slope` is None), where
+    norm(x) = (x - stats.mean) * stats.invstd and [gamma, beta] = gb + bias: `gb` [N, 2C, H, W] the
+    output of the one convolution that predicts both (without its bias), `bias` [2C]. Differentiable
+    w.r.t. x (through the statistics too when stats.batch), gb and bias; under `jt.no_grad()` (inference,
+    the discriminator step's fake) the forward kernel alone, keeping nothing."""
+    assert gb.shape[1] == 2 * x.shape[1] and gb.shape[0] == x.shape[0] and gb.shape[2:] == x.shape[2:], \
+        (x.shape, gb.shape)
+    args = (x.float32(), gb.float32(), bias.float32(), stats.mean.float32().stop_grad(),
+            stats.invstd.float32().stop_grad())
+    if jt.flags.no_grad:
+        return _forward(*args, _data(x, stats, slope))
+    return _Modulate.apply(*args, stats, slope)

@@ -1,0 +1,120 @@
+"""SPADE's and FADE's fused normalisation kernels (jspade/models/fused_norm.py) must compute what the
+layer-by-layer Jittor ops compute — forward, every gradient, running statistics — to float32 rounding,
+for batch and instance norm, training and eval mode, with and without the leaky ReLU they fold in."""
+import numpy as np
+import pytest
+
+from jspade.models import fused_norm
+from jspade.models.generator import SPADEResnetBlock
+from jspade.models.normalization import FADE, SegmentationMap
+from jspade.models.tsit import FADEResnetBlock
+from jspade.runtime import jt
+
+
+@pytest.fixture
+def restore_fused():
+    yield
+    fused_norm.set_enabled(True)
+
+
+def rel_err(a, b):
+    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)
+
+
+def run_block(block, x, cond, fused, train):
+    """(output, {name: gradient} incl. 'x', {name: buffer}) of a weighted sum of the block's output."""
+    fused_norm.set_enabled(fused)
+    block.train() if train else block.eval()
+    xv = jt.array(x)
+    out = block(xv, cond)
+    probe = jt.array(np.random.default_rng(7).standard_normal(out.shape).astype(np.float32))
+    names = [k for k, p in block.named_parameters() if not p.is_stop_grad()]
+    params = [p for k, p in block.named_parameters() if not p.is_stop_grad()]
+    grads = jt.grad((out * probe).sum(), [xv] + params)
+    buffers = {k: v.numpy().copy() for k, v in block.state_dict().items() if "running" in k}
+    return out.numpy(), dict(zip(["x"] + names, [g.numpy() for g in grads])), buffers
+
+
+def spade_case(norm, fin, fout, seed=0, n=2, h=12, w=16, labels=6):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, labels - 1, (n, h, w))
+    semantics = np.eye(labels, dtype=np.float32)[ids].transpose(0, 3, 1, 2)
+    jt.set_global_seed(seed)
+    block = SPADEResnetBlock(fin, fout, norm, labels)
+    x = (rng.standard_normal((n, fin, h, w)) * 3 + 1).astype(np.float32)
+    return block, x, SegmentationMap(jt.array(semantics), labels)
+
+
+def assert_same(fused, unfused, what):
+    out_f, grads_f, buffers_f = fused
+    out_u, grads_u, buffers_u = unfused
+    assert rel_err(out_f, out_u) < 2e-6, f"{what}: output differs by {rel_err(out_f, out_u):.2e}"
+    for name, g in grads_u.items():
+        # a gradient that is zero but for rounding (a bias before batch norm) has no relative scale
+        if np.abs(g).max() < 1e-3 * max(np.abs(v).max() for v in grads_u.values()):
+            continue
+        assert rel_err(grads_f[name], g) < 1e-5, f"{what}: d/d{name} differs by {rel_err(grads_f[name], g):.2e}"
+    for name, b in buffers_u.items():
+        np.testing.assert_allclose(buffers_f[name], b, rtol=1e-6, atol=1e-7, err_msg=f"{what}: {name}")
+
+
+@pytest.mark.parametrize("norm", ["spadesyncbatch3x3", "spadeinstance3x3", "spadebatch5x5"])
+@pytest.mark.parametrize("train", [True, False])
+def test_spade_block_fused_equals_layer_by_layer(norm, train, restore_fused):
+    block, x, cond = spade_case(norm, 24, 16)  # learned shortcut: norm_s without, norm_0/1 with the ReLU
+    if not train:  # running statistics that are not the initial 0/1
+        block.train()
+        block(jt.array(x * 0.5 + 2), cond).sync()
+    state = {k: v.numpy().copy() for k, v in block.state_dict().items()}
+    unfused = run_block(block, x, cond, False, train)
+    block.load_parameters(state)
+    fused = run_block(block, x, cond, True, train)
+    assert_same(fused, unfused, f"{norm}, {'train' if train else 'eval'}")
+
+
+def test_fade_block_fused_equals_layer_by_layer(restore_fused):
+    rng = np.random.default_rng(3)
+    jt.set_global_seed(3)
+    block = FADEResnetBlock(16, 8, "fadesyncbatch3x3")
+    x = (rng.standard_normal((2, 16, 8, 12)) * 2).astype(np.float32)
+    feature = jt.array(rng.standard_normal((2, 16, 8, 12)).astype(np.float32))
+    state = {k: v.numpy().copy() for k, v in block.state_dict().items()}
+    unfused = run_block(block, x, feature, False, True)
+    block.load_parameters(state)
+    fused = run_block(block, x, feature, True, True)
+    assert_same(fused, unfused, "FADE block")
+
+
+def test_fused_kernel_sees_a_wrong_gamma(restore_fused):
+    """The comparison is sharp: the fused layer with beta's and gamma's roles swapped is caught."""
+    layer = FADE("fadeinstance3x3", 8, 8)
+    rng = np.random.default_rng(0)
+    x = jt.array(rng.standard_normal((1, 8, 6, 6)).astype(np.float32))
+    feature = jt.array(rng.standard_normal((1, 8, 6, 6)).astype(np.float32))
+    fused_norm.set_enabled(False)
+    expected = layer(x, feature).numpy()
+    fused_norm.set_enabled(True)
+    np.testing.assert_allclose(layer(x, feature).numpy(), expected, rtol=1e-5, atol=1e-6)
+    layer.mlp_gamma, layer.mlp_beta = layer.mlp_beta, layer.mlp_gamma
+    assert rel_err(layer(x, feature).numpy(), expected) > 1e-2
+
+
+def test_inference_path_keeps_nothing_and_gives_the_same_output(restore_fused):
+    block, x, cond = spade_case("spadesyncbatch3x3", 16, 16, seed=4)
+    block.eval()
+    with_grad = block(jt.array(x), cond).numpy()
+    with jt.no_grad():
+        without = block(jt.array(x), cond).numpy()
+    np.testing.assert_array_equal(without, with_grad)
+
+
+def test_statistics_of_large_planes_are_accurate(restore_fused):
+    """The float64 sums: a channel of 2^20 values with a large mean keeps its variance."""
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((1, 2, 1024, 1024)) * 0.01 + 100).astype(np.float32)
+    sums = fused_norm.sums(jt.array(x), False).numpy()
+    np.testing.assert_allclose(sums, x.astype(np.float64).sum(axis=(0, 2, 3)), rtol=1e-12)
+    mean = (sums / x[0, 0].size).astype(np.float32)
+    centred = fused_norm.sums(jt.array(x), False, jt.array(mean)).numpy()
+    expected = ((x - mean.reshape(1, 2, 1, 1)) ** 2).astype(np.float64).sum(axis=(0, 2, 3))
+    np.testing.assert_allclose(centred, expected, rtol=1e-6)
