@@ -18,6 +18,7 @@ model = SPADEModel(opt)
 if jt.in_mpi:
     for net in model.networks().values():
         net.mpi_param_broadcast(0)
+    jt.sync_all()  # as the trainer: the broadcasts in a graph of their own
 model.train()
 optimizer_G = Adam(trainable_parameters(model.netG), 2e-4)
 optimizer_D = Adam(trainable_parameters(model.netD), 8e-4)

@@ -10,17 +10,19 @@ from jspade.train.optim import Adam
 SHAPES = [(16, 8, 3, 3), (16,), (300,)]
 
 
-def run(steps, lr=2e-4, betas=(0.5, 0.999), update=None, chunk_bytes=None, monkeypatch=None):
+def run(steps, lr=2e-4, betas=(0.5, 0.999), update=None, chunk_bytes=None, monkeypatch=None, keep_m=False):
     rng = np.random.default_rng(0)
     params = [jt.array(rng.standard_normal(s).astype(np.float32)) for s in SHAPES]
     opt = Adam(params, lr=lr, betas=betas)
+    if keep_m:  # as if beta1 = 0 kept its first moment (the original's Adam does)
+        opt.keeps_m, opt.m = True, [jt.zeros(s) for s in SHAPES]
     if update is not None:
         monkeypatch.setattr(Adam, "_update", staticmethod(update))
     if chunk_bytes is not None:
         monkeypatch.setattr(optim, "CHUNK_BYTES", chunk_bytes)
     for _ in range(steps):
         opt.apply([jt.array(rng.standard_normal(s).astype(np.float32) * 1e-2) for s in SHAPES])
-    return [p.numpy() for p in params], [m.numpy() for m in opt.m], [v.numpy() for v in opt.v]
+    return [p.numpy() for p in params], [m.numpy() for m in opt.m if m is not None], [v.numpy() for v in opt.v]
 
 
 def numpy_adam(steps, lr=2e-4, betas=(0.5, 0.999), eps=1e-8):
@@ -54,6 +56,26 @@ def test_chunked_update_equals_one_update(monkeypatch):
     every_tensor = run(2, chunk_bytes=1, monkeypatch=monkeypatch)
     for a, b in zip(sum(whole, []), sum(every_tensor, [])):
         np.testing.assert_array_equal(a, b)
+
+
+def test_beta1_zero_keeps_no_first_moment_and_steps_as_if_it_did(monkeypatch):
+    """TTUR's betas (0, 0.9): m would equal the gradient, so it is not kept; the steps are those of the
+    element-wise ops that keep it, and the state saved and restored resumes exactly."""
+    lean = run(3, betas=(0.0, 0.9))
+    with monkeypatch.context() as mp:
+        kept = run(3, betas=(0.0, 0.9), update=Adam._update_ops, monkeypatch=mp, keep_m=True)
+    assert lean[1] == [] and len(kept[1]) == len(SHAPES)
+    for a, b in zip(lean[0] + lean[2], kept[0] + kept[2]):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)
+    p = jt.array(np.ones(4, np.float32))
+    opt = Adam([p], lr=1e-3, betas=(0.0, 0.9))
+    opt.apply([jt.array(np.arange(4, dtype=np.float32))])
+    state = opt.state_dict()
+    assert state["m"] == []
+    other = Adam([jt.array(p.numpy())], lr=0.0, betas=(0.0, 0.9))
+    other.load_state_dict(state)
+    np.testing.assert_array_equal(other.v[0].numpy(), opt.v[0].numpy())
+    assert other.step_count == 1 and other.lr == 1e-3
 
 
 def test_parameters_move_by_about_lr_per_step():

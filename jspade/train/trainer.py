@@ -75,6 +75,9 @@ class Trainer:
             if jt.in_mpi:
                 for net in self.model.networks().values():
                     net.mpi_param_broadcast(0)
+                # run the broadcasts now, alone: left in the first step's graph, their order against that
+                # graph's all-reduces is not the same on every rank (MPI_ERR_TRUNCATE, measured)
+                jt.sync_all()
             # a CLIP model: {stem: embedding} of the training images, and the style bank (sets netG.clip_mean)
             self.clip = ClipConditioning(self.data, self.model, t.seed, log) if self.model.uses_clip else None
             self.vgg_pretrained = load_vgg(self.model, t.vgg_weights, log)
