@@ -481,7 +481,7 @@ def worker_kernels(args):
     gx, gw = jt.grad((y * jt.array(dy[:, :24])).sum(), [xv, wv3])
     ref_y = conv64(x.astype(np.float64), w3.astype(np.float64))
     ref_gw = wgrad64(x.astype(np.float64), dy[:, :24].astype(np.float64))
-    report["conv3x3_path"] = "winograd" if winograd.enabled() and winograd.winograd_pays(x.shape) else "jittor conv2d"
+    report["conv3x3_path"] = "winograd" if winograd.enabled() and winograd.winograd_pays(x.shape, w3.shape[0]) else "jittor conv2d"
     report["conv3x3_fwd_rel"], report["conv3x3_dw_rel"] = rel(y.numpy(), ref_y), rel(gw.numpy(), ref_gw)
     report["conv3x3_dx_finite"] = bool(np.isfinite(gx.numpy()).all())
     # float32 (and TF32 on the GPU: ~1e-3) against float64

@@ -31,7 +31,7 @@ def max_rel_error(actual, expected):
 
 @pytest.mark.parametrize("n,ic,oc,h,w", [(2, 32, 24, 24, 24), (1, 16, 3, 24, 32), (1, 64, 16, 32, 24)])
 def test_forward_and_both_gradients_equal_jittors_convolution(n, ic, oc, h, w):
-    assert winograd.winograd_pays((n, ic, h, w)), "the case must take the Winograd path"
+    assert winograd.winograd_pays((n, ic, h, w), oc), "the case must take the Winograd path"
     x, weight, bias, probe = case(n, ic, oc, h, w)
     ours = forward_and_grads(winograd.conv3x3, x, weight, bias, probe)
     direct = forward_and_grads(lambda a, b, c: jt.nn.conv2d(a, b, c, 1, 1), x, weight, bias, probe)
@@ -54,7 +54,7 @@ def test_a_changed_weight_is_caught():
 def test_small_maps_and_other_shapes_are_jittors_convolution_exactly():
     for shape in ((4, 16, 8, 12, 16), (1, 3, 8, 32, 24)):  # 192 pixels per image; 3 input channels
         x, weight, bias, _ = case(*shape)
-        assert not winograd.winograd_pays(x.shape)
+        assert not winograd.winograd_pays(x.shape, weight.shape[0])
         np.testing.assert_array_equal(winograd.conv3x3(x, weight, bias).numpy(),
                                       jt.nn.conv2d(x, weight, bias, 1, 1).numpy())
     x, _, _, _ = case(2, 16, 8, 24, 20)
@@ -94,7 +94,7 @@ def test_tsit_generator_uses_winograd_where_it_pays():
     label = np.random.default_rng(0).integers(0, 4, (1, 384, 512))
     seg = jt.array((label[:, None] == np.arange(4)[None, :, None, None]).astype(np.float32))
     jt.sync_all()
-    assert winograd.winograd_pays((1, 16, 384, 512)), "the finest convolutions take the Winograd path"
+    assert winograd.winograd_pays((1, 16, 384, 512), 16), "the finest convolutions take the Winograd path"
     with_winograd = g(seg).numpy()
     assert winograd.enabled()
     try:
@@ -108,3 +108,11 @@ def test_tsit_generator_uses_winograd_where_it_pays():
     difference = float(np.abs(with_winograd - direct).max())
     noise = float(np.abs(nudged - direct).max())
     assert 0 < difference < 3 * noise, (difference, noise)  # Winograd's rounding: within the net's own noise
+
+
+def test_wide_layers_count_the_whole_batch():
+    """VGG19's 512-channel layers at 12x16 run by Winograd in a batch of 4, not alone; narrow ones never
+    on maps under 512 pixels."""
+    assert winograd.winograd_pays((4, 512, 12, 16), 512)
+    assert not winograd.winograd_pays((1, 512, 12, 16), 512)
+    assert not winograd.winograd_pays((4, 128, 12, 16), 128)
