@@ -28,12 +28,14 @@ instead prints, for each numbered checkpoint of a run trained with train.ema_dec
 and of its EMA generator on the held-out pairs in --val (the run's cached real statistics are reused).
 """
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import jspade
 from jspade import cli
 
 
@@ -144,6 +146,7 @@ def main(argv=None):
         result["breakdown_s"] = parts
 
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["jspade"] = str(Path(jspade.__file__).resolve().parent.parent)  # which checkout was timed
     result["config"]["netG"] = args.netG
     if args.json:
         print(json.dumps(result))
@@ -172,7 +175,7 @@ def _command_lines(args):
     tsit = args.netG == "tsit"
     runs = {"jspade": [sys.executable, str(here), "--netG", args.netG] + ["--reuse-fake"] * args.reuse_fake
             + ["--no-winograd"] * args.no_winograd}
-    if args.compare_jspade:
+    if args.compare_jspade:  # its own jspade package (see _run_child), not this one
         runs["jspade (other checkout)"] = [sys.executable, str(Path(args.compare_jspade) / "scripts" / "benchmark.py"),
                                            "--netG", args.netG]
     if args.compare_pytorch:
@@ -182,8 +185,14 @@ def _command_lines(args):
 
 
 def _run_child(cmd):
-    """One benchmark in a fresh process (so that its peak memory is its own); its last line is JSON."""
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    """One benchmark in a fresh process (so that its peak memory is its own); its last line is JSON.
+    A jspade checkout's script imports that checkout's package (an editable install would otherwise
+    give every checkout this one's)."""
+    env = dict(os.environ)
+    script = Path(cmd[1])
+    if script.name == "benchmark.py" and (script.parent.parent / "jspade").is_dir():
+        env["PYTHONPATH"] = os.pathsep.join([str(script.parent.parent)] + [p for p in [env.get("PYTHONPATH")] if p])
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         raise SystemExit(f"benchmark failed: {' '.join(cmd[:3])} ...: {tail[0]}")
