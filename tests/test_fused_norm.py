@@ -118,3 +118,26 @@ def test_statistics_of_large_planes_are_accurate(restore_fused):
     centred = fused_norm.sums(jt.array(x), False, jt.array(mean)).numpy()
     expected = ((x - mean.reshape(1, 2, 1, 1)) ** 2).astype(np.float64).sum(axis=(0, 2, 3))
     np.testing.assert_allclose(centred, expected, rtol=1e-6)
+
+
+def test_weights_kept_between_inference_forwards_follow_every_update():
+    """Inference keeps W / sigma and the concatenated gamma/beta weights between forwards; a changed
+    parameter (a load, a training step, an EMA update: Var.update) must show in the next forward."""
+    block, x, cond = spade_case("spectralspadesyncbatch3x3", 16, 16, seed=6)
+    block.eval()
+    rng = np.random.default_rng(6)
+    changes = [lambda: block.conv_1.weight_orig.update(  # spectral norm's W / sigma
+                   block.conv_1.weight_orig + jt.array(rng.standard_normal(block.conv_1.weight_orig.shape)
+                                                       .astype(np.float32))),
+               lambda: block.norm_0.mlp_beta.bias.update(block.norm_0.mlp_beta.bias + 1.0)]  # gamma/beta concat
+    with jt.no_grad():
+        before = block(jt.array(x), cond).numpy()
+        np.testing.assert_array_equal(block(jt.array(x), cond).numpy(), before)  # kept: the same result
+    for change in changes:
+        change()
+        with jt.no_grad():
+            after = block(jt.array(x), cond).numpy()
+        expected = block(jt.array(x), cond).numpy()  # with gradients: computed afresh, nothing kept
+        np.testing.assert_allclose(after, expected, rtol=1e-6, atol=1e-6)
+        assert np.abs(after - before).max() > 0.05
+        before = after

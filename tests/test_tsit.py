@@ -292,15 +292,12 @@ def test_tsit_parity_every_array_within_format_bounds(tsit_parity):
     assert tsit_parity.ref.has_noise
     for name in wanted - {k for k in files if k.startswith("after_train_forward.")}:
         assert measured[name].reference_noise is not None, name
-    # G.eval_forward is the one exception (docs/tsit.md): the eval-mode decoder, with one batch's running
-    # statistics, amplifies rounding so much that the original moves by 4.3e-3 under one-ulp nudges (its
-    # noise.expected, a maximum over only 4 nudges); ours lands 4.6e-3 (Winograd) to 5.2e-3 (direct) away
-    # with the 1e-4 tolerance, and 4.3e-3 even from the reference's own running statistics.
+    # every array within its bound, G.eval_forward included: the eval-mode decoder amplifies rounding so
+    # much that the original moves by 4.3e-3 under one-ulp nudges; it passes since SPADE/FADE's
+    # modulation rounds as PyTorch's (fused_norm.py, no fused multiply-adds): 4.12e-3 against 4.42e-3
     bad = [f"{c.name}: {c.error:.3g} > {c.tolerance:.3g} + reference noise {c.reference_noise} "
-           f"(own noise {c.noise})" for c in tsit_parity.results if not c.passed and c.name != "G.eval_forward"]
+           f"(own noise {c.noise})" for c in tsit_parity.results if not c.passed]
     assert not bad, "\n".join(bad)
-    eval_forward = measured["G.eval_forward"]
-    assert eval_forward.error <= 1.5 * (eval_forward.tolerance + eval_forward.reference_noise), eval_forward
 
 
 class BatchStatistics(jt.nn.Module):

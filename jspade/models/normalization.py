@@ -10,6 +10,7 @@
   gamma/beta predicted from the segmentation map.
 """
 import re
+import weakref
 
 import numpy as np
 
@@ -20,6 +21,28 @@ from jspade.models import fused_norm, winograd
 from jspade.models.clip_modulation import ClipHead
 from jspade.models.label_conv import label_conv
 from jspade.models.resize import resize_nearest
+
+
+# Weights derived from parameters (spectral norm's W / sigma, SPADE's concatenated gamma/beta weights),
+# kept between inference forwards: recomputing them is a tenth of an inference at ngf 16. The key is
+# the ids of the Vars they come from, which change whenever one is updated (a training step, an EMA
+# update, a load), so a kept value is never stale. Only under jt.no_grad (no gradient flows through a
+# kept value); a forward with gradients drops the layer's entry (no copy of the weights during training).
+_inference_weights = weakref.WeakKeyDictionary()
+
+
+def inference_weights(layer, sources, make):
+    """make() (Vars derived from the Vars `sources`), kept for `layer` across inference forwards."""
+    if not jt.flags.no_grad:
+        _inference_weights.pop(layer, None)
+        return make()
+    key = tuple(v.id for v in sources)
+    kept = _inference_weights.get(layer)
+    if kept is None or kept[0] != key:
+        value = make()
+        jt.sync(list(value) if isinstance(value, tuple) else [value])
+        kept = _inference_weights[layer] = (key, value)
+    return kept[1]
 
 
 def l2_normalize(v, eps=1e-12):
@@ -63,7 +86,11 @@ class SpectralConv2d(SpectralNorm):
         self._init_uv()
 
     def execute(self, x):
-        return winograd.conv2d(x, self.normalized_weight(), self.bias, self.stride, self.padding)
+        if self.is_training():
+            weight = self.normalized_weight()
+        else:
+            weight = inference_weights(self, (self.weight_orig, self.weight_u, self.weight_v), self.normalized_weight)
+        return winograd.conv2d(x, weight, self.bias, self.stride, self.padding)
 
 
 def _sum_nhw(x):
@@ -346,6 +373,7 @@ def modulated_norm(layer, x, actv, slope=None):
         out = layer.param_free_norm(x) * (1 + gamma(actv)) + beta(actv)
         return out if slope is None else nn.leaky_relu(out, slope)
     stats = layer.param_free_norm.statistics(x)
-    weight = jt.concat([gamma.weight, beta.weight], 0)
+    weight, bias = inference_weights(layer, (gamma.weight, beta.weight, gamma.bias, beta.bias),
+                                     lambda: (jt.concat([gamma.weight, beta.weight], 0), jt.concat([gamma.bias, beta.bias])))
     gb = winograd.conv2d(actv, weight, None, gamma.stride, gamma.padding, gamma.dilation, gamma.groups)
-    return fused_norm.modulate(x, gb, jt.concat([gamma.bias, beta.bias]), stats, slope)
+    return fused_norm.modulate(x, gb, bias, stats, slope)
