@@ -23,6 +23,7 @@ from jspade.data.semantics import model_label_id_problem, semantics_for
 from jspade.data.transforms import to_uint8_images
 from jspade.atomic import save_image_atomic
 from jspade.models.encoder import noise_for, reparameterize
+from jspade.models.normalization import keeping_inference_weights
 from jspade.errors import JspadeError, UnsupportedRequest
 from jspade.models.spade_model import SPADEModel, check_output_size
 from jspade.style_bank import StyleBank, project_text
@@ -332,7 +333,7 @@ def render(model, opt, labels, seed=0, indices=None, sample=0, references=None, 
             z = noise
     if clip is not None:
         clip = jt.array(np.asarray(clip, np.float32))
-    with jt.no_grad():
+    with jt.no_grad(), keeping_inference_weights():  # the painter and infer render again and again
         fake = model.generate(sem, z=z, style=photos, clip=clip)
     return list(to_uint8_images(fake))
 

@@ -85,6 +85,7 @@ def main(argv=None):
     from jspade.config import TrainConfig
     from jspade.models import winograd
     from jspade.models.base import trainable_parameters
+    from jspade.models.normalization import keeping_inference_weights
     from jspade.models.spade_model import SPADEModel
     from jspade.train.step import build_optimizers, set_lr, train_step
 
@@ -122,8 +123,8 @@ def main(argv=None):
               "vgg": not args.no_vgg, "device": "cuda" if jt.flags.use_cuda else "cpu", "winograd": winograd.enabled()}
     model.eval()
 
-    def infer():
-        with jt.no_grad():
+    def infer():  # as inference.render runs it (the painter, infer.py)
+        with jt.no_grad(), keeping_inference_weights():
             model.netG(sem).sync()
 
     result["infer_img_per_s"] = args.batch_size / timed(infer, args.iters)

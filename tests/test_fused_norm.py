@@ -6,7 +6,7 @@ import pytest
 
 from jspade.models import fused_norm
 from jspade.models.generator import SPADEResnetBlock
-from jspade.models.normalization import FADE, SegmentationMap
+from jspade.models.normalization import FADE, SegmentationMap, keeping_inference_weights
 from jspade.models.tsit import FADEResnetBlock
 from jspade.runtime import jt
 
@@ -121,7 +121,7 @@ def test_statistics_of_large_planes_are_accurate(restore_fused):
 
 
 def test_weights_kept_between_inference_forwards_follow_every_update():
-    """Inference keeps W / sigma and the concatenated gamma/beta weights between forwards; a changed
+    """Rendering keeps W / sigma and the concatenated gamma/beta weights between forwards; a changed
     parameter (a load, a training step, an EMA update: Var.update) must show in the next forward."""
     block, x, cond = spade_case("spectralspadesyncbatch3x3", 16, 16, seed=6)
     block.eval()
@@ -130,14 +130,30 @@ def test_weights_kept_between_inference_forwards_follow_every_update():
                    block.conv_1.weight_orig + jt.array(rng.standard_normal(block.conv_1.weight_orig.shape)
                                                        .astype(np.float32))),
                lambda: block.norm_0.mlp_beta.bias.update(block.norm_0.mlp_beta.bias + 1.0)]  # gamma/beta concat
-    with jt.no_grad():
+    with jt.no_grad(), keeping_inference_weights():
         before = block(jt.array(x), cond).numpy()
         np.testing.assert_array_equal(block(jt.array(x), cond).numpy(), before)  # kept: the same result
     for change in changes:
         change()
-        with jt.no_grad():
+        with jt.no_grad(), keeping_inference_weights():
             after = block(jt.array(x), cond).numpy()
         expected = block(jt.array(x), cond).numpy()  # with gradients: computed afresh, nothing kept
         np.testing.assert_allclose(after, expected, rtol=1e-6, atol=1e-6)
         assert np.abs(after - before).max() > 0.05
         before = after
+
+
+def test_training_processes_keep_no_weights():
+    """Outside rendering (training, its FID and samples under no_grad) nothing is kept."""
+    from jspade.models import normalization
+    block, x, cond = spade_case("spectralspadesyncbatch3x3", 16, 16, seed=8)
+    block.eval()
+    with jt.no_grad():
+        block(jt.array(x), cond).sync()
+    assert block.conv_0 not in normalization._inference_weights
+    with jt.no_grad(), keeping_inference_weights():
+        block(jt.array(x), cond).sync()
+    assert block.conv_0 in normalization._inference_weights and block.norm_0 in normalization._inference_weights
+    block.train()
+    block(jt.array(x), cond).sync()  # a forward with gradients drops what was kept
+    assert block.conv_0 not in normalization._inference_weights

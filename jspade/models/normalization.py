@@ -9,6 +9,7 @@
 - Instance norm, and SPADE itself (Park et al., Sec. 3): a parameter-free normalisation modulated by
   gamma/beta predicted from the segmentation map.
 """
+import contextlib
 import re
 import weakref
 
@@ -24,16 +25,29 @@ from jspade.models.resize import resize_nearest
 
 
 # Weights derived from parameters (spectral norm's W / sigma, SPADE's concatenated gamma/beta weights),
-# kept between inference forwards: recomputing them is a tenth of an inference at ngf 16. The key is
-# the ids of the Vars they come from, which change whenever one is updated (a training step, an EMA
-# update, a load), so a kept value is never stale. Only under jt.no_grad (no gradient flows through a
-# kept value); a forward with gradients drops the layer's entry (no copy of the weights during training).
+# kept between the forwards of an application that renders (inference.render: infer, the painter):
+# recomputing them is about a tenth of an inference at ngf 16. The key is the ids of the Vars they come
+# from, which change whenever one is updated (a training step, an EMA update, a load), so a kept value is
+# never stale. Only within `keeping_inference_weights()` and under jt.no_grad: a training process (whose
+# FID and sample renders run under no_grad too) keeps no copy of its weights.
 _inference_weights = weakref.WeakKeyDictionary()
+_keeping = False
+
+
+@contextlib.contextmanager
+def keeping_inference_weights():
+    """Within this block, inference forwards keep their layers' derived weights (see above)."""
+    global _keeping
+    saved, _keeping = _keeping, True
+    try:
+        yield
+    finally:
+        _keeping = saved
 
 
 def inference_weights(layer, sources, make):
     """make() (Vars derived from the Vars `sources`), kept for `layer` across inference forwards."""
-    if not jt.flags.no_grad:
+    if not (_keeping and jt.flags.no_grad):
         _inference_weights.pop(layer, None)
         return make()
     key = tuple(v.id for v in sources)
@@ -86,7 +100,8 @@ class SpectralConv2d(SpectralNorm):
         self._init_uv()
 
     def execute(self, x):
-        if self.is_training():
+        if self.is_training():  # a power iteration per forward: nothing to keep
+            _inference_weights.pop(self, None)
             weight = self.normalized_weight()
         else:
             weight = inference_weights(self, (self.weight_orig, self.weight_u, self.weight_v), self.normalized_weight)
