@@ -5,9 +5,9 @@ bias_b, usually followed by leaky_relu(y, 0.2). Written as Jittor ops that is ab
 passes over full-size tensors, forward and backward, each keeping an intermediate for the backward.
 Here (`jt.code` kernels; Jittor compiles them with OpenMP, parallel over the (n, c) planes):
 
-* `statistics`: the batch (or instance) mean and biased variance, summed in float64 as PyTorch's CPU
-  batch norm does: one pass for the sums, one for the centred squares (an MPI all-reduce after each
-  for synchronised batch norm);
+* `sums`: what the batch (or instance) mean and biased variance come from, summed in float64 as
+  PyTorch's CPU batch norm does: one pass for the sums, one for the centred squares
+  (`normalization.batch_statistics`; an MPI all-reduce after each for synchronised batch norm);
 * `modulate` forward: one pass reading x and the [N, 2C, H, W] output of *one* convolution that
   computes gamma and beta together (their biases added here), writing y (activated);
 * its backward: one pass for the two per-channel sums batch norm's gradient needs (all-reduced under
@@ -15,10 +15,11 @@ Here (`jt.code` kernels; Jittor compiles them with OpenMP, parallel over the (n,
   (written by the forward pass) and y are kept for it (y is the next convolution's input, kept
   anyway); the normalised x is recomputed, and the convolution's output is released.
 
-Rounding: every float32 operation is the one the unfused path (normalization.py, the original's order)
-performs, in the same order and without fused multiply-adds, so the result equals it up to the
-order of the float64 sums. On CUDA (`jt.flags.use_cuda`) or with JSPADE_FUSED_NORM=0 the unfused path
-runs instead (Jittor fuses element-wise ops on the GPU itself).
+Rounding: every float32 operation is PyTorch's, in PyTorch's order, without fused multiply-adds (the
+unfused path, normalization.py, has the same order, but Jittor's -Ofast element-wise kernels contract
+some products and sums into FMAs), so the result equals the unfused path to float32 rounding and
+PyTorch's more closely (docs/tsit.md#parity). On CUDA (`jt.flags.use_cuda`) or with
+JSPADE_FUSED_NORM=0 the unfused path runs instead (Jittor fuses element-wise ops on the GPU itself).
 """
 import os
 from collections import namedtuple
