@@ -109,6 +109,17 @@ struct ConfigResult {
 
 // One layer, one configuration. `act` is the type of src/dst/diff_src/diff_dst and of weights;
 // bias, diff_bias and diff_weights stay f32.
+// Time one pass: its primitive `Prim` from `pd` on `args` (plus a scratchpad where it needs one).
+template <class Prim, class PD>
+static void time_pass(Bench &b, PassResult &out, const PD &pd, std::unordered_map<int, memory> args) {
+    if (pd.scratchpad_desc().get_size())
+        args[DNNL_ARG_SCRATCHPAD] = memory(pd.scratchpad_desc(), b.eng);
+    Prim prim(pd);
+    out.available = true;
+    out.impl = pd.impl_info_str();
+    out.ms = best_ms([&] { prim.execute(b.strm, args); b.strm.wait(); }, b.warmup, b.reps);
+}
+
 static ConfigResult run_config(Bench &b, const Layer &l, algorithm alg, dt act,
                                const std::string &label) {
     ConfigResult r;
@@ -138,15 +149,8 @@ static ConfigResult run_config(Bench &b, const Layer &l, algorithm alg, dt act,
     {
         memory src = b.to_impl(src_u, fwd_pd.src_desc()), wei = b.to_impl(wei_u, fwd_pd.weights_desc()),
                dst(fwd_pd.dst_desc(), b.eng);
-        memory ws;
-        std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei},
-                {DNNL_ARG_BIAS, bias_u}, {DNNL_ARG_DST, dst}};
-        if (fwd_pd.scratchpad_desc().get_size())
-            args[DNNL_ARG_SCRATCHPAD] = memory(fwd_pd.scratchpad_desc(), b.eng);
-        convolution_forward prim(fwd_pd);
-        r.fwd.available = true;
-        r.fwd.impl = fwd_pd.impl_info_str();
-        r.fwd.ms = best_ms([&] { prim.execute(b.strm, args); b.strm.wait(); }, b.warmup, b.reps);
+        time_pass<convolution_forward>(b, r.fwd, fwd_pd, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei},
+                {DNNL_ARG_BIAS, bias_u}, {DNNL_ARG_DST, dst}});
         r.fwd.reorder_ms = b.reorder_ms(src_plain, fwd_pd.src_desc(), true)
                 + b.reorder_ms(wei_plain, fwd_pd.weights_desc(), true)
                 + b.reorder_ms(dst_plain, fwd_pd.dst_desc(), false);
@@ -158,14 +162,8 @@ static ConfigResult run_config(Bench &b, const Layer &l, algorithm alg, dt act,
                 strides, pad, pad, fwd_pd);
         memory ddst = b.to_impl(ddst_u, pd.diff_dst_desc()), wei = b.to_impl(wei_u, pd.weights_desc()),
                dsrc(pd.diff_src_desc(), b.eng);
-        std::unordered_map<int, memory> args = {{DNNL_ARG_DIFF_DST, ddst},
-                {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DIFF_SRC, dsrc}};
-        if (pd.scratchpad_desc().get_size())
-            args[DNNL_ARG_SCRATCHPAD] = memory(pd.scratchpad_desc(), b.eng);
-        convolution_backward_data prim(pd);
-        r.bwd_data.available = true;
-        r.bwd_data.impl = pd.impl_info_str();
-        r.bwd_data.ms = best_ms([&] { prim.execute(b.strm, args); b.strm.wait(); }, b.warmup, b.reps);
+        time_pass<convolution_backward_data>(b, r.bwd_data, pd, {{DNNL_ARG_DIFF_DST, ddst},
+                {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DIFF_SRC, dsrc}});
         r.bwd_data.reorder_ms = b.reorder_ms(dst_plain, pd.diff_dst_desc(), true)
                 + b.reorder_ms(wei_plain, pd.weights_desc(), true)
                 + b.reorder_ms(src_plain, pd.diff_src_desc(), false);
@@ -179,14 +177,8 @@ static ConfigResult run_config(Bench &b, const Layer &l, algorithm alg, dt act,
                 bias_md, dst_any, strides, pad, pad, fwd_pd);
         memory src = b.to_impl(src_u, pd.src_desc()), ddst = b.to_impl(ddst_u, pd.diff_dst_desc()),
                dwei(pd.diff_weights_desc(), b.eng), dbias(pd.diff_bias_desc(), b.eng);
-        std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, ddst},
-                {DNNL_ARG_DIFF_WEIGHTS, dwei}, {DNNL_ARG_DIFF_BIAS, dbias}};
-        if (pd.scratchpad_desc().get_size())
-            args[DNNL_ARG_SCRATCHPAD] = memory(pd.scratchpad_desc(), b.eng);
-        convolution_backward_weights prim(pd);
-        r.bwd_weights.available = true;
-        r.bwd_weights.impl = pd.impl_info_str();
-        r.bwd_weights.ms = best_ms([&] { prim.execute(b.strm, args); b.strm.wait(); }, b.warmup, b.reps);
+        time_pass<convolution_backward_weights>(b, r.bwd_weights, pd, {{DNNL_ARG_SRC, src},
+                {DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_DIFF_WEIGHTS, dwei}, {DNNL_ARG_DIFF_BIAS, dbias}});
         r.bwd_weights.reorder_ms = b.reorder_ms(src_plain, pd.src_desc(), true)
                 + b.reorder_ms(dst_plain, pd.diff_dst_desc(), true)
                 + b.reorder_ms(wei_plain, pd.diff_weights_desc(), false);

@@ -341,6 +341,8 @@ def label_conv_weight_grad(labels, dy, num_labels, kernel_size, padding):
 
 def _forward(labels, weight, bias, padding, relu):
     c, _, kh, kw = weight.shape
+    if bias is None:
+        bias = jt.zeros((c,), "float32")
     n, h, w = labels.shape
     shape = (n, c, h + 2 * padding - kh + 1, w + 2 * padding - kw + 1)
     return jt.code(shape, "float32", [labels, weight, bias], cpu_header=_HEADER,
@@ -349,8 +351,6 @@ def _forward(labels, weight, bias, padding, relu):
 
 class _LabelConv(jt.Function):
     def execute(self, labels, weight, bias, padding, relu):
-        if bias is None:
-            bias = jt.zeros((weight.shape[0],), "float32")
         y = _forward(labels, weight, bias, padding, relu)
         # with the ReLU, its output (the next layer's input, kept anyway) says where the gradient passes
         self.saved = (labels, weight.shape, padding, y if relu else None)
@@ -380,6 +380,5 @@ def label_conv(labels, weight, bias=None, padding=1, relu=False):
         return jt.nn.relu(out) if relu else out
     labels = labels.int32().stop_grad()
     if jt.flags.no_grad:  # inference: the kernel alone, keeping nothing for a backward
-        return _forward(labels, weight.float32(), jt.zeros((weight.shape[0],), "float32") if bias is None else bias,
-                        padding, relu)
+        return _forward(labels, weight.float32(), bias, padding, relu)
     return _LabelConv.apply(labels, weight.float32(), bias, padding, bool(relu))

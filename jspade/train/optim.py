@@ -35,7 +35,7 @@ for (size_t i = 0; i < n; i++) {
     const float gi = g_p[i];
     const float mi = m_p[i] * b1 + gi * c1;
     const float vi = v_p[i] * b2 + gi * gi * c2;
-    KEEP_M(out2_p[i] = mi;)
+    {store_m}
     v1_p[i] = vi;
     p1_p[i] = p_p[i] - step_size * mi / (std::sqrt(vi) / bc2_sqrt + eps);
 }
@@ -88,7 +88,7 @@ class Adam:
             if m is not None:
                 m.update(new_m)
                 chunk.append(m)
-            size += 3 * p.numel() * 4
+            size += (3 if m is not None else 2) * p.numel() * 4
             if size >= CHUNK_BYTES or i == len(self.params) - 1:
                 jt.sync(chunk)
                 chunk, size = [], 0
@@ -98,7 +98,7 @@ class Adam:
         """(p, v, m) after one step with gradient g (m None unless `keep_m`)."""
         if jt.flags.use_cuda or p.dtype != "float32" or g.dtype != "float32":
             return Adam._update_ops(p, g, m, v, k, keep_m)
-        src = _ADAM_SRC.replace("KEEP_M(out2_p[i] = mi;)", "out2_p[i] = mi;" if keep_m else "")
+        src = _ADAM_SRC.replace("{store_m}", "out2_p[i] = mi;" if keep_m else "")
         out = jt.code([p.shape] * (2 + keep_m), ["float32"] * (2 + keep_m), [p, g, m, v],
                       cpu_header="#include <cmath>", cpu_src=src, data=k)
         return out[0], out[1], out[2] if keep_m else None
