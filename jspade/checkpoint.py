@@ -25,10 +25,42 @@ def to_numpy(v):
     return np.asarray(v)
 
 
+def original_layout(module):
+    """[(name, key, part, parts)]: the module's state as the original stores it, in its names and order.
+    `key` is the module's own state_dict key; the tensor `name` is its `part`-th of `parts` equal slices
+    along the first axis. A submodule with `parts` (normalization.GammaBetaConv2d: SPADE's mlp_gamma and
+    mlp_beta in one weight) stands for sibling layers of those names; every other key is itself."""
+    stacked = {name: m.parts for name, m in module.named_modules() if getattr(m, "parts", None)}
+    keys = list(module.state_dict())
+    layout, expanded = [], set()
+    for key in keys:
+        prefix, _, _ = key.rpartition(".")
+        parts = stacked.get(prefix)
+        if parts is None:
+            layout.append((key, key, 0, 1))
+        elif prefix not in expanded:  # all of its parts here, each layer's weight then bias, as the original
+            expanded.add(prefix)
+            parent = prefix.rpartition(".")[0]
+            own = [k for k in keys if k.rpartition(".")[0] == prefix]
+            layout += [(".".join(filter(None, (parent, part, k.rpartition(".")[2]))), k, i, len(parts))
+                       for i, part in enumerate(parts) for k in own]
+    return layout
+
+
+def part_of(x, part, parts):
+    """The `part`-th of `parts` equal slices of x (an array or a Var) along its first axis."""
+    if parts == 1:
+        return x
+    n = x.shape[0] // parts
+    return x[part * n:(part + 1) * n]
+
+
 def state_arrays(module):
-    """{name: float32 ndarray} of every parameter and buffer, PyTorch-style names. Copies: a
-    checkpoint must not hold views of memory Jittor may free or reuse while it is written."""
-    return {k: np.array(to_numpy(v), copy=True) for k, v in module.state_dict().items()}
+    """{name: float32 ndarray} of every parameter and buffer, in the original's names (`original_layout`).
+    Copies: a checkpoint must not hold views of memory Jittor may free or reuse while it is written."""
+    state, layout = module.state_dict(), original_layout(module)
+    arrays = {key: to_numpy(state[key]) for _, key, _, _ in layout}
+    return {name: np.array(part_of(arrays[key], part, parts), copy=True) for name, key, part, parts in layout}
 
 
 def spectral_v_from_weight(weight_orig, weight, u):
@@ -74,26 +106,32 @@ def load_state_strict(module, state, source="checkpoint"):
     every value is a finite number."""
     if not isinstance(state, dict):
         raise CheckpointError(f"{source}: the weights are {type(state).__name__}, not a table of arrays")
-    wanted = module.state_dict()
+    own = module.state_dict()
+    layout = original_layout(module)
+    wanted = {name: tuple(own[key].shape) if parts == 1 else (own[key].shape[0] // parts, *own[key].shape[1:])
+              for name, key, part, parts in layout}
     state = {k: v for k, v in state.items() if not k.endswith(IGNORED_SUFFIXES)}
     state = {k: numeric_array(v, k, source) for k, v in state.items()}
     state = _fill_spectral_v(state, wanted)
     missing = sorted(set(wanted) - set(state))
     unexpected = sorted(set(state) - set(wanted))
-    mismatched = [f"{k}: {tuple(to_numpy(state[k]).shape)} in {source}, {tuple(wanted[k].shape)} in the model"
+    mismatched = [f"{k}: {tuple(to_numpy(state[k]).shape)} in {source}, {tuple(wanted[k])} in the model"
                   for k in sorted(set(wanted) & set(state))
-                  if tuple(to_numpy(state[k]).shape) != tuple(wanted[k].shape)]
+                  if tuple(to_numpy(state[k]).shape) != tuple(wanted[k])]
     if missing or unexpected or mismatched:
         lines = [f"{source} does not fit {type(module).__name__}:"]
         for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
             if items:
                 lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:12]) + (" ..." if len(items) > 12 else ""))
         raise CheckpointError("\n".join(lines))
-    for k, var in wanted.items():
-        var.update(jt.array(to_numpy(state[k]).astype(np.float32)))
+    pieces = {}
+    for name, key, part, parts in layout:  # parts in order
+        pieces.setdefault(key, []).append(to_numpy(state[name]).astype(np.float32))
+    for key, var in own.items():
+        var.update(jt.array(np.concatenate(pieces[key]) if len(pieces[key]) > 1 else pieces[key][0]))
     # Materialise now: an unexecuted 1-element array op (e.g. a 1-channel conv bias) fused into a
     # later kernel trips a Jittor 1.3.11 code-generation bug.
-    jt.sync(list(wanted.values()))
+    jt.sync(list(own.values()))
     return module
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from jspade.runtime import jt
-from jspade.checkpoint import load_state_strict
+from jspade.checkpoint import load_state_strict, original_layout, part_of, state_arrays
 from jspade.config import ModelConfig
 from jspade.data.semantics import instance_edges, semantics_for
 from jspade.errors import JspadeError
@@ -204,7 +204,7 @@ class ParityRun:
 
     def compare_state(self, prefix, net):
         """after_train_forward.<net>.* (running statistics, u/v) against the network's buffers."""
-        state = net.state_dict()
+        state = state_arrays(net)
         for name, expected in self.ref.group(prefix).items():
             self.compare(f"{prefix}.{name}", state[name] if name in state else np.full(1, np.nan), expected)
 
@@ -308,11 +308,15 @@ class ParityRun:
         entries = self.ref.group(prefix)
         if not entries:
             return {}
+        # the archive names the original's parameters; ours may hold several in one (original_layout)
         nets = model.networks()
-        names = list(entries)
-        params = [nets[net].state_dict()[param] for net, param in (key.split(".", 1) for key in names)]
-        grads = jt.grad(loss, params)
-        return {f"{prefix[len('expected.'):]}.{key}": g for key, g in zip(names, grads)}
+        where = {f"{net}.{name}": (net, key, part, parts) for net, module in nets.items()
+                 for name, key, part, parts in original_layout(module)}
+        keys = sorted({where[name][:2] for name in entries})
+        states = {net: nets[net].state_dict() for net in {net for net, _ in keys}}
+        grads = dict(zip(keys, jt.grad(loss, [states[net][key] for net, key in keys])))
+        return {f"{prefix[len('expected.'):]}.{name}": part_of(grads[where[name][:2]], *where[name][2:])
+                for name in entries}
 
     def measure_noise(self, runs=8):
         """The float32 noise of each step output and of G's forwards: the largest change of our own

@@ -1,5 +1,6 @@
 """Run under `mpirun -np N`: one training step of a tiny SPADE on a fixed union batch of 4 pairs,
-each rank taking its shard; writes the generator/discriminator weights after the step.
+each rank taking its shard (G's and D's gradients both at the initial weights, then both updates);
+writes the gradients and the generator/discriminator weights after the step.
 With N=1 it is the single-process reference. Usage: mpi_train_worker.py OUT.npz"""
 import sys
 
@@ -33,14 +34,17 @@ real = jt.array(image[shard])
 
 names = {id(v): f"{net}.{k}" for net, m in (("G", model.netG), ("D", model.netD)) for k, v in m.state_dict().items()}
 arrays = {}
+# Both gradients at the initial weights (training applies G's step before D's): Adam's first step moves
+# each weight by ~lr * sign(gradient), so where a gradient is float noise (a bias before batch norm) one
+# rank count's G differs from the other's by lr there, and the D gradients on its fake would compare that
 g_losses, _, _ = model.generator_losses(sem, real)
-grads = optimizer_G.gradients(sum(g_losses.values()))
-arrays.update({f"grad.{names[id(p)]}": g.numpy() for p, g in zip(optimizer_G.params, grads)})
-optimizer_G.apply(grads)
+grads_G = optimizer_G.gradients(sum(g_losses.values()))
+arrays.update({f"grad.{names[id(p)]}": g.numpy() for p, g in zip(optimizer_G.params, grads_G)})
 d_losses = model.discriminator_losses(sem, real)
-grads = optimizer_D.gradients(sum(d_losses.values()))
-arrays.update({f"grad.{names[id(p)]}": g.numpy() for p, g in zip(optimizer_D.params, grads)})
-optimizer_D.apply(grads)
+grads_D = optimizer_D.gradients(sum(d_losses.values()))
+arrays.update({f"grad.{names[id(p)]}": g.numpy() for p, g in zip(optimizer_D.params, grads_D)})
+optimizer_G.apply(grads_G)
+optimizer_D.apply(grads_D)
 if rank == 0:
     arrays.update({f"G.{k}": v.numpy() for k, v in model.netG.state_dict().items()})
     arrays.update({f"D.{k}": v.numpy() for k, v in model.netD.state_dict().items()})

@@ -297,3 +297,71 @@ def test_a_weight_that_is_not_finite_numbers_is_refused_by_key(bad, words):
     state["bias"] = bad
     with pytest.raises(CheckpointError, match=f"src: bias holds .*{words}"):
         load_state_strict(layer, state, source="src")
+
+
+def test_gamma_and_beta_are_one_weight_inside_and_the_originals_two_in_every_file():
+    """SPADE's mlp_gamma and mlp_beta run as one convolution (normalization.GammaBetaConv2d); what is
+    written and read keeps the original's two layers, in its order, and a load puts each half back."""
+    from jspade.checkpoint import original_layout
+    from jspade.models.normalization import SPADE
+    layer = SPADE("spadesyncbatch3x3", 6, 4)
+    assert "mlp_gamma_beta.weight" in layer.state_dict()
+    names = [name for name, *_ in original_layout(layer)]
+    assert names[-4:] == ["mlp_gamma.weight", "mlp_gamma.bias", "mlp_beta.weight", "mlp_beta.bias"]
+    fused = layer.mlp_gamma_beta.weight.numpy()
+    saved = state_arrays(layer)
+    assert "mlp_gamma_beta.weight" not in saved and saved["mlp_gamma.weight"].shape == (6, 128, 3, 3)
+    np.testing.assert_array_equal(saved["mlp_gamma.weight"], fused[:6])
+    np.testing.assert_array_equal(saved["mlp_beta.weight"], fused[6:])
+    swapped = {**saved, "mlp_gamma.weight": saved["mlp_beta.weight"], "mlp_beta.weight": saved["mlp_gamma.weight"],
+               "mlp_beta.bias": np.arange(6, dtype=np.float32)}
+    load_state_strict(layer, swapped)
+    np.testing.assert_array_equal(layer.mlp_gamma_beta.weight.numpy(), np.concatenate([fused[6:], fused[:6]]))
+    np.testing.assert_array_equal(layer.mlp_gamma_beta.bias.numpy()[6:], np.arange(6))
+    with pytest.raises(CheckpointError, match=r"shape mismatch \(1\): mlp_beta\.bias: \(12,\)"):
+        load_state_strict(layer, {**saved, "mlp_beta.bias": np.zeros(12, np.float32)})
+
+
+def test_gamma_and_beta_are_initialised_as_two_layers():
+    """xavier's scale counts one layer's outputs: stacked, gamma and beta would start 1.2x smaller."""
+    from jspade.models.base import BaseNetwork
+    from jspade.models.normalization import SPADE
+
+    class Holder(BaseNetwork):
+        def __init__(self):
+            self.norm = SPADE("spadeinstance3x3", 128, 4)
+    jt.set_global_seed(0)
+    weight = Holder().init_weights("xavier", 1.0).norm.mlp_gamma_beta.weight.numpy()
+    expected = np.sqrt(2.0 / (128 * 9 + 128 * 9))
+    for half in (weight[:128], weight[128:]):
+        assert abs(half.std() / expected - 1) < 0.02
+
+
+def test_optimizer_state_is_saved_in_the_original_layout_and_resumes():
+    """Adam's moments are checkpointed per original parameter (mlp_gamma and mlp_beta apart), so a
+    checkpoint from before the stacked weight resumes, and one written now reads back the same."""
+    from jspade.checkpoint import original_layout
+    from jspade.models.generator import SPADEResnetBlock
+    from jspade.train.step import adam_for
+    jt.set_global_seed(0)
+    block = SPADEResnetBlock(8, 4, "spadesyncbatch3x3", 5)
+    optimizer = adam_for([block], betas=(0.5, 0.9))
+    rng = np.random.default_rng(0)
+    x = jt.array(rng.standard_normal((2, 8, 6, 6)).astype(np.float32))
+    sem = jt.array(np.eye(5, dtype=np.float32)[rng.integers(0, 5, (2, 6, 6))].transpose(0, 3, 1, 2))
+    optimizer.lr = 1e-3
+    optimizer.step((block(x, sem) ** 2).mean())
+    state = optimizer.state_dict()
+    trainable = {id(p) for p in optimizer.params}
+    own = block.state_dict()
+    original = [name for name, key, *_ in original_layout(block) if id(own[key]) in trainable]
+    assert len(state["v"]) == len(state["m"]) == len(original) > len(optimizer.params)
+    at = original.index("norm_0.mlp_beta.weight")
+    stacked = [id(p) for p in optimizer.params].index(id(block.norm_0.mlp_gamma_beta.weight))
+    np.testing.assert_array_equal(state["v"][at], optimizer.v[stacked].numpy()[8:])
+    again = adam_for([block], betas=(0.5, 0.9))
+    again.load_state_dict(pickle.loads(pickle.dumps(state)))
+    for a, b in zip(again.v + again.m, optimizer.v + optimizer.m):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    with pytest.raises(CheckpointError, match="optimizer state holds"):
+        again.load_state_dict({**state, "v": state["v"][:-1]})

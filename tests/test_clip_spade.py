@@ -61,7 +61,7 @@ def test_clip_dim_zero_adds_nothing_and_clip_model_adds_only_clip_keys():
     assert plain_keys <= set(clip.netG.state_dict())
     assert sorted(filled) == ["G." + k for k in clip_keys(clip.netG)]
     # every SPADE (shortcuts included) and the first feature map have a head; one mapping network
-    spade_layers = [k[: -len(".mlp_gamma.weight")] for k in plain_keys if k.endswith(".mlp_gamma.weight")]
+    spade_layers = [k[: -len(".mlp_gamma_beta.weight")] for k in plain_keys if k.endswith(".mlp_gamma_beta.weight")]
     assert any(".norm_s" in k for k in spade_layers)
     for layer in spade_layers:
         assert f"{layer}.clip_head.clip_affine.weight" in clip.netG.state_dict()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from jittor import nn
 
-from jspade.checkpoint import read_checkpoint
+from jspade.checkpoint import read_checkpoint, state_arrays
 from jspade.inference import load_generator
 from jspade.models.normalization import SyncBatchNorm
 from jspade.runtime import jt
@@ -78,8 +78,7 @@ def test_recalibration_sets_running_stats_to_the_mean_of_batch_statistics():
 
 
 def ema_arrays(trainer):
-    return {name: {k: v.numpy().copy() for k, v in net.state_dict().items()}
-            for name, net in trainer.ema.networks.items()}
+    return {name: state_arrays(net) for name, net in trainer.ema.networks.items()}  # as checkpoints name them
 
 
 def test_ema_survives_save_and_resume_exactly_and_is_rendered_by_default(tmp_path):

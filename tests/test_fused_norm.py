@@ -6,7 +6,7 @@ import pytest
 
 from jspade.models import fused_norm
 from jspade.models.generator import SPADEResnetBlock
-from jspade.models.normalization import FADE, SegmentationMap, keeping_inference_weights
+from jspade.models.normalization import FADE, SegmentationMap, SyncBatchNorm, keeping_inference_weights
 from jspade.models.tsit import FADEResnetBlock
 from jspade.runtime import jt
 
@@ -85,6 +85,69 @@ def test_fade_block_fused_equals_layer_by_layer(restore_fused):
     assert_same(fused, unfused, "FADE block")
 
 
+def run_network(net, x, fused, train):
+    """(outputs, {name: gradient} incl. 'x', {name: buffer}) of a weighted sum of `net`(x)'s outputs
+    (every feature map of a discriminator, both of an encoder)."""
+    fused_norm.set_enabled(fused)
+    net.train() if train else net.eval()
+    xv = jt.array(x)
+    out = net(xv)
+    flat = [o for scale in out for o in (scale if isinstance(scale, list) else [scale])] \
+        if isinstance(out, (list, tuple)) else [out]
+    rng = np.random.default_rng(7)
+    loss = sum((o * jt.array(rng.standard_normal(o.shape).astype(np.float32))).sum() for o in flat)
+    named = [(k, p) for k, p in net.named_parameters() if not p.is_stop_grad()]
+    grads = jt.grad(loss, [xv] + [p for _, p in named])
+    buffers = {k: v.numpy().copy() for k, v in net.state_dict().items() if "running" in k}
+    return ([o.numpy() for o in flat], dict(zip(["x"] + [k for k, _ in named], [g.numpy() for g in grads])),
+            buffers)
+
+
+def assert_networks_same(net, x, train, what):
+    state = {k: v.numpy().copy() for k, v in net.state_dict().items()}
+    unfused = run_network(net, x, False, train)
+    net.load_parameters(state)
+    fused = run_network(net, x, True, train)
+    net.load_parameters(state)
+    for i, (f, u) in enumerate(zip(fused[0], unfused[0])):
+        assert rel_err(f, u) < 2e-6, f"{what}: output {i} differs by {rel_err(f, u):.2e}"
+    assert_same((fused[0][0], fused[1], fused[2]), (unfused[0][0], unfused[1], unfused[2]), what)
+
+
+@pytest.mark.parametrize("norm_S", ["instance", "syncbatch"])
+@pytest.mark.parametrize("train", [True, False])
+def test_stream_block_norms_fused_equal_layer_by_layer(norm_S, train, restore_fused):
+    """TSIT's content stream: conv -> norm (batch norm's affine included) -> leaky ReLU in one pass."""
+    from jspade.models.tsit import StreamResnetBlock
+    rng = np.random.default_rng(9)
+    jt.set_global_seed(9)
+    block = StreamResnetBlock(6, 12, "spectral" + norm_S)  # learned shortcut: three norms
+    for m in block.modules():  # batch norm's affine away from its initial 1 / 0
+        if isinstance(m, SyncBatchNorm):
+            m.weight.update(jt.array(rng.uniform(0.5, 1.5, m.num_features).astype(np.float32)))
+            m.bias.update(jt.array(rng.standard_normal(m.num_features).astype(np.float32)))
+    x = (rng.standard_normal((2, 6, 10, 14)) * 2 + 0.5).astype(np.float32)
+    if not train:
+        block.train()
+        block(jt.array(x * 0.5 + 1)).sync()
+    assert_networks_same(block, x, train, f"stream block {norm_S}")
+
+
+@pytest.mark.parametrize("norm", ["spectralinstance", "spectralsyncbatch"])
+def test_discriminator_and_encoder_norms_fused_equal_layer_by_layer(norm, restore_fused):
+    """The discriminator's and the encoder's conv -> norm -> leaky ReLU, every feature map compared."""
+    from jspade.config import ModelConfig
+    from jspade.models.discriminator import MultiscaleDiscriminator
+    from jspade.models.encoder import ConvEncoder
+    opt = ModelConfig(label_nc=3, ngf=4, ndf=8, crop_size=64, aspect_ratio=1.0, num_D=2, n_layers_D=3,
+                      norm_D=norm, norm_E=norm, use_vae=True)
+    rng = np.random.default_rng(10)
+    jt.set_global_seed(10)
+    x = rng.standard_normal((2, opt.semantic_nc + 3, 64, 64)).astype(np.float32)
+    assert_networks_same(MultiscaleDiscriminator(opt).init_weights(), x, True, f"discriminator {norm}")
+    assert_networks_same(ConvEncoder(opt).init_weights(), x[:, :3], True, f"encoder {norm}")
+
+
 def test_fused_kernel_sees_a_wrong_gamma(restore_fused):
     """The comparison is sharp: the fused layer with beta's and gamma's roles swapped is caught."""
     layer = FADE("fadeinstance3x3", 8, 8)
@@ -95,7 +158,9 @@ def test_fused_kernel_sees_a_wrong_gamma(restore_fused):
     expected = layer(x, feature).numpy()
     fused_norm.set_enabled(True)
     np.testing.assert_allclose(layer(x, feature).numpy(), expected, rtol=1e-5, atol=1e-6)
-    layer.mlp_gamma, layer.mlp_beta = layer.mlp_beta, layer.mlp_gamma
+    conv = layer.mlp_gamma_beta  # gamma's 8 channels, then beta's: swap them
+    for w in (conv.weight, conv.bias):
+        w.update(jt.concat([w[8:], w[:8]]))
     assert rel_err(layer(x, feature).numpy(), expected) > 1e-2
 
 
@@ -121,15 +186,15 @@ def test_statistics_of_large_planes_are_accurate(restore_fused):
 
 
 def test_weights_kept_between_inference_forwards_follow_every_update():
-    """Rendering keeps W / sigma and the concatenated gamma/beta weights between forwards; a changed
-    parameter (a load, a training step, an EMA update: Var.update) must show in the next forward."""
+    """Rendering keeps spectral norm's W / sigma between forwards; a changed parameter (a load, a
+    training step, an EMA update: Var.update) must show in the next forward."""
     block, x, cond = spade_case("spectralspadesyncbatch3x3", 16, 16, seed=6)
     block.eval()
     rng = np.random.default_rng(6)
     changes = [lambda: block.conv_1.weight_orig.update(  # spectral norm's W / sigma
                    block.conv_1.weight_orig + jt.array(rng.standard_normal(block.conv_1.weight_orig.shape)
                                                        .astype(np.float32))),
-               lambda: block.norm_0.mlp_beta.bias.update(block.norm_0.mlp_beta.bias + 1.0)]  # gamma/beta concat
+               lambda: block.norm_0.mlp_gamma_beta.bias.update(block.norm_0.mlp_gamma_beta.bias + 1.0)]
     with jt.no_grad(), keeping_inference_weights():
         before = block(jt.array(x), cond).numpy()
         np.testing.assert_array_equal(block(jt.array(x), cond).numpy(), before)  # kept: the same result
@@ -153,7 +218,7 @@ def test_training_processes_keep_no_weights():
     assert block.conv_0 not in normalization._inference_weights
     with jt.no_grad(), keeping_inference_weights():
         block(jt.array(x), cond).sync()
-    assert block.conv_0 in normalization._inference_weights and block.norm_0 in normalization._inference_weights
+    assert block.conv_0 in normalization._inference_weights and block.conv_1 in normalization._inference_weights
     block.train()
     block(jt.array(x), cond).sync()  # a forward with gradients drops what was kept
     assert block.conv_0 not in normalization._inference_weights

@@ -9,6 +9,7 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
 from jspade.models import losses
+from jspade.checkpoint import state_arrays
 from jspade.config import ModelConfig
 from jspade.models.base import trainable_parameters
 from jspade.models.discriminator import MultiscaleDiscriminator
@@ -328,7 +329,7 @@ def test_trainable_parameters_exclude_buffers():
     buffers = {k for k in state if k.endswith(("weight_u", "weight_v", "running_mean", "running_var"))}
     assert {"conv_0.weight_u", "conv_s.weight_v", "norm_0.param_free_norm.running_var"} <= buffers
     assert names == state - buffers
-    assert {"conv_0.weight_orig", "conv_0.bias", "conv_s.weight_orig", "norm_s.mlp_gamma.weight",
+    assert {"conv_0.weight_orig", "conv_0.bias", "conv_s.weight_orig", "norm_s.mlp_gamma_beta.weight",
             "norm_1.mlp_shared.0.bias"} <= names
     assert "conv_s.bias" not in state  # the learned shortcut has no bias, as in the original
     block.eval()  # Jittor's eval() stop-grads every parameter; train() must give the same set back
@@ -374,7 +375,7 @@ def test_generator_output_shapes(kw, out_hw):
     out = g(random_semantics(opt, b, *out_hw), z=z).numpy()
     assert out.shape == (b, 3, *out_hw)
     assert np.isfinite(out).all() and np.abs(out).max() <= 1.0
-    state = g.state_dict()
+    state = state_arrays(g)  # the original's names
     # the norm string decides the SPADE kernel, the param-free norm and spectral norm
     ks = 5 if "5x5" in opt.norm_G else 3
     assert tuple(state["head_0.norm_0.mlp_shared.0.weight"].shape) == (128, opt.semantic_nc, ks, ks)

@@ -111,11 +111,11 @@ def _check_param_grads(mpi_result, ref, keys):
 def test_block_parameter_gradients_sum_over_ranks(mpi_result, single):
     _, ref = single
     keys = [k for k in ref if k.startswith("grad.block.")]
-    assert {"grad.block.conv_0.weight_orig", "grad.block.norm_0.mlp_gamma.weight", "grad.block.conv_s.weight_orig"} \
+    assert {"grad.block.conv_0.weight_orig", "grad.block.norm_0.mlp_gamma_beta.weight", "grad.block.conv_s.weight_orig"} \
         <= set(keys)
     _check_param_grads(mpi_result, ref, keys)
     # and each rank's own gradient is only its share: neither rank alone has the total
-    for key in ("grad.block.conv_1.weight_orig", "grad.block.norm_1.mlp_beta.bias"):
+    for key in ("grad.block.conv_1.weight_orig", "grad.block.norm_1.mlp_gamma_beta.bias"):
         for rank in range(2):
             assert np.abs(mpi_result[f"per_rank.{key}"][rank] - ref[key]).max() > 1e-3 * np.abs(ref[key]).max()
 

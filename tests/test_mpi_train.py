@@ -45,7 +45,5 @@ def test_two_rank_step_equals_one_rank_step_on_union_batch(tmp_path):
         net = k.split(".")[0]
         meaningful = np.ones(a[k].shape, bool) if g is None else np.abs(g) > 1e-4 * net_max[net]
         diff = np.abs(a[k] - b[k])[meaningful]
-        # Buffers (running statistics, u/v) also saw the D step's fresh fake, made after G's update:
-        # they inherit the lr-sized sign noise above (weights differ by ~lr where the gradient was noise).
         tol = 2e-3 if g is None else 2e-5
         assert diff.size == 0 or diff.max() <= tol * max(1.0, float(np.abs(a[k]).max())), (k, float(diff.max()))

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from jspade.checkpoint import CheckpointError, read_checkpoint
+from jspade.checkpoint import CheckpointError, read_checkpoint, state_arrays
 from jspade.config import Phase
 from jspade.data.synthetic import write_synthetic_dataset
 from jspade.train import restart, run_folder
@@ -20,7 +20,7 @@ from tiny_models import tiny_config
 
 
 def g_weights(trainer):
-    return {k: v.numpy().copy() for k, v in trainer.model.netG.state_dict().items()}
+    return state_arrays(trainer.model.netG)  # as checkpoints name them
 
 
 def tree(folder):

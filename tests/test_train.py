@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from jspade.checkpoint import read_checkpoint
+from jspade.checkpoint import read_checkpoint, state_arrays
 from jspade.runtime import jt
 from jspade.train.schedule import phase_lr
 from jspade.train.trainer import RunFolderError, Trainer
@@ -15,7 +15,7 @@ from tiny_models import straight_and_resumed_runs, tiny_config
 
 
 def g_weights(trainer):
-    return {k: v.numpy().copy() for k, v in trainer.model.netG.state_dict().items()}
+    return state_arrays(trainer.model.netG)  # as checkpoints name them
 
 
 def test_overfit_fixed_batch_lowers_reconstruction_error(tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jspade.checkpoint import CheckpointError, import_pytorch_checkpoint, load_state_strict
+from jspade.checkpoint import CheckpointError, import_pytorch_checkpoint, load_state_strict, state_arrays
 from jspade.config import Config, DataConfig, ModelConfig, Phase, TrainConfig
 from jspade.models import winograd
 from jspade.models.normalization import FADE, InstanceNorm2d, SyncBatchNorm
@@ -55,7 +55,7 @@ def test_tsit_output_shapes_and_original_names(kw, out_hw):
     out = g(semantics(opt, 1, *out_hw), z=z).numpy()
     assert out.shape == (1, 3, *out_hw)
     assert np.isfinite(out).all() and np.abs(out).max() <= 1
-    state = g.state_dict()
+    state = state_arrays(g)  # the original's names
     nf = opt.ngf
     assert (g.sh, g.sw) == (out_hw[0] // 128, out_hw[1] // 128)  # one more upsampling than SPADE's 'more'
     # the content stream: 8 blocks, fmiddle = fin, learned shortcuts where the width changes
@@ -205,9 +205,10 @@ def test_original_tsit_checkpoint_imports_strictly(tmp_path, tsit_reference):
     write_torch_state_dict(folder / "latest_net_G.pth", state)
     model = SPADEModel(ref.opt, with_discriminator=False, with_vgg=False)
     import_pytorch_checkpoint(model, folder)
-    got = model.netG.state_dict()
-    for name in ("content_stream.res_7.conv_1.weight_orig", "head_0.norm_0.mlp_gamma.weight", "fc.bias"):
-        np.testing.assert_array_equal(got[name].numpy(), state[name])
+    got = state_arrays(model.netG)
+    for name in ("content_stream.res_7.conv_1.weight_orig", "head_0.norm_0.mlp_gamma.weight",
+                 "head_0.norm_0.mlp_beta.bias", "fc.bias"):
+        np.testing.assert_array_equal(got[name], state[name])
     # a wrong key set is an error listing every offender
     broken = collections.OrderedDict(state)
     broken["content_stream.res_8.conv_0.bias"] = broken.pop("content_stream.res_0.conv_0.bias")
@@ -312,10 +313,11 @@ class BatchStatistics(jt.nn.Module):
     """A parameter-free norm over batch statistics: the wrong norm for an instance-norm stream, with the
     same (empty) state, so the archive's weights still load."""
 
-    def execute(self, x):
+    def execute(self, x, slope=None):
         mean = x.mean(dims=(0, 2, 3), keepdims=True)
         var = ((x - mean) ** 2).mean(dims=(0, 2, 3), keepdims=True)
-        return (x - mean) / jt.sqrt(var + 1e-5)
+        out = (x - mean) / jt.sqrt(var + 1e-5)
+        return out if slope is None else jt.nn.leaky_relu(out, slope)
 
 
 def _break_stream_norm(monkeypatch, tsit, opt):
@@ -335,7 +337,8 @@ def test_tsit_parity_catches_a_real_bug(tsit_parity, monkeypatch, bug):
                             lambda x: resize_bilinear(x, (x.shape[2] // 2, x.shape[3] // 2)))
     elif bug == "fade_one_plus_gamma":  # gamma instead of 1 + gamma
         def without_one(self, x, f, slope=None):
-            out = self.param_free_norm(x) * self.mlp_gamma(f) + self.mlp_beta(f)
+            gb = self.mlp_gamma_beta(f)
+            out = self.param_free_norm(x) * gb[:, :x.shape[1]] + gb[:, x.shape[1]:]
             return out if slope is None else jt.nn.leaky_relu(out, slope)
         monkeypatch.setattr(normalization.FADE, "execute", without_one)
     else:  # batch statistics where the archive's stream normalises each instance

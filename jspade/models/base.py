@@ -26,8 +26,9 @@ class BaseNetwork(nn.Module):
                 continue
             if not isinstance(m, (nn.Conv2d, nn.Linear, SpectralNorm)):
                 continue
-            fan_out, fan_in = w.shape[0], w.shape[1]
-            receptive = int(w.numel() // (fan_out * fan_in))
+            # layers stored stacked (normalization.GammaBetaConv2d) are initialised as the separate ones they stand for
+            fan_out, fan_in = w.shape[0] // len(getattr(m, "parts", "1")), w.shape[1]
+            receptive = int(math.prod(w.shape[2:]))
             fan_in, fan_out = fan_in * receptive, fan_out * receptive
             if init_type == "normal":
                 new = jt.randn(w.shape) * gain

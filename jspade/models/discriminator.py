@@ -2,7 +2,7 @@
 from jittor import nn
 
 from jspade.models.base import BaseNetwork
-from jspade.models.normalization import nonspade_norm_conv
+from jspade.models.normalization import NormConv, nonspade_norm_conv
 from jspade.models.resize import avg_pool3x3_s2_exclude_pad
 
 
@@ -25,7 +25,9 @@ class NLayerDiscriminator(BaseNetwork):
     def execute(self, x):
         features = []
         for n in range(self.n_layers):
-            x = getattr(self, f"model{n}")(x)
+            layer = getattr(self, f"model{n}")
+            # [conv + norm, leaky ReLU]: the activation in the norm's pass
+            x = layer[0](x, slope=0.2) if isinstance(layer[0], NormConv) else layer(x)
             features.append(x)
         return features
 

@@ -5,7 +5,7 @@ from jspade.runtime import jt
 from jittor import nn
 
 from jspade.models.base import BaseNetwork
-from jspade.models.normalization import nonspade_norm_conv
+from jspade.models.normalization import NormConv, nonspade_norm_conv
 from jspade.models.resize import resize_bilinear
 
 
@@ -33,9 +33,9 @@ class ConvEncoder(BaseNetwork):
         layers = [self.layer1, self.layer2, self.layer3, self.layer4, self.layer5]
         if self.input_size == 256:
             layers.append(self.layer6)
-        for i, layer in enumerate(layers):
-            x = layer(x if i == 0 else nn.leaky_relu(x, 0.2))
-        x = nn.leaky_relu(x, 0.2).reshape(x.shape[0], -1)
+        for layer in layers:  # each followed by leaky ReLU, in the norm's pass where there is one
+            x = layer(x, slope=0.2) if isinstance(layer, NormConv) else nn.leaky_relu(layer(x), 0.2)
+        x = x.reshape(x.shape[0], -1)
         return self.fc_mu(x), self.fc_var(x)
 
 

@@ -1,4 +1,4 @@
-"""SPADE's and FADE's modulated normalisation as three multithreaded CPU passes.
+"""SPADE's and FADE's modulated normalisation, and plain batch/instance norm, as multithreaded CPU passes.
 
 A SPADE layer computes y = norm(x) * (1 + gamma) + beta, gamma = conv_g(h) + bias_g, beta = conv_b(h) +
 bias_b, usually followed by leaky_relu(y, 0.2). Written as Jittor ops that is about ten single-threaded
@@ -15,10 +15,14 @@ Here (`jt.code` kernels; Jittor compiles them with OpenMP, parallel over the (n,
   (written by the forward pass) and y are kept for it (y is the next convolution's input, kept
   anyway); the normalised x is recomputed, and the convolution's output is released.
 
-Rounding: every float32 operation is PyTorch's, in PyTorch's order, without fused multiply-adds (the
-unfused path, normalization.py, has the same order, but Jittor's -Ofast element-wise kernels contract
-some products and sums into FMAs), so the result equals the unfused path to float32 rounding and
-PyTorch's more closely (docs/tsit.md#parity). On CUDA (`jt.flags.use_cuda`) or with
+The same for a plain batch or instance norm (`normalize`: the discriminator's, the encoder's, TSIT's
+content stream, each with the leaky ReLU after it): y = x * alpha + beta with batch norm's affine folded
+into alpha and beta, one pass forward, the two sums and dx backward, keeping x and y only.
+
+Rounding: every float32 operation is PyTorch's, in PyTorch's order, without fused multiply-adds except
+where PyTorch's own kernel has one (`affine`, below). The unfused path, normalization.py, has the same
+order, but Jittor's -Ofast element-wise kernels contract some products and sums into FMAs; so the result
+equals the unfused path to float32 rounding and PyTorch's more closely (docs/tsit.md#parity). On CUDA (`jt.flags.use_cuda`) or with
 JSPADE_FUSED_NORM=0 the unfused path runs instead (Jittor fuses element-wise ops on the GPU itself).
 """
 import os
@@ -46,6 +50,7 @@ def enabled():
 Statistics = namedtuple("Statistics", "mean invstd count synced batch per_instance")
 
 _HEADER = r"""
+#include <cmath>
 #include <cstddef>
 
 namespace fused_norm {
@@ -104,8 +109,10 @@ static void forward(const float* x, const float* gb, const float* bias, const fl
     }
 }
 
-// out[s] = sum of dn, out[S + s] = sum of (x - mean) * dn over group s, in double; dn = dy' * (1 + gamma),
-// dy' the gradient reaching y (through the leaky ReLU: y > 0 exactly where its input was)
+// out[s] = sum of dn, out[S + s] = sum of (x - mean) * dn over group s, in double; dn = dy' * (1 + gamma)
+// when MODULATED, else dy', dy' the gradient reaching y (through the leaky ReLU: y > 0 exactly where its
+// input was)
+template <bool MODULATED>
 static void backward_sums(const float* x, const float* gamma1, const float* y, const float* dy,
                           const float* mean, double* out, Groups g, int leaky, float slope) {
     const int HW = g.HW, S = g.groups();
@@ -118,9 +125,10 @@ static void backward_sums(const float* x, const float* gamma1, const float* y, c
             const float* xp = x + r * HW;
             const float* yp = y + r * HW;
             const float* dp = dy + r * HW;
-            const float* tp = gamma1 + r * HW;
+            const float* tp = MODULATED ? gamma1 + r * HW : nullptr;
             for (int i = 0; i < HW; i++) {
-                const float dn = ((leaky && !(yp[i] > 0.f)) ? dp[i] * slope : dp[i]) * tp[i];
+                const float d = (leaky && !(yp[i] > 0.f)) ? dp[i] * slope : dp[i];
+                const float dn = MODULATED ? d * tp[i] : d;
                 sum_dn += (double)dn;
                 dot += (double)((xp[i] - m) * dn);
             }
@@ -164,6 +172,47 @@ static void backward(const float* x, const float* gamma1, const float* y, const 
     }
 }
 
+// A batch or instance norm with its affine folded in, y = x * alpha[s] + beta[s] (alpha = invstd * w,
+// beta = b - mean * alpha, as PyTorch's CPU kernel), then leaky ReLU with `slope` when `leaky`. That
+// kernel's multiply-add is contracted into one fused multiply-add by its compiler (as by Jittor's
+// -Ofast): std::fma matches it (without, TSIT's eval forward moves from 4.1e-3 to 5.0e-3 off the archive)
+static void affine(const float* x, const float* alpha, const float* beta, float* y, Groups g, int leaky,
+                   float slope) {
+    const int C = g.C, HW = g.HW;
+    #pragma omp parallel for schedule(static)
+    for (int r = 0; r < g.N * C; r++) {
+        const int s = g.per_instance ? r : r % C;
+        const float a = alpha[s], b = beta[s];
+        const float* xp = x + (size_t)r * HW;
+        float* yp = y + (size_t)r * HW;
+        for (int i = 0; i < HW; i++) {
+            const float v = std::fma(xp[i], a, b);
+            yp[i] = (leaky && !(v > 0.f)) ? v * slope : v;
+        }
+    }
+}
+
+// its dx = (dy' - grad_mean - (x - mean) * k) * scale, scale = invstd * w (grad_mean = k = 0 for running
+// statistics), dy' the gradient reaching y
+static void affine_backward(const float* x, const float* y, const float* dy, const float* mean,
+                            const float* grad_mean, const float* k, const float* scale, float* dx, Groups g,
+                            int leaky, float slope) {
+    const int C = g.C, HW = g.HW;
+    #pragma omp parallel for schedule(static)
+    for (int r = 0; r < g.N * C; r++) {
+        const int s = g.per_instance ? r : r % C;
+        const float m = mean[s], gm = grad_mean[s], ks = k[s], a = scale[s];
+        const float* xp = x + (size_t)r * HW;
+        const float* yp = y + (size_t)r * HW;
+        const float* dp = dy + (size_t)r * HW;
+        float* dxp = dx + (size_t)r * HW;
+        for (int i = 0; i < HW; i++) {
+            const float d = (leaky && !(yp[i] > 0.f)) ? dp[i] * slope : dp[i];
+            dxp[i] = (d - gm - (xp[i] - m) * ks) * a;
+        }
+    }
+}
+
 }  // namespace fused_norm
 """
 
@@ -172,8 +221,13 @@ _GROUPS = 'fused_norm::Groups{(int)data["n"], (int)data["c"], (int)data["hw"], (
 _SUMS_SRC = f'fused_norm::sums(in0_p, in1_p, out0_p, {_GROUPS}, (int)data["mode"]);'
 _FORWARD_SRC = f'fused_norm::forward(in0_p, in1_p, in2_p, in3_p, in4_p, out0_p, {{gamma1}}, {_GROUPS}, ' \
                '(int)data["leaky"], (float)data["slope"]);'
-_BACKWARD_SUMS_SRC = f'fused_norm::backward_sums(in0_p, in1_p, in2_p, in3_p, in4_p, out0_p, {_GROUPS}, ' \
+_BACKWARD_SUMS_SRC = f'fused_norm::backward_sums<true>(in0_p, in1_p, in2_p, in3_p, in4_p, out0_p, {_GROUPS}, ' \
                      '(int)data["leaky"], (float)data["slope"]);'
+_AFFINE_BACKWARD_SUMS_SRC = f'fused_norm::backward_sums<false>(in0_p, nullptr, in1_p, in2_p, in3_p, out0_p, ' \
+                            f'{_GROUPS}, (int)data["leaky"], (float)data["slope"]);'
+_AFFINE_SRC = f'fused_norm::affine(in0_p, in1_p, in2_p, out0_p, {_GROUPS}, (int)data["leaky"], (float)data["slope"]);'
+_AFFINE_BACKWARD_SRC = f'fused_norm::affine_backward(in0_p, in1_p, in2_p, in3_p, in4_p, in5_p, in6_p, out0_p, ' \
+                       f'{_GROUPS}, (int)data["leaky"], (float)data["slope"]);'
 _BACKWARD_SRC = f'fused_norm::backward(in0_p, in1_p, in2_p, in3_p, in4_p, in5_p, in6_p, in7_p, out0_p, out1_p, ' \
                 f'out2_p, {_GROUPS}, (int)data["leaky"], (float)data["slope"]);'
 
@@ -257,3 +311,46 @@ def modulate(x, gb, bias, stats, slope=None):
     if jt.flags.no_grad:
         return _forward(*args, _data(x, stats, slope))
     return _Modulate.apply(*args, stats, slope)
+
+
+class _Normalize(jt.Function):
+    def execute(self, x, weight, bias, stats, slope):
+        data = _data(x, stats, slope)
+        alpha = stats.invstd if weight is None else stats.invstd * weight
+        beta = (0 if bias is None else bias) - stats.mean * alpha
+        y = _code(x.shape, "float32", [x, alpha, beta], _AFFINE_SRC, data)
+        # kept for the backward: x and y (the next layer's input, kept anyway)
+        self.saved = (x, y, alpha, stats, data, weight is not None, bias is not None)
+        return y
+
+    def grad(self, dy):
+        x, y, scale, stats, data, has_weight, has_bias = self.saved
+        mean, invstd = stats.mean, stats.invstd
+        s = mean.shape[0]
+        both = _code((2 * s,), "float64", [x, y, dy.float32(), mean], _AFFINE_BACKWARD_SUMS_SRC, data)
+        sum_dy, dot = both[:s], both[s:]
+        # this rank's share for the weight and bias (the optimiser averages them like any other
+        # parameter's), the union batch's sums for the input: as normalization._BatchNormFunction.grad
+        grad_weight = dot.float32() * invstd if has_weight else None
+        grad_bias = sum_dy.float32() if has_bias else None
+        if stats.batch:
+            if stats.synced:
+                both = both.mpi_all_reduce("add")
+                sum_dy, dot = both[:s], both[s:]
+            k = dot.float32() * invstd * invstd / stats.count
+            grad_mean = (sum_dy / stats.count).float32()
+        else:
+            k = grad_mean = jt.zeros(mean.shape, "float32")
+        dx = _code(x.shape, "float32", [x, y, dy.float32(), mean, grad_mean, k, scale], _AFFINE_BACKWARD_SRC, data)
+        return dx, grad_weight, grad_bias, None, None
+
+
+def normalize(x, stats, weight=None, bias=None, slope=None):
+    """leaky_relu(norm(x) * weight + bias, slope) (no activation when `slope` is None; no affine where
+    weight/bias are None), norm(x) = (x - stats.mean) * stats.invstd: a batch or instance norm layer and
+    the activation after it in one pass forward, two backward, keeping only x and the output.
+    weight and bias are per channel (batch norm's affine; not with per-instance statistics)."""
+    assert weight is None or not stats.per_instance
+    args = (x.float32(), None if weight is None else weight.float32(), None if bias is None else bias.float32())
+    stats = stats._replace(mean=stats.mean.float32().stop_grad(), invstd=stats.invstd.float32().stop_grad())
+    return _Normalize.apply(*args, stats, slope)  # under jt.no_grad its forward alone

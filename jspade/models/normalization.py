@@ -24,12 +24,11 @@ from jspade.models.label_conv import label_conv
 from jspade.models.resize import resize_nearest
 
 
-# Weights derived from parameters (spectral norm's W / sigma, SPADE's concatenated gamma/beta weights),
-# kept between the forwards of an application that renders (inference.render: infer, the painter):
-# recomputing them is about a tenth of an inference at ngf 16. The key is the ids of the Vars they come
-# from, which change whenever one is updated (a training step, an EMA update, a load), so a kept value is
-# never stale. Only within `keeping_inference_weights()` and under jt.no_grad: a training process (whose
-# FID and sample renders run under no_grad too) keeps no copy of its weights.
+# Spectral norm's W / sigma, kept between the forwards of an application that renders (inference.render:
+# infer, the painter): recomputing it is about a tenth of an inference at ngf 16. The key is the ids of
+# the Vars it comes from, which change whenever one is updated (a training step, an EMA update, a load),
+# so a kept value is never stale. Only within `keeping_inference_weights()` and under jt.no_grad: a
+# training process (whose FID and sample renders run under no_grad too) keeps no copy of its weights.
 _inference_weights = weakref.WeakKeyDictionary()
 _keeping = False
 
@@ -46,7 +45,7 @@ def keeping_inference_weights():
 
 
 def inference_weights(layer, sources, make):
-    """make() (Vars derived from the Vars `sources`), kept for `layer` across inference forwards."""
+    """make() (a Var derived from the Vars `sources`), kept for `layer` across inference forwards."""
     if not (_keeping and jt.flags.no_grad):
         _inference_weights.pop(layer, None)
         return make()
@@ -54,7 +53,7 @@ def inference_weights(layer, sources, make):
     kept = _inference_weights.get(layer)
     if kept is None or kept[0] != key:
         value = make()
-        jt.sync(list(value) if isinstance(value, tuple) else [value])
+        value.sync()
         kept = _inference_weights[layer] = (key, value)
     return kept[1]
 
@@ -200,8 +199,7 @@ class SyncBatchNorm(nn.Module):
 
     def statistics(self, x):
         """The `fused_norm.Statistics` this layer normalises `x` with (the batch's in training mode,
-        running statistics updated; the running ones in eval mode), for a modulated norm (no affine)."""
-        assert self.weight is None, "fused_norm.modulate takes a parameter-free batch norm"
+        running statistics updated; the running ones in eval mode)."""
         if self.is_training():
             synced = self.sync and jt.in_mpi
             mean, var, invstd, n = batch_statistics(x, self.eps, synced)
@@ -210,20 +208,24 @@ class SyncBatchNorm(nn.Module):
         invstd = 1.0 / jt.sqrt(self.running_var + self.eps)
         return fused_norm.Statistics(self.running_mean, invstd, None, False, False, False)
 
-    def execute(self, x):
+    def execute(self, x, slope=None):
+        """The normalised x, then leaky ReLU with `slope` unless None (one pass, with fused_norm)."""
+        if fused_norm.enabled():
+            return fused_norm.normalize(x, self.statistics(x), self.weight, self.bias, slope)
         c = self.num_features
         if self.is_training():
             out, mean, var, n = batch_norm_train(x, self.weight, self.bias, self.eps,
                                                  synced=self.sync and jt.in_mpi)
             self._update_running(mean, var, n)
-            return out
-        alpha = 1.0 / jt.sqrt(self.running_var + self.eps)
-        if self.weight is not None:
-            alpha = alpha * self.weight
-        beta = -self.running_mean * alpha
-        if self.bias is not None:
-            beta = beta + self.bias
-        return x * alpha.reshape(1, c, 1, 1) + beta.reshape(1, c, 1, 1)
+        else:
+            alpha = 1.0 / jt.sqrt(self.running_var + self.eps)
+            if self.weight is not None:
+                alpha = alpha * self.weight
+            beta = -self.running_mean * alpha
+            if self.bias is not None:
+                beta = beta + self.bias
+            out = x * alpha.reshape(1, c, 1, 1) + beta.reshape(1, c, 1, 1)
+        return out if slope is None else nn.leaky_relu(out, slope)
 
 
 class InstanceNorm2d(nn.Module):
@@ -239,10 +241,14 @@ class InstanceNorm2d(nn.Module):
         mean, _, invstd, count = batch_statistics(x.reshape(1, n * c, h, w), self.eps)
         return fused_norm.Statistics(mean, invstd, count, False, True, True)
 
-    def execute(self, x):
+    def execute(self, x, slope=None):
+        """The normalised x, then leaky ReLU with `slope` unless None (one pass, with fused_norm)."""
+        if fused_norm.enabled():
+            return fused_norm.normalize(x, self.statistics(x), slope=slope)
         n, c, h, w = x.shape
         out, _, _, _ = batch_norm_train(x.reshape(1, n * c, h, w), eps=self.eps)
-        return out.reshape(n, c, h, w)
+        out = out.reshape(n, c, h, w)
+        return out if slope is None else nn.leaky_relu(out, slope)
 
 
 def conv2d(in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, spectral=False):
@@ -265,7 +271,15 @@ def nonspade_norm_conv(norm_type, in_channels, out_channels, kernel_size, stride
         norm = SyncBatchNorm(out_channels, affine=True, sync=sub != "batch")
     else:
         raise ValueError(f"normalization layer {sub!r} is not recognized (norm type {norm_type!r})")
-    return nn.Sequential(conv, norm)
+    return NormConv(conv, norm)
+
+
+class NormConv(nn.Sequential):
+    """A convolution and the normalisation after it (the original's Sequential of the two, same state
+    names); `slope` folds the leaky ReLU that follows into the normalisation's pass."""
+
+    def execute(self, x, slope=None):
+        return self[1](self[0](x), slope=slope)
 
 
 def param_free_norm(kind, config_text, norm_nc):
@@ -310,6 +324,19 @@ class SegmentationMap:
         return self._resized[size]
 
 
+class GammaBetaConv2d(winograd.Conv2d):
+    """The original's `mlp_gamma` and `mlp_beta` (two convolutions of one input, `norm_nc` channels each)
+    stored as one: gamma's output channels, then beta's. Their input is read once and its gradient comes
+    from one backward pass, with no copy of the weights per forward. `parts` names the original layers:
+    checkpoints, .pth files and parity archives keep them as two (`checkpoint.original_layout`), and
+    initialisation treats each as its own layer (`base.BaseNetwork.init_weights`)."""
+
+    parts = ("mlp_gamma", "mlp_beta")
+
+    def __init__(self, in_channels, norm_nc, kernel_size, padding):
+        super().__init__(in_channels, len(self.parts) * norm_nc, kernel_size, padding=padding)
+
+
 class SPADE(nn.Module):
     """Spatially-adaptive normalisation. `config_text` is e.g. 'spadesyncbatch3x3' or 'spadeinstance5x5'.
     With `style_width` > 0 (a CLIP model), a `clip_head` scales and shifts the hidden map (mlp_shared's
@@ -321,8 +348,7 @@ class SPADE(nn.Module):
         self.param_free_norm, ks = param_free_norm("spade", config_text, norm_nc)
         pw = ks // 2
         self.mlp_shared = nn.Sequential(winograd.Conv2d(label_nc, self.nhidden, ks, padding=pw), nn.ReLU())
-        self.mlp_gamma = winograd.Conv2d(self.nhidden, norm_nc, ks, padding=pw)
-        self.mlp_beta = winograd.Conv2d(self.nhidden, norm_nc, ks, padding=pw)
+        self.mlp_gamma_beta = GammaBetaConv2d(self.nhidden, norm_nc, ks, padding=pw)
         if style_width:
             self.clip_head = ClipHead(style_width, self.nhidden)
 
@@ -371,24 +397,22 @@ class FADE(nn.Module):
     def __init__(self, config_text, norm_nc, feature_nc):
         self.param_free_norm, ks = param_free_norm("fade", config_text, norm_nc)
         pw = ks // 2
-        self.mlp_gamma = winograd.Conv2d(feature_nc, norm_nc, ks, padding=pw)
-        self.mlp_beta = winograd.Conv2d(feature_nc, norm_nc, ks, padding=pw)
+        self.mlp_gamma_beta = GammaBetaConv2d(feature_nc, norm_nc, ks, padding=pw)
 
     def execute(self, x, feature, slope=None):
         return modulated_norm(self, x, feature, slope)
 
 
 def modulated_norm(layer, x, actv, slope=None):
-    """A SPADE or FADE `layer`'s output, norm(x) * (1 + mlp_gamma(actv)) + mlp_beta(actv), then leaky
-    ReLU with `slope` unless None. On the CPU mlp_gamma and mlp_beta run as one convolution (their
-    weights concatenated: `actv` is read once, and its gradient comes from one backward pass) and the
-    rest in fused_norm's kernels; else, or with them disabled, layer by layer."""
-    gamma, beta = layer.mlp_gamma, layer.mlp_beta
+    """A SPADE or FADE `layer`'s output, norm(x) * (1 + gamma) + beta with gamma, beta = mlp_gamma(actv),
+    mlp_beta(actv), then leaky ReLU with `slope` unless None. On the CPU the rest after the convolution
+    runs in fused_norm's kernels; else, or with them disabled, layer by layer."""
+    conv = layer.mlp_gamma_beta
     if not fused_norm.enabled():
-        out = layer.param_free_norm(x) * (1 + gamma(actv)) + beta(actv)
+        gb = conv(actv)
+        c = x.shape[1]
+        out = layer.param_free_norm(x) * (1 + gb[:, :c]) + gb[:, c:]
         return out if slope is None else nn.leaky_relu(out, slope)
     stats = layer.param_free_norm.statistics(x)
-    weight, bias = inference_weights(layer, (gamma.weight, beta.weight, gamma.bias, beta.bias),
-                                     lambda: (jt.concat([gamma.weight, beta.weight], 0), jt.concat([gamma.bias, beta.bias])))
-    gb = winograd.conv2d(actv, weight, None, gamma.stride, gamma.padding, gamma.dilation, gamma.groups)
-    return fused_norm.modulate(x, gb, bias, stats, slope)
+    gb = winograd.conv2d(actv, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return fused_norm.modulate(x, gb, conv.bias, stats, slope)

@@ -48,12 +48,10 @@ class StreamResnetBlock(nn.Module):
             self.norm_layer_s = _stream_norm(norm_type, fout)
 
     def execute(self, x):
-        if self.learned_shortcut:
-            x_s = nn.leaky_relu(self.norm_layer_s(self.conv_s(x)), 0.2)
-        else:
-            x_s = x
-        dx = nn.leaky_relu(self.norm_layer_in(self.conv_0(x)), 0.2)
-        dx = nn.leaky_relu(self.norm_layer_out(self.conv_1(dx)), 0.2)
+        # each norm with the leaky ReLU after it in one pass
+        x_s = self.norm_layer_s(self.conv_s(x), slope=0.2) if self.learned_shortcut else x
+        dx = self.norm_layer_in(self.conv_0(x), slope=0.2)
+        dx = self.norm_layer_out(self.conv_1(dx), slope=0.2)
         return x_s + dx
 
 

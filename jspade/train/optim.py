@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from jspade.checkpoint import part_of
 from jspade.runtime import jt
 from jspade.safe_load import CheckpointError
 
@@ -44,10 +45,14 @@ for (size_t i = 0; i < n; i++) {
 
 class Adam:
     """With beta1 = 0 (TTUR's betas, the default) the first moment is the gradient itself: m is then
-    not kept (one parameter-sized tensor less per parameter: 350 MB for SPADE at ngf 64)."""
+    not kept (one parameter-sized tensor less per parameter: 350 MB for SPADE at ngf 64).
+    `layout`: [(parameter index, part, parts)], the tensors `state_dict` holds the moments as (the
+    original's parameters, `checkpoint.original_layout`: a stored-stacked parameter is several there);
+    by default one per parameter."""
 
-    def __init__(self, params, lr, betas=(0.0, 0.9), eps=1e-8):
+    def __init__(self, params, lr, betas=(0.0, 0.9), eps=1e-8, layout=None):
         self.params = list(params)
+        self.layout = list(layout) if layout is not None else [(i, 0, 1) for i in range(len(self.params))]
         self.lr, self.betas, self.eps = lr, betas, eps
         self.step_count = 0
         self.keeps_m = betas[0] != 0
@@ -111,20 +116,29 @@ class Adam:
 
     def state_dict(self):
         """m is saved as an empty list when not kept (beta1 = 0: its value never enters a step)."""
+        def stored(moments):
+            arrays = [x.numpy() for x in moments]
+            return [part_of(arrays[i], part, parts) for i, part, parts in self.layout]
         return {"step": self.step_count, "lr": self.lr, "betas": tuple(self.betas), "eps": self.eps,
-                "m": [x.numpy() for x in self.m] if self.keeps_m else [], "v": [x.numpy() for x in self.v]}
+                "m": stored(self.m) if self.keeps_m else [], "v": stored(self.v)}
 
     def load_state_dict(self, state):
         m, v = list(state["m"]), list(state["v"])
-        if len(v) != len(self.params) or len(m) not in (0, len(self.params)):
-            raise CheckpointError(f"optimizer state holds {len(v)} tensors, the model has {len(self.params)}")
+        if len(v) != len(self.layout) or len(m) not in (0, len(self.layout)):
+            raise CheckpointError(f"optimizer state holds {len(v)} tensors, the model has {len(self.layout)}")
         self.step_count = int(state["step"])
         self.lr = state["lr"]
+
+        def joined(arrays):
+            pieces = [[] for _ in self.params]
+            for (i, _, _), array in zip(self.layout, arrays):
+                pieces[i].append(np.asarray(array, np.float32))
+            return [np.concatenate(p) if len(p) > 1 else p[0] if p else None for p in pieces]
         # a state saved without m (beta1 was 0) resumes with m = 0; one with m, into beta1 = 0, drops it
-        pairs = list(zip(self.v, v))
+        pairs = list(zip(self.v, joined(v)))
         if self.keeps_m:
-            pairs += list(zip(self.m, m or [np.zeros(b.shape, np.float32) for b in self.v]))
+            pairs += list(zip(self.m, joined(m) if m else [np.zeros(b.shape, np.float32) for b in self.v]))
         for buf, arr in pairs:
-            if tuple(buf.shape) != tuple(np.shape(arr)):
+            if arr is None or tuple(buf.shape) != tuple(arr.shape):
                 raise CheckpointError("optimizer state does not match the model's parameter shapes")
-            buf.update(jt.array(np.asarray(arr)))
+            buf.update(jt.array(arr))

@@ -3,6 +3,7 @@ then a discriminator step on a fresh fake, each with Adam; TTUR (G at half the p
 betas (0, 0.9)) unless train.no_ttur. The trainer and scripts/benchmark.py both train through
 `train_step`, so what the benchmark times is what training runs. Also what the step computes with:
 the perceptual loss's VGG19 weights, mixed precision."""
+from jspade.checkpoint import original_layout
 from jspade.models.base import trainable_parameters
 from jspade.runtime import jt
 from jspade.train.optim import Adam
@@ -11,8 +12,17 @@ from jspade.train.optim import Adam
 def build_optimizers(model, t):
     """(Adam for G and E, Adam for D) for `t` (the train config); the lr is set per epoch (`set_lr`)."""
     betas = (t.beta1, t.beta2) if t.no_ttur else (0.0, 0.9)
-    g_params = trainable_parameters(model.netG) + (trainable_parameters(model.netE) if model.netE is not None else [])
-    return Adam(g_params, lr=0.0, betas=betas), Adam(trainable_parameters(model.netD), lr=0.0, betas=betas)
+    g_nets = [model.netG] + ([model.netE] if model.netE is not None else [])
+    return adam_for(g_nets, betas), adam_for([model.netD], betas)
+
+
+def adam_for(networks, betas):
+    """Adam over the trainable parameters of `networks`, its checkpoint state in the original's layout."""
+    params = [p for net in networks for p in trainable_parameters(net)]
+    index = {id(p): i for i, p in enumerate(params)}
+    layout = [(index[id(state[key])], part, parts) for net in networks for state in (net.state_dict(),)
+              for _, key, part, parts in original_layout(net) if id(state[key]) in index]
+    return Adam(params, lr=0.0, betas=betas, layout=layout)
 
 
 def set_lr(optimizer_G, optimizer_D, lr, no_ttur=False):
