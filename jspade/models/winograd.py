@@ -204,22 +204,20 @@ class _Conv3x3(jt.Function):
 # One image's pixels decide, so that splitting a batch over MPI ranks does not change which algorithm
 # (and rounding) a layer gets; except for wide layers, where the tiles of the whole batch pay: VGG19's
 # 512-channel convolutions at 12x16 take half the time by Winograd in a batch of 4 (the same in a
-# batch of 1), while narrower ones gain a millisecond or lose one. The widest (SPADE's 1024-channel
-# blocks at ngf 64) pay on any map, one image or more: at 12x16 38 -> 22 ms forward, 94 -> 55 ms with the
-# backward; at 6x8 22 -> 19 ms (there the weights' handling, not the arithmetic, is most of the time).
+# batch of 1), while narrower ones gain a millisecond or lose one. (SPADE's 1024-channel blocks at ngf 64
+# on one image of 12x16 measured 38 -> 22 ms forward alone, but by Winograd an ngf-64 training process
+# peaked 250 MB higher (the buffers kept for the transformed 1024x1024 weights): docs/performance.md.)
 MIN_PIXELS = 512
 MIN_IN_CHANNELS = 16
 MIN_BATCH_PIXELS_WIDE = 384        # N x H x W, for a layer of at least WIDE weights
 WIDE = 1 << 17                     # in x out channels: 256 x 512
-WIDEST = 1 << 20                   # 1024 x 1024
 
 
 def winograd_pays(x_shape, out_channels):
     n, c, h, w = x_shape
     if c < MIN_IN_CHANNELS:
         return False
-    return (h * w >= MIN_PIXELS or c * out_channels >= WIDEST
-            or (c * out_channels >= WIDE and n * h * w >= MIN_BATCH_PIXELS_WIDE))
+    return h * w >= MIN_PIXELS or (c * out_channels >= WIDE and n * h * w >= MIN_BATCH_PIXELS_WIDE)
 
 
 def conv3x3(x, weight, bias=None):
