@@ -5,6 +5,8 @@ from jspade.models.base import BaseNetwork
 from jspade.models.normalization import NormConv, nonspade_norm_conv
 from jspade.models.resize import avg_pool3x3_s2_exclude_pad
 
+SLOPE = 0.2  # of every leaky ReLU here
+
 
 class NLayerDiscriminator(BaseNetwork):
     """Returns every intermediate feature map (for the feature-matching loss); the last is the prediction."""
@@ -14,12 +16,12 @@ class NLayerDiscriminator(BaseNetwork):
         nf = opt.ndf
         input_nc = opt.semantic_nc + opt.output_nc
         self.n_layers = opt.n_layers_D + 1
-        self.model0 = nn.Sequential(nn.Conv2d(input_nc, nf, kw, stride=2, padding=padw), nn.LeakyReLU(0.2))
+        self.model0 = nn.Sequential(nn.Conv2d(input_nc, nf, kw, stride=2, padding=padw), nn.LeakyReLU(SLOPE))
         for n in range(1, opt.n_layers_D):
             nf_prev, nf = nf, min(nf * 2, 512)
             stride = 1 if n == opt.n_layers_D - 1 else 2
             conv = nonspade_norm_conv(opt.norm_D, nf_prev, nf, kw, stride=stride, padding=padw)
-            setattr(self, f"model{n}", nn.Sequential(conv, nn.LeakyReLU(0.2)))
+            setattr(self, f"model{n}", nn.Sequential(conv, nn.LeakyReLU(SLOPE)))
         setattr(self, f"model{opt.n_layers_D}", nn.Sequential(nn.Conv2d(nf, 1, kw, stride=1, padding=padw)))
 
     def execute(self, x):
@@ -27,7 +29,7 @@ class NLayerDiscriminator(BaseNetwork):
         for n in range(self.n_layers):
             layer = getattr(self, f"model{n}")
             # [conv + norm, leaky ReLU]: the activation in the norm's pass
-            x = layer[0](x, slope=0.2) if isinstance(layer[0], NormConv) else layer(x)
+            x = layer[0](x, slope=SLOPE) if isinstance(layer[0], NormConv) else layer(x)
             features.append(x)
         return features
 

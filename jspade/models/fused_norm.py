@@ -22,8 +22,9 @@ into alpha and beta, one pass forward, the two sums and dx backward, keeping x a
 Rounding: every float32 operation is PyTorch's, in PyTorch's order, without fused multiply-adds except
 where PyTorch's own kernel has one (`affine`, below). The unfused path, normalization.py, has the same
 order, but Jittor's -Ofast element-wise kernels contract some products and sums into FMAs; so the result
-equals the unfused path to float32 rounding and PyTorch's more closely (docs/tsit.md#parity). On CUDA (`jt.flags.use_cuda`) or with
-JSPADE_FUSED_NORM=0 the unfused path runs instead (Jittor fuses element-wise ops on the GPU itself).
+equals the unfused path to float32 rounding and PyTorch's more closely (docs/tsit.md#parity). On CUDA
+(`jt.flags.use_cuda`) or with JSPADE_FUSED_NORM=0 the unfused path runs instead (Jittor fuses
+element-wise ops on the GPU itself).
 """
 import os
 from collections import namedtuple
@@ -325,9 +326,9 @@ class _Normalize(jt.Function):
 
     def grad(self, dy):
         x, y, scale, stats, data, has_weight, has_bias = self.saved
-        mean, invstd = stats.mean, stats.invstd
+        mean, invstd, dy = stats.mean, stats.invstd, dy.float32()
         s = mean.shape[0]
-        both = _code((2 * s,), "float64", [x, y, dy.float32(), mean], _AFFINE_BACKWARD_SUMS_SRC, data)
+        both = _code((2 * s,), "float64", [x, y, dy, mean], _AFFINE_BACKWARD_SUMS_SRC, data)
         sum_dy, dot = both[:s], both[s:]
         # this rank's share for the weight and bias (the optimiser averages them like any other
         # parameter's), the union batch's sums for the input: as normalization._BatchNormFunction.grad
@@ -341,7 +342,7 @@ class _Normalize(jt.Function):
             grad_mean = (sum_dy / stats.count).float32()
         else:
             k = grad_mean = jt.zeros(mean.shape, "float32")
-        dx = _code(x.shape, "float32", [x, y, dy.float32(), mean, grad_mean, k, scale], _AFFINE_BACKWARD_SRC, data)
+        dx = _code(x.shape, "float32", [x, y, dy, mean, grad_mean, k, scale], _AFFINE_BACKWARD_SRC, data)
         return dx, grad_weight, grad_bias, None, None
 
 
