@@ -20,8 +20,11 @@ def adam_for(networks, betas):
     """Adam over the trainable parameters of `networks`, its checkpoint state in the original's layout."""
     params = [p for net in networks for p in trainable_parameters(net)]
     index = {id(p): i for i, p in enumerate(params)}
-    layout = [(index[id(state[key])], part, parts) for net in networks for state in (net.state_dict(),)
-              for _, key, part, parts in original_layout(net) if id(state[key]) in index]
+    layout = []
+    for net in networks:
+        state = net.state_dict()
+        layout += [(index[id(state[key])], part, parts) for _, key, part, parts in original_layout(net)
+                   if id(state[key]) in index]
     return Adam(params, lr=0.0, betas=betas, layout=layout)
 
 
