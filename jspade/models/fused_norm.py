@@ -271,6 +271,20 @@ def _forward(x, gb, bias, mean, invstd, data, gamma1=False):
     return _code(shapes, ["float32"] * 2 if gamma1 else "float32", [x, gb, bias, mean, invstd], src, data)
 
 
+def _statistics_terms(both, invstd, stats):
+    """(k, grad_mean) of batch norm's input gradient, as normalization._BatchNormFunction.grad computes
+    them in float32, from this rank's backward sums `both` = [sum of dn, sum of (x - mean) * dn] (float64;
+    all-reduced here under sync batch norm); zeros for running statistics (constants: no such terms)."""
+    s = stats.mean.shape[0]
+    if not stats.batch:
+        zeros = jt.zeros((s,), "float32")
+        return zeros, zeros
+    if stats.synced:
+        both = both.mpi_all_reduce("add")
+    sum_dn, dot = both[:s], both[s:]
+    return dot.float32() * invstd * invstd / stats.count, (sum_dn / stats.count).float32()
+
+
 class _Modulate(jt.Function):
     def execute(self, x, gb, bias, mean, invstd, stats, slope):
         data = _data(x, stats, slope)
@@ -282,17 +296,10 @@ class _Modulate(jt.Function):
     def grad(self, dy):
         x, gamma1, mean, invstd, y, stats, data = self.saved
         dy = dy.float32()
-        if stats.batch:
-            s = mean.shape[0]
-            both = _code((2 * s,), "float64", [x, gamma1, y, dy, mean], _BACKWARD_SUMS_SRC, data)
-            if stats.synced:
-                both = both.mpi_all_reduce("add")
-            sum_dn, dot = both[:s], both[s:]
-            # as normalization._BatchNormFunction.grad, in float32
-            k = dot.float32() * invstd * invstd / stats.count
-            grad_mean = (sum_dn / stats.count).float32()
-        else:
-            k = grad_mean = jt.zeros(mean.shape, "float32")
+        both = None
+        if stats.batch:  # the sums are needed only for the batch statistics' gradient terms
+            both = _code((2 * mean.shape[0],), "float64", [x, gamma1, y, dy, mean], _BACKWARD_SUMS_SRC, data)
+        k, grad_mean = _statistics_terms(both, invstd, stats)
         n, c = x.shape[:2]
         dx, dgb, dbias_rows = _code([x.shape, (n, 2 * c, *x.shape[2:]), (n, 2 * c)], ["float32", "float32", "float64"],
                                     [x, gamma1, y, dy, mean, invstd, grad_mean, k], _BACKWARD_SRC, data)
@@ -334,14 +341,7 @@ class _Normalize(jt.Function):
         # parameter's), the union batch's sums for the input: as normalization._BatchNormFunction.grad
         grad_weight = dot.float32() * invstd if has_weight else None
         grad_bias = sum_dy.float32() if has_bias else None
-        if stats.batch:
-            if stats.synced:
-                both = both.mpi_all_reduce("add")
-                sum_dy, dot = both[:s], both[s:]
-            k = dot.float32() * invstd * invstd / stats.count
-            grad_mean = (sum_dy / stats.count).float32()
-        else:
-            k = grad_mean = jt.zeros(mean.shape, "float32")
+        k, grad_mean = _statistics_terms(both, invstd, stats)
         dx = _code(x.shape, "float32", [x, y, dy, mean, grad_mean, k, scale], _AFFINE_BACKWARD_SRC, data)
         return dx, grad_weight, grad_bias, None, None
 
