@@ -23,7 +23,7 @@ from jspade.data.semantics import model_label_id_problem, semantics_for
 from jspade.data.transforms import to_uint8_images
 from jspade.atomic import save_image_atomic
 from jspade.models.encoder import noise_for, reparameterize
-from jspade.models.normalization import keeping_inference_weights
+from jspade.models.kept_weights import keeping_inference_weights
 from jspade.errors import JspadeError, UnsupportedRequest
 from jspade.models.spade_model import SPADEModel, check_output_size
 from jspade.style_bank import StyleBank, project_text

@@ -85,7 +85,7 @@ def main(argv=None):
     from jspade.config import TrainConfig
     from jspade.models import winograd
     from jspade.models.base import trainable_parameters
-    from jspade.models.normalization import keeping_inference_weights
+    from jspade.models.kept_weights import keeping_inference_weights
     from jspade.models.spade_model import SPADEModel
     from jspade.train.step import build_optimizers, set_lr, train_step
 

@@ -6,7 +6,8 @@ import pytest
 
 from jspade.models import fused_norm
 from jspade.models.generator import SPADEResnetBlock
-from jspade.models.normalization import FADE, SegmentationMap, SyncBatchNorm, keeping_inference_weights
+from jspade.models.kept_weights import keeping_inference_weights
+from jspade.models.normalization import FADE, SegmentationMap, SyncBatchNorm
 from jspade.models.tsit import FADEResnetBlock
 from jspade.runtime import jt
 
@@ -186,14 +187,16 @@ def test_statistics_of_large_planes_are_accurate(restore_fused):
 
 
 def test_weights_kept_between_inference_forwards_follow_every_update():
-    """Rendering keeps spectral norm's W / sigma between forwards; a changed parameter (a load, a
-    training step, an EMA update: Var.update) must show in the next forward."""
+    """Rendering keeps spectral norm's W / sigma and convolution weights (in oneDNN's layout) between
+    forwards; a changed parameter (a load, a training step, an EMA update: Var.update) must show in the
+    next forward."""
     block, x, cond = spade_case("spectralspadesyncbatch3x3", 16, 16, seed=6)
     block.eval()
     rng = np.random.default_rng(6)
     changes = [lambda: block.conv_1.weight_orig.update(  # spectral norm's W / sigma
                    block.conv_1.weight_orig + jt.array(rng.standard_normal(block.conv_1.weight_orig.shape)
                                                        .astype(np.float32))),
+               lambda: block.norm_0.mlp_gamma_beta.weight.update(block.norm_0.mlp_gamma_beta.weight * 2.0),
                lambda: block.norm_0.mlp_gamma_beta.bias.update(block.norm_0.mlp_gamma_beta.bias + 1.0)]
     with jt.no_grad(), keeping_inference_weights():
         before = block(jt.array(x), cond).numpy()
@@ -210,15 +213,15 @@ def test_weights_kept_between_inference_forwards_follow_every_update():
 
 def test_training_processes_keep_no_weights():
     """Outside rendering (training, its FID and samples under no_grad) nothing is kept."""
-    from jspade.models import normalization
+    from jspade.models import kept_weights
     block, x, cond = spade_case("spectralspadesyncbatch3x3", 16, 16, seed=8)
     block.eval()
     with jt.no_grad():
         block(jt.array(x), cond).sync()
-    assert block.conv_0 not in normalization._inference_weights
+    assert not kept_weights.is_kept(block.conv_0)
     with jt.no_grad(), keeping_inference_weights():
         block(jt.array(x), cond).sync()
-    assert block.conv_0 in normalization._inference_weights and block.conv_1 in normalization._inference_weights
+    assert kept_weights.is_kept(block.conv_0) and kept_weights.is_kept(block.conv_1)
     block.train()
     block(jt.array(x), cond).sync()  # a forward with gradients drops what was kept
-    assert block.conv_0 not in normalization._inference_weights
+    assert not kept_weights.is_kept(block.conv_0)

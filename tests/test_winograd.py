@@ -117,3 +117,28 @@ def test_wide_layers_count_the_whole_batch():
     assert not winograd.winograd_pays((1, 512, 12, 16), 512)
     assert not winograd.winograd_pays((4, 128, 12, 16), 128)
     assert not winograd.winograd_pays((1, 1024, 12, 16), 1024)  # faster alone, 250 MB more (docs/performance.md)
+
+
+@pytest.mark.parametrize("n,ic,oc,h,w", [(1, 128, 256, 6, 8), (2, 6, 12, 10, 14), (1, 1024, 1024, 3, 4)])
+def test_kept_weights_render_what_jittors_convolution_computes(n, ic, oc, h, w):
+    """While rendering, a layer on the direct algorithm convolves with its weight kept in oneDNN's own
+    layout (not reordered per forward); the same sums as Jittor's convolution, channel counts that are
+    no multiple of oneDNN's blocks (6, 12) included."""
+    from jspade.models.kept_weights import keeping_inference_weights
+    x, weight, bias, _ = case(n, ic, oc, h, w)
+    conv = winograd.Conv2d(ic, oc, 3, padding=1)
+    conv.weight.update(weight)
+    conv.bias.update(bias)
+    expected = jt.nn.conv2d(x, weight, bias, 1, 1).numpy()
+    with jt.no_grad(), keeping_inference_weights():
+        kept = conv.weight_for(x)
+        assert isinstance(kept, winograd.KeptWeights)
+        first, second = conv(x).numpy(), conv(x).numpy()
+    np.testing.assert_array_equal(first, second)
+    assert max_rel_error(first, expected) < 1e-6, max_rel_error(first, expected)
+    with jt.no_grad():  # outside a rendering nothing is kept
+        assert conv.weight_for(x) is conv.weight
+    x2 = jt.array(np.random.default_rng(1).standard_normal((n, ic, 24, 32)).astype(np.float32))
+    with jt.no_grad(), keeping_inference_weights():  # where Winograd pays, the weight itself
+        assert winograd.winograd_pays(x2.shape, oc) == (ic >= winograd.MIN_IN_CHANNELS)
+        assert isinstance(conv.weight_for(x2), winograd.KeptWeights) != winograd.winograd_pays(x2.shape, oc)

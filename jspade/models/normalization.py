@@ -9,53 +9,17 @@
 - Instance norm, and SPADE itself (Park et al., Sec. 3): a parameter-free normalisation modulated by
   gamma/beta predicted from the segmentation map.
 """
-import contextlib
 import re
-import weakref
 
 import numpy as np
 
 from jspade.runtime import jt
 from jittor import nn
 
-from jspade.models import fused_norm, winograd
+from jspade.models import fused_norm, kept_weights, winograd
 from jspade.models.clip_modulation import ClipHead
 from jspade.models.label_conv import label_conv
 from jspade.models.resize import resize_nearest
-
-
-# Spectral norm's W / sigma, kept between the forwards of an application that renders (inference.render:
-# infer, the painter): recomputing it is about a tenth of an inference at ngf 16. The key is the ids of
-# the Vars it comes from, which change whenever one is updated (a training step, an EMA update, a load),
-# so a kept value is never stale. Only within `keeping_inference_weights()` and under jt.no_grad: a
-# training process (whose FID and sample renders run under no_grad too) keeps no copy of its weights.
-_inference_weights = weakref.WeakKeyDictionary()
-_keeping = False
-
-
-@contextlib.contextmanager
-def keeping_inference_weights():
-    """Within this block, inference forwards keep their layers' derived weights (see above)."""
-    global _keeping
-    saved, _keeping = _keeping, True
-    try:
-        yield
-    finally:
-        _keeping = saved
-
-
-def inference_weights(layer, sources, make):
-    """make() (a Var derived from the Vars `sources`), kept for `layer` across inference forwards."""
-    if not (_keeping and jt.flags.no_grad):
-        _inference_weights.pop(layer, None)
-        return make()
-    key = tuple(v.id for v in sources)
-    kept = _inference_weights.get(layer)
-    if kept is None or kept[0] != key:
-        value = make()
-        value.sync()
-        kept = _inference_weights[layer] = (key, value)
-    return kept[1]
 
 
 def l2_normalize(v, eps=1e-12):
@@ -100,10 +64,11 @@ class SpectralConv2d(SpectralNorm):
 
     def execute(self, x):
         if self.is_training():  # a power iteration per forward: nothing to keep
-            _inference_weights.pop(self, None)
+            kept_weights.drop(self)
             weight = self.normalized_weight()
-        else:
-            weight = inference_weights(self, (self.weight_orig, self.weight_u, self.weight_v), self.normalized_weight)
+        else:  # while rendering, W / sigma kept (in the layout oneDNN reads: winograd.prepare)
+            weight = kept_weights.kept(self, (self.weight_orig, self.weight_u, self.weight_v), lambda: winograd.prepare(
+                self.normalized_weight(), x.shape, self.stride, self.padding), x.shape)
         return winograd.conv2d(x, weight, self.bias, self.stride, self.padding)
 
 
@@ -414,5 +379,5 @@ def modulated_norm(layer, x, actv, slope=None):
         out = layer.param_free_norm(x) * (1 + gb[:, :c]) + gb[:, c:]
         return out if slope is None else nn.leaky_relu(out, slope)
     stats = layer.param_free_norm.statistics(x)
-    gb = winograd.conv2d(actv, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    gb = winograd.conv2d(actv, conv.weight_for(actv), None, conv.stride, conv.padding, conv.dilation, conv.groups)
     return fused_norm.modulate(x, gb, conv.bias, stats, slope)

@@ -23,6 +23,8 @@ import os
 from jspade.runtime import jt
 from jittor import nn
 
+from jspade.models import kept_weights
+
 _enabled = os.environ.get("JSPADE_WINOGRAD", "1") != "0"
 
 
@@ -136,10 +138,61 @@ static void execute(const primitive& prim, const memory::desc& scratch, std::vec
     st.wait();
 }
 
-// mode 0: y = conv(x, w); 1: dx = conv_backward_data(dy, w); 2: dw = conv_backward_weights(x, dy)
-static void run(int mode, const float* a, const float* b, float* out, int n, int ic, int oc, int h, int w) {
+// Inference (rendering) keeps each layer's weights in the layout its primitive reads, so that they are
+// not reordered on every call (for a 1024x1024 layer on a 6x8 map the reorder costs more than the
+// convolution): the forward_inference primitive by Winograd when `wino` and oneDNN has it, else direct.
+static convolution_forward::primitive_desc inference_pd(const Shapes& s, int wino, const primitive_attr& attr) {
+    for (algorithm a : {algorithm::convolution_winograd, algorithm::convolution_direct}) {
+        if (a == algorithm::convolution_winograd && !wino) continue;
+        try {
+            auto d = convolution_forward::desc(prop_kind::forward_inference, a, s.any(s.src), s.any(s.wei),
+                                               s.any(s.dst), s.strides, s.dil, s.pad, s.pad);
+            return convolution_forward::primitive_desc(d, attr, cpu());
+        } catch (error&) {}
+    }
+    throw std::runtime_error("conv3x3: oneDNN has no convolution for this shape");
+}
+
+static Shapes shapes(int n, int ic, int oc, int h, int w) {
     Shapes s;
     s.src = {n, ic, h, w}; s.wei = {oc, ic, 3, 3}; s.dst = {n, oc, h, w};
+    return s;
+}
+
+static primitive_attr user_scratchpad() {
+    primitive_attr attr;
+    attr.set_scratchpad_mode(scratchpad_mode::user);
+    return attr;
+}
+
+// the size in floats of the kept weights of `inference_pd`
+static long long kept_size(int wino, int n, int ic, int oc, int h, int w) {
+    return (long long)(inference_pd(shapes(n, ic, oc, h, w), wino, user_scratchpad()).weights_desc().get_size() / sizeof(float));
+}
+
+// mode 3: out = the OIHW weights `b` in inference_pd's layout; mode 4: y = conv(x = a, kept weights b)
+static void run_kept(int mode, int wino, const float* a, const float* b, float* out, int n, int ic, int oc, int h, int w) {
+    Shapes s = shapes(n, ic, oc, h, w);
+    auto pd = inference_pd(s, wino, user_scratchpad());
+    auto user = [](const memory::desc& d, const float* p) { return memory(d, cpu(), (void*)p); };
+    if (mode == 3) {
+        stream st(cpu());
+        memory from = user(memory::desc(s.wei, dt::f32, tag::oihw), b), to = user(pd.weights_desc(), out);
+        reorder(from, to).execute(st, from, to);
+        st.wait();
+        return;
+    }
+    execute(convolution_forward(pd), pd.scratchpad_desc(),
+            {{DNNL_ARG_SRC, user(memory::desc(s.src, dt::f32, tag::nchw), a), pd.src_desc(), false},
+             {DNNL_ARG_WEIGHTS, user(pd.weights_desc(), b), pd.weights_desc(), false},
+             {DNNL_ARG_DST, user(memory::desc(s.dst, dt::f32, tag::nchw), out), pd.dst_desc(), true}});
+}
+
+// mode 0: y = conv(x, w); 1: dx = conv_backward_data(dy, w); 2: dw = conv_backward_weights(x, dy)
+// (modes 3, 4: run_kept)
+static void run(int mode, int wino, const float* a, const float* b, float* out, int n, int ic, int oc, int h, int w) {
+    if (mode >= 3) return run_kept(mode, wino, a, b, out, n, ic, oc, h, w);
+    Shapes s = shapes(n, ic, oc, h, w);
     algorithm alg;
     primitive_attr attr;
     attr.set_scratchpad_mode(scratchpad_mode::user);
@@ -173,17 +226,27 @@ static void run(int mode, const float* a, const float* b, float* out, int n, int
 
 # One kernel source for the three passes (so one compiled library and one set of buffers); which pass
 # and the sizes come in `data`.
-_SRC = 'wino::run((int)data["mode"], in0_p, in1_p, out0_p, (int)data["n"], (int)data["ic"], (int)data["oc"], ' \
-       '(int)data["h"], (int)data["w"]);'
+_SRC = 'wino::run((int)data["mode"], (int)data["wino"], in0_p, in1_p, out0_p, (int)data["n"], (int)data["ic"], ' \
+       '(int)data["oc"], (int)data["h"], (int)data["w"]);'
+_KEPT_SIZE_SRC = 'out0_p[0] = wino::kept_size((int)data["wino"], (int)data["n"], (int)data["ic"], (int)data["oc"], ' \
+                 '(int)data["h"], (int)data["w"]);'
+
+
+def _data(mode, x_shape, oc, wino=1):
+    n, ic, h, w = x_shape
+    return {"mode": mode, "wino": wino, "n": n, "ic": ic, "oc": oc, "h": h, "w": w}
+
+
+def _code(shape, dtype, inputs, src, data):
+    out = jt.code(shape, dtype, inputs, cpu_header=_HEADER, cpu_src=src, data=data)
+    out.compile_options = {f'FLAGS: -I"{_dnnl_include()}" ': 1}
+    return out
 
 
 def _op(mode, x_shape, oc, a, b):
     n, ic, h, w = x_shape
     shape = {0: (n, oc, h, w), 1: (n, ic, h, w), 2: (oc, ic, 3, 3)}[mode]
-    out = jt.code(shape, "float32", [a, b], cpu_header=_HEADER, cpu_src=_SRC,
-                  data={"mode": mode, "n": n, "ic": ic, "oc": oc, "h": h, "w": w})
-    out.compile_options = {f'FLAGS: -I"{_dnnl_include()}" ': 1}
-    return out
+    return _code(shape, "float32", [a, b], _SRC, _data(mode, x_shape, oc))
 
 
 class _Conv3x3(jt.Function):
@@ -232,11 +295,52 @@ def conv3x3(x, weight, bias=None):
     return y
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    """`jt.nn.conv2d` with the same arguments; 3x3, stride 1, padding 1 ones by Winograd (`conv3x3`)."""
+class KeptWeights:
+    """A 3x3 convolution's weight in the layout oneDNN's inference primitive reads for inputs of
+    `x_shape` (`prepare`), kept while rendering so that it is not reordered on every forward."""
+
+    def __init__(self, data, x_shape, out_channels, wino):
+        self.data, self.x_shape, self.out_channels, self.wino = data, tuple(x_shape), out_channels, wino
+
+    def sync(self):
+        self.data.sync()
+
+
+def _is_3x3_same(weight_shape, stride, padding, dilation, groups):
     def one(v):
         return v if isinstance(v, int) else (v[0] if len(set(v)) == 1 else None)
-    if (one(stride), one(padding), one(dilation), groups) == (1, 1, 1, 1) and tuple(weight.shape[2:]) == (3, 3):
+    return (one(stride), one(padding), one(dilation), groups) == (1, 1, 1, 1) and tuple(weight_shape[2:]) == (3, 3)
+
+
+def prepare(weight, x_shape, stride=1, padding=0, dilation=1, groups=1):
+    """What a rendering keeps of `weight` for inputs of `x_shape` (`kept_weights`): on the CPU, a 3x3
+    convolution on the direct algorithm (a small map, where a reorder of the weights per call costs up to
+    as much as the convolution) gets its KeptWeights; any other (Winograd's 4x larger transformed weights
+    would cost memory for little time) keeps the weight itself."""
+    if not (kept_weights.keeping() and enabled() and weight.dtype == "float32"
+            and _is_3x3_same(weight.shape, stride, padding, dilation, groups)) \
+            or winograd_pays(x_shape, weight.shape[0]):
+        return weight
+    oc = weight.shape[0]
+    data = _data(3, x_shape, oc, wino=0)
+    size = int(_code((1,), "int64", [weight], _KEPT_SIZE_SRC, data).item())
+    return KeptWeights(_code((size,), "float32", [weight, weight], _SRC, data), x_shape, oc, wino=0)
+
+
+def _conv_kept(x, kept, bias):
+    assert tuple(x.shape) == kept.x_shape and x.dtype == "float32", (x.shape, x.dtype, kept.x_shape)
+    n, _, h, w = x.shape
+    y = _code((n, kept.out_channels, h, w), "float32", [x, kept.data], _SRC,
+              _data(4, x.shape, kept.out_channels, kept.wino))
+    return y if bias is None else y + bias.reshape(1, -1, 1, 1)
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """`jt.nn.conv2d` with the same arguments; 3x3, stride 1, padding 1 ones by Winograd (`conv3x3`).
+    `weight` may be what `prepare` kept of it (a rendering, under jt.no_grad)."""
+    if isinstance(weight, KeptWeights):
+        return _conv_kept(x, weight, bias)
+    if _is_3x3_same(weight.shape, stride, padding, dilation, groups):
         return conv3x3(x, weight, bias)
     return jt.nn.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
@@ -245,5 +349,10 @@ class Conv2d(nn.Conv2d):
     """`jittor.nn.Conv2d` (same parameters and state names) whose 3x3, stride-1, padding-1 case runs by
     Winograd (`conv2d` above); any other shape is Jittor's own convolution."""
 
+    def weight_for(self, x):
+        """The weight to convolve `x` with: while rendering, what `prepare` keeps of it."""
+        return kept_weights.kept(self, (self.weight,), lambda: prepare(
+            self.weight, x.shape, self.stride, self.padding, self.dilation, self.groups), x.shape)
+
     def execute(self, x):
-        return conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return conv2d(x, self.weight_for(x), self.bias, self.stride, self.padding, self.dilation, self.groups)
