@@ -11,6 +11,11 @@ AVX-512), so they always run.
 About twice as fast per layer on AVX-512, with forward rounding a few times the direct algorithm's and
 weight gradients closer to float64: the measurements are in docs/performance.md.
 
+While rendering (`kept_weights.keeping_inference_weights`), a 3x3 convolution on the direct algorithm
+(small maps) convolves with its weight kept in the layout oneDNN's inference primitive reads (`prepare`):
+Jittor's convolution reorders the weight into that layout on every call, which for SPADE's
+1024-channel layers at ngf 64 costs more than the convolution itself on a 6x8 map.
+
 `conv3x3(x, weight, bias)` is `jt.nn.conv2d(x, weight, bias, stride=1, padding=1)`. On CUDA (cuDNN picks
 its own algorithms), with `set_enabled(False)` or with the environment variable JSPADE_WINOGRAD=0 (the
 direct algorithm's rounding, e.g. to compare with it), it *is* that call.
@@ -224,8 +229,8 @@ static void run(int mode, int wino, const float* a, const float* b, float* out, 
 }  // namespace wino
 """
 
-# One kernel source for the three passes (so one compiled library and one set of buffers); which pass
-# and the sizes come in `data`.
+# One kernel source for the three passes and the kept weights' two (so one compiled library and one set
+# of buffers); which pass and the sizes come in `data`.
 _SRC = 'wino::run((int)data["mode"], (int)data["wino"], in0_p, in1_p, out0_p, (int)data["n"], (int)data["ic"], ' \
        '(int)data["oc"], (int)data["h"], (int)data["w"]);'
 _KEPT_SIZE_SRC = 'out0_p[0] = wino::kept_size((int)data["wino"], (int)data["n"], (int)data["ic"], (int)data["oc"], ' \
