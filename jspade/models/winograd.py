@@ -233,6 +233,8 @@ static void run(int mode, int wino, const float* a, const float* b, float* out, 
 # of buffers); which pass and the sizes come in `data`.
 _SRC = 'wino::run((int)data["mode"], (int)data["wino"], in0_p, in1_p, out0_p, (int)data["n"], (int)data["ic"], ' \
        '(int)data["oc"], (int)data["h"], (int)data["w"]);'
+_PREPARE_SRC = 'wino::run(3, 0, nullptr, in0_p, out0_p, (int)data["n"], (int)data["ic"], (int)data["oc"], ' \
+               '(int)data["h"], (int)data["w"]);'
 _KEPT_SIZE_SRC = 'out0_p[0] = wino::kept_size((int)data["wino"], (int)data["n"], (int)data["ic"], (int)data["oc"], ' \
                  '(int)data["h"], (int)data["w"]);'
 
@@ -329,7 +331,7 @@ def prepare(weight, x_shape, stride=1, padding=0, dilation=1, groups=1):
     oc = weight.shape[0]
     data = _data(3, x_shape, oc, wino=0)
     size = int(_code((1,), "int64", [weight], _KEPT_SIZE_SRC, data).item())
-    return KeptWeights(_code((size,), "float32", [weight, weight], _SRC, data), x_shape, oc, wino=0)
+    return KeptWeights(_code((size,), "float32", [weight], _PREPARE_SRC, data), x_shape, oc, wino=0)
 
 
 def _conv_kept(x, kept, bias):
