@@ -71,9 +71,7 @@ def _dnnl_include():
 
 _HEADER = r"""
 #include "oneapi/dnnl/dnnl.hpp"
-#include <array>
 #include <cstdlib>
-#include <map>
 #include <new>
 #include <stdexcept>
 #include <unordered_map>
@@ -121,6 +119,30 @@ struct Buffer {
 };
 static Buffer buffers[4];  // a primitive's three arguments, in order, and its scratchpad
 
+// One argument of a primitive: the user's plain NCHW / OIHW memory, and the layout the primitive wants.
+struct Arg { int key; memory user; memory::desc want; bool output; };
+
+// Run `prim` on `args`: each input reordered into its kept buffer where the layouts differ, the output
+// written there and copied back after.
+static void execute(const primitive& prim, const memory::desc& scratch, std::vector<Arg> args) {
+    stream st(cpu());
+    std::unordered_map<int, memory> bound{{DNNL_ARG_SCRATCHPAD, memory(scratch, cpu(), buffers[3].get(scratch.get_size() + 1))}};
+    std::vector<std::pair<memory, memory>> back;
+    for (size_t k = 0; k < args.size(); k++) {
+        Arg& a = args[k];
+        memory m = a.user;
+        if (a.want != a.user.get_desc()) {
+            m = memory(a.want, cpu(), buffers[k].get(a.want.get_size()));
+            if (a.output) back.push_back({m, a.user});
+            else reorder(a.user, m).execute(st, a.user, m);
+        }
+        bound[a.key] = m;
+    }
+    prim.execute(st, bound);
+    for (auto& p : back) reorder(p.first, p.second).execute(st, p.first, p.second);
+    st.wait();
+}
+
 // Inference (rendering) keeps each layer's weights in the layout its primitive reads, so that they are
 // not reordered on every call (for a 1024x1024 layer on a 6x8 map the reorder costs more than the
 // convolution): the forward_inference primitive by Winograd when `wino` and oneDNN has it, else direct.
@@ -153,110 +175,56 @@ static long long kept_size(int wino, int n, int ic, int oc, int h, int w) {
     return (long long)(inference_pd(shapes(n, ic, oc, h, w), wino, user_scratchpad()).weights_desc().get_size() / sizeof(float));
 }
 
-// One pass (forward, backward data, backward weights, forward with kept weights) for one shape: its
-// primitive, the layouts it wants for its three arguments and the reorders from and to the user's plain
-// NCHW / OIHW memory where they differ. Made once per shape and kept: creating the descriptors and the
-// reorder primitives costs more than a convolution on a small map.
-struct Pass {
-    primitive prim;
-    memory::desc scratch;
-    int keys[3];
-    memory::desc user[3], want[3];
-    bool output[3];
-    bool reordered[3];
-    primitive reorders[3];
-};
-
-static Pass make_pass(const primitive& prim, const memory::desc& scratch, const int keys[3],
-                      const memory::desc user[3], const memory::desc want[3], int output_index) {
-    Pass p;
-    p.prim = prim;
-    p.scratch = scratch;
-    for (int k = 0; k < 3; k++) {
-        p.keys[k] = keys[k]; p.user[k] = user[k]; p.want[k] = want[k];
-        p.output[k] = k == output_index;
-        p.reordered[k] = want[k] != user[k];
-        if (p.reordered[k])
-            p.reorders[k] = p.output[k] ? reorder(reorder::primitive_desc(cpu(), want[k], cpu(), user[k]))
-                                        : reorder(reorder::primitive_desc(cpu(), user[k], cpu(), want[k]));
-    }
-    return p;
-}
-
-// mode 0: y = conv(x, w); 1: dx = conv_backward_data(dy, w); 2: dw = conv_backward_weights(x, dy);
-// 4: y = conv(x, w kept in the inference primitive's layout); arguments in the order run() passes them
-static Pass new_pass(int mode, int wino, const Shapes& s) {
-    const primitive_attr attr = user_scratchpad();
-    const memory::desc src(s.src, dt::f32, tag::nchw), wei(s.wei, dt::f32, tag::oihw), dst(s.dst, dt::f32, tag::nchw);
-    if (mode == 4) {
-        auto pd = inference_pd(s, wino, attr);
-        const int keys[3] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST};
-        const memory::desc user[3] = {src, pd.weights_desc(), dst}, want[3] = {pd.src_desc(), pd.weights_desc(), pd.dst_desc()};
-        return make_pass(convolution_forward(pd), pd.scratchpad_desc(), keys, user, want, 2);
-    }
-    algorithm alg;
-    auto fpd = forward_pd(s, alg, attr);
-    if (mode == 0) {
-        const int keys[3] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST};
-        const memory::desc user[3] = {src, wei, dst}, want[3] = {fpd.src_desc(), fpd.weights_desc(), fpd.dst_desc()};
-        return make_pass(convolution_forward(fpd), fpd.scratchpad_desc(), keys, user, want, 2);
-    }
-    if (mode == 1) {
-        auto d = convolution_backward_data::desc(alg, s.any(s.src), s.any(s.wei), s.any(s.dst), s.strides, s.dil, s.pad, s.pad);
-        convolution_backward_data::primitive_desc pd(d, attr, cpu(), fpd);
-        const int keys[3] = {DNNL_ARG_DIFF_DST, DNNL_ARG_WEIGHTS, DNNL_ARG_DIFF_SRC};
-        const memory::desc user[3] = {dst, wei, src}, want[3] = {pd.diff_dst_desc(), pd.weights_desc(), pd.diff_src_desc()};
-        return make_pass(convolution_backward_data(pd), pd.scratchpad_desc(), keys, user, want, 2);
-    }
-    auto d = convolution_backward_weights::desc(alg, s.any(s.src), s.any(s.wei), s.any(s.dst), s.strides, s.dil, s.pad, s.pad);
-    convolution_backward_weights::primitive_desc pd(d, attr, cpu(), fpd);
-    const int keys[3] = {DNNL_ARG_SRC, DNNL_ARG_DIFF_DST, DNNL_ARG_DIFF_WEIGHTS};
-    const memory::desc user[3] = {src, dst, wei}, want[3] = {pd.src_desc(), pd.diff_dst_desc(), pd.diff_weights_desc()};
-    return make_pass(convolution_backward_weights(pd), pd.scratchpad_desc(), keys, user, want, 2);
-}
-
-// The kept passes, by mode and shape (a few per layer; forgotten all at once past a bound, e.g. a
-// painter that renders at many sizes)
-static Pass& pass(int mode, int wino, int n, int ic, int oc, int h, int w) {
-    static std::map<std::array<int, 7>, Pass> kept;
-    const std::array<int, 7> key{mode, wino, n, ic, oc, h, w};
-    auto it = kept.find(key);
-    if (it == kept.end()) {
-        if (kept.size() >= 1024) kept.clear();
-        it = kept.emplace(key, new_pass(mode, wino, shapes(n, ic, oc, h, w))).first;
-    }
-    return it->second;
-}
-
-// mode 3: out = the OIHW weights `b` in inference_pd's layout (once per layer and shape: not kept)
-static void prepare_weights(int wino, const float* b, float* out, int n, int ic, int oc, int h, int w) {
+// mode 3: out = the OIHW weights `b` in inference_pd's layout; mode 4: y = conv(x = a, kept weights b)
+static void run_kept(int mode, int wino, const float* a, const float* b, float* out, int n, int ic, int oc, int h, int w) {
     Shapes s = shapes(n, ic, oc, h, w);
     auto pd = inference_pd(s, wino, user_scratchpad());
-    stream st(cpu());
-    memory from(memory::desc(s.wei, dt::f32, tag::oihw), cpu(), (void*)b), to(pd.weights_desc(), cpu(), out);
-    reorder(from, to).execute(st, from, to);
-    st.wait();
+    auto user = [](const memory::desc& d, const float* p) { return memory(d, cpu(), (void*)p); };
+    if (mode == 3) {
+        stream st(cpu());
+        memory from = user(memory::desc(s.wei, dt::f32, tag::oihw), b), to = user(pd.weights_desc(), out);
+        reorder(from, to).execute(st, from, to);
+        st.wait();
+        return;
+    }
+    execute(convolution_forward(pd), pd.scratchpad_desc(),
+            {{DNNL_ARG_SRC, user(memory::desc(s.src, dt::f32, tag::nchw), a), pd.src_desc(), false},
+             {DNNL_ARG_WEIGHTS, user(pd.weights_desc(), b), pd.weights_desc(), false},
+             {DNNL_ARG_DST, user(memory::desc(s.dst, dt::f32, tag::nchw), out), pd.dst_desc(), true}});
 }
 
-// Run pass `mode` on (a, b) -> out: each input reordered into its kept buffer where the layouts differ,
-// the output written there and reordered back after.
+// mode 0: y = conv(x, w); 1: dx = conv_backward_data(dy, w); 2: dw = conv_backward_weights(x, dy)
+// (modes 3, 4: run_kept)
 static void run(int mode, int wino, const float* a, const float* b, float* out, int n, int ic, int oc, int h, int w) {
-    if (mode == 3) return prepare_weights(wino, b, out, n, ic, oc, h, w);
-    Pass& p = pass(mode, wino, n, ic, oc, h, w);
-    void* ptrs[3] = {(void*)a, (void*)b, (void*)out};
-    stream st(cpu());
-    std::unordered_map<int, memory> bound{{DNNL_ARG_SCRATCHPAD, memory(p.scratch, cpu(), buffers[3].get(p.scratch.get_size() + 1))}};
-    memory user[3], used[3];
-    for (int k = 0; k < 3; k++) {
-        user[k] = memory(p.user[k], cpu(), ptrs[k]);
-        used[k] = p.reordered[k] ? memory(p.want[k], cpu(), buffers[k].get(p.want[k].get_size())) : user[k];
-        if (p.reordered[k] && !p.output[k]) p.reorders[k].execute(st, {{DNNL_ARG_FROM, user[k]}, {DNNL_ARG_TO, used[k]}});
-        bound[p.keys[k]] = used[k];
+    if (mode >= 3) return run_kept(mode, wino, a, b, out, n, ic, oc, h, w);
+    Shapes s = shapes(n, ic, oc, h, w);
+    algorithm alg;
+    primitive_attr attr;
+    attr.set_scratchpad_mode(scratchpad_mode::user);
+    auto fpd = forward_pd(s, alg, attr);
+    auto user = [](const memory::dims& d, tag t, const float* p) {
+        return memory(memory::desc(d, dt::f32, t), cpu(), (void*)p);
+    };
+    if (mode == 0) {
+        execute(convolution_forward(fpd), fpd.scratchpad_desc(),
+                {{DNNL_ARG_SRC, user(s.src, tag::nchw, a), fpd.src_desc(), false},
+                 {DNNL_ARG_WEIGHTS, user(s.wei, tag::oihw, b), fpd.weights_desc(), false},
+                 {DNNL_ARG_DST, user(s.dst, tag::nchw, out), fpd.dst_desc(), true}});
+    } else if (mode == 1) {
+        auto d = convolution_backward_data::desc(alg, s.any(s.src), s.any(s.wei), s.any(s.dst), s.strides, s.dil, s.pad, s.pad);
+        convolution_backward_data::primitive_desc pd(d, attr, cpu(), fpd);
+        execute(convolution_backward_data(pd), pd.scratchpad_desc(),
+                {{DNNL_ARG_DIFF_DST, user(s.dst, tag::nchw, a), pd.diff_dst_desc(), false},
+                 {DNNL_ARG_WEIGHTS, user(s.wei, tag::oihw, b), pd.weights_desc(), false},
+                 {DNNL_ARG_DIFF_SRC, user(s.src, tag::nchw, out), pd.diff_src_desc(), true}});
+    } else {
+        auto d = convolution_backward_weights::desc(alg, s.any(s.src), s.any(s.wei), s.any(s.dst), s.strides, s.dil, s.pad, s.pad);
+        convolution_backward_weights::primitive_desc pd(d, attr, cpu(), fpd);
+        execute(convolution_backward_weights(pd), pd.scratchpad_desc(),
+                {{DNNL_ARG_SRC, user(s.src, tag::nchw, a), pd.src_desc(), false},
+                 {DNNL_ARG_DIFF_DST, user(s.dst, tag::nchw, b), pd.diff_dst_desc(), false},
+                 {DNNL_ARG_DIFF_WEIGHTS, user(s.wei, tag::oihw, out), pd.diff_weights_desc(), true}});
     }
-    p.prim.execute(st, bound);
-    for (int k = 0; k < 3; k++)
-        if (p.reordered[k] && p.output[k]) p.reorders[k].execute(st, {{DNNL_ARG_FROM, used[k]}, {DNNL_ARG_TO, user[k]}});
-    st.wait();
 }
 }  // namespace wino
 """
