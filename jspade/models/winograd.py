@@ -90,8 +90,9 @@ struct Shapes {
 };
 
 // The forward primitive descriptor (the backward ones need it as a hint); Winograd where oneDNN has it.
-static convolution_forward::primitive_desc forward_pd(const Shapes& s, algorithm& alg, const primitive_attr& attr) {
+static convolution_forward::primitive_desc forward_pd(const Shapes& s, int wino, algorithm& alg, const primitive_attr& attr) {
     for (algorithm a : {algorithm::convolution_winograd, algorithm::convolution_direct}) {
+        if (a == algorithm::convolution_winograd && !wino) continue;
         try {
             auto d = convolution_forward::desc(prop_kind::forward_training, a, s.any(s.src), s.any(s.wei),
                                                s.any(s.dst), s.strides, s.dil, s.pad, s.pad);
@@ -201,10 +202,18 @@ static void run(int mode, int wino, const float* a, const float* b, float* out, 
     algorithm alg;
     primitive_attr attr;
     attr.set_scratchpad_mode(scratchpad_mode::user);
-    auto fpd = forward_pd(s, alg, attr);
     auto user = [](const memory::dims& d, tag t, const float* p) {
         return memory(memory::desc(d, dt::f32, t), cpu(), (void*)p);
     };
+    if (mode == 0 && !wino) {  // the direct forward as Jittor's convolution asks for it: the same result
+        auto pd = inference_pd(s, 0, attr);
+        execute(convolution_forward(pd), pd.scratchpad_desc(),
+                {{DNNL_ARG_SRC, user(s.src, tag::nchw, a), pd.src_desc(), false},
+                 {DNNL_ARG_WEIGHTS, user(s.wei, tag::oihw, b), pd.weights_desc(), false},
+                 {DNNL_ARG_DST, user(s.dst, tag::nchw, out), pd.dst_desc(), true}});
+        return;
+    }
+    auto fpd = forward_pd(s, wino, alg, attr);
     if (mode == 0) {
         execute(convolution_forward(fpd), fpd.scratchpad_desc(),
                 {{DNNL_ARG_SRC, user(s.src, tag::nchw, a), fpd.src_desc(), false},
@@ -250,23 +259,23 @@ def _code(shape, dtype, inputs, src, data):
     return out
 
 
-def _op(mode, x_shape, oc, a, b):
+def _op(mode, x_shape, oc, a, b, wino):
     n, ic, h, w = x_shape
     shape = {0: (n, oc, h, w), 1: (n, ic, h, w), 2: (oc, ic, 3, 3)}[mode]
-    return _code(shape, "float32", [a, b], _SRC, _data(mode, x_shape, oc))
+    return _code(shape, "float32", [a, b], _SRC, _data(mode, x_shape, oc, wino))
 
 
 class _Conv3x3(jt.Function):
-    def execute(self, x, weight):
-        self.saved = (x, weight)
-        return _op(0, x.shape, weight.shape[0], x, weight)
+    def execute(self, x, weight, wino):
+        self.saved = (x, weight, wino)
+        return _op(0, x.shape, weight.shape[0], x, weight, wino)
 
     def grad(self, dy):
-        x, weight = self.saved
+        x, weight, wino = self.saved
         oc = weight.shape[0]
-        dx = None if self.input_mask[0] == -2 else _op(1, x.shape, oc, dy, weight)
-        dw = None if self.input_mask[1] == -2 else _op(2, x.shape, oc, x, dy)
-        return dx, dw
+        dx = None if self.input_mask[0] == -2 else _op(1, x.shape, oc, dy, weight, wino)
+        dw = None if self.input_mask[1] == -2 else _op(2, x.shape, oc, x, dy, wino)
+        return dx, dw, None
 
 
 # Winograd pays where there are many 4x4 tiles per weight: on small maps the 4x larger transformed
@@ -291,12 +300,12 @@ def winograd_pays(x_shape, out_channels):
 
 
 def conv3x3(x, weight, bias=None):
-    """`jt.nn.conv2d(x, weight, bias, 1, 1)` for a [C_out, C_in, 3, 3] weight, by Winograd on the CPU
-    where that is faster (`winograd_pays`)."""
-    if not enabled() or tuple(weight.shape[2:]) != (3, 3) or x.dtype != "float32" or weight.dtype != "float32" \
-            or not winograd_pays(x.shape, weight.shape[0]):
+    """`jt.nn.conv2d(x, weight, bias, 1, 1)` for a [C_out, C_in, 3, 3] weight: on the CPU through this
+    module's oneDNN passes, by Winograd where that is faster (`winograd_pays`), else by the direct
+    algorithm Jittor's convolution uses (the same results to the bit, without its per-call buffers)."""
+    if not enabled() or tuple(weight.shape[2:]) != (3, 3) or x.dtype != "float32" or weight.dtype != "float32":
         return jt.nn.conv2d(x, weight, bias, 1, 1)
-    y = _Conv3x3.apply(x, weight)
+    y = _Conv3x3.apply(x, weight, int(winograd_pays(x.shape, weight.shape[0])))
     if bias is not None:
         y = y + bias.reshape(1, -1, 1, 1)
     return y
@@ -363,3 +372,4 @@ class Conv2d(nn.Conv2d):
 
     def execute(self, x):
         return conv2d(x, self.weight_for(x), self.bias, self.stride, self.padding, self.dilation, self.groups)
+
