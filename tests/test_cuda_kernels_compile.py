@@ -50,9 +50,13 @@ def winograd_source():
     inc = wg._dnnl_include()
     if inc is None:
         pytest.skip("Jittor's oneDNN headers are not in its cache (winograd.py needs them)")
-    body = re.sub(r"\bdata\[\"(\w+)\"\]", r"data_\1", wg._SRC)
-    entry = ("void jspade_entry(const float* in0_p, const float* in1_p, float* out0_p, double data_mode, double data_n,"
-             " double data_ic, double data_oc, double data_h, double data_w) {\n    " + body + "\n}\n")
+    entries = []
+    for i, (src, out_type) in enumerate(((wg._SRC, "float"), (wg._PREPARE_SRC, "float"), (wg._KEPT_SIZE_SRC, "long long"))):
+        body = re.sub(r"\bdata\[\"(\w+)\"\]", r"data_\1", src)
+        params = "".join(f", double data_{name}" for name in sorted(set(re.findall(r"\bdata_(\w+)", body))))
+        entries.append(f"void jspade_entry_{i}(const float* in0_p, const float* in1_p, {out_type}* out0_p{params}) {{\n"
+                       f"    {body}\n}}\n")
+    entry = "".join(entries)
     return wg._HEADER + entry, [f"-I{inc}"]
 
 

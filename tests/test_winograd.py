@@ -150,3 +150,14 @@ def test_kept_weights_render_what_jittors_convolution_computes(n, ic, oc, h, w):
     with jt.no_grad(), keeping_inference_weights():  # where Winograd pays, the weight itself
         assert winograd.winograd_pays(x2.shape, oc) == (ic >= winograd.MIN_IN_CHANNELS)
         assert isinstance(conv.weight_for(x2), winograd.KeptWeights) != winograd.winograd_pays(x2.shape, oc)
+
+
+def test_a_second_backward_through_one_forward_says_so():
+    """A jt.Function's backward releases what its forward saved (else it stays in memory as long as the
+    forward's graph is referenced: through Adam's update in a training step); a second backward through
+    the same forward is an error that says so, not a wrong gradient."""
+    x, weight, bias, probe = case(1, 16, 8, 24, 24)
+    y = winograd.conv3x3(x, weight, bias)
+    jt.sync(jt.grad((y * probe).sum(), [x, weight]))
+    with pytest.raises(RuntimeError, match="second backward through the same forward"):
+        jt.sync(jt.grad((y * probe).sum(), [x, weight]))

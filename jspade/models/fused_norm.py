@@ -29,7 +29,7 @@ element-wise ops on the GPU itself).
 import os
 from collections import namedtuple
 
-from jspade.runtime import jt
+from jspade.runtime import jt, release_saved
 
 _enabled = os.environ.get("JSPADE_FUSED_NORM", "1") != "0"
 
@@ -294,7 +294,7 @@ class _Modulate(jt.Function):
         return y
 
     def grad(self, dy):
-        x, gamma1, mean, invstd, y, stats, data = self.saved
+        x, gamma1, mean, invstd, y, stats, data = release_saved(self)
         dy = dy.float32()
         both = None
         if stats.batch:  # the sums are needed only for the batch statistics' gradient terms
@@ -332,7 +332,7 @@ class _Normalize(jt.Function):
         return y
 
     def grad(self, dy):
-        x, y, scale, stats, data, has_weight, has_bias = self.saved
+        x, y, scale, stats, data, has_weight, has_bias = release_saved(self)
         mean, invstd, dy = stats.mean, stats.invstd, dy.float32()
         s = mean.shape[0]
         both = _code((2 * s,), "float64", [x, y, dy, mean], _AFFINE_BACKWARD_SUMS_SRC, data)

@@ -32,7 +32,7 @@ gives). The result equals `jt.nn.conv2d(onehot(labels, K), weight, bias, stride=
 to float32 rounding (the order of the sums differs); it is differentiable w.r.t. weight and bias, not
 labels. With `jt.flags.use_cuda` it *is* that dense convolution, so nothing changes on the GPU.
 """
-from jspade.runtime import jt
+from jspade.runtime import jt, release_saved
 
 # Output channels per block: the inner loops work on CB contiguous floats (4 AVX registers). The forward
 # table per block, (K+1)*(kh*kw+1)*CB floats, is ~38 KB for K=29, 3x3; 16 and 8 measured slower.
@@ -357,7 +357,7 @@ class _LabelConv(jt.Function):
         return y
 
     def grad(self, dy):
-        labels, (_, k, kh, kw), padding, y = self.saved
+        labels, (_, k, kh, kw), padding, y = release_saved(self)
         dy = dy.float32()
         if y is not None:
             dy, rows = jt.code([dy.shape, dy.shape[:2]], ["float32", "float64"], [dy, y], cpu_src=_RELU_GRAD_SRC)

@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from jspade.runtime import jt
+from jspade.runtime import jt, release_saved
 from jittor import nn
 
 from jspade.models import fused_norm, kept_weights, winograd
@@ -92,7 +92,7 @@ class _BatchNormFunction(jt.Function):
         return x * alpha.reshape(1, c, 1, 1) + beta.reshape(1, c, 1, 1)
 
     def grad(self, dy):
-        x, mean, invstd, weight, count, synced = self.saved
+        x, mean, invstd, weight, count, synced = release_saved(self)
         c = x.shape[1]
         xmu = x - mean.reshape(1, c, 1, 1)
         sum_dy = _sum_nhw(dy)

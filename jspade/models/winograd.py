@@ -25,7 +25,7 @@ import functools
 import glob
 import os
 
-from jspade.runtime import jt
+from jspade.runtime import jt, release_saved
 from jittor import nn
 
 from jspade.models import kept_weights
@@ -271,7 +271,7 @@ class _Conv3x3(jt.Function):
         return _op(0, x.shape, weight.shape[0], x, weight, wino)
 
     def grad(self, dy):
-        x, weight, wino = self.saved
+        x, weight, wino = release_saved(self)
         oc = weight.shape[0]
         dx = None if self.input_mask[0] == -2 else _op(1, x.shape, oc, dy, weight, wino)
         dw = None if self.input_mask[1] == -2 else _op(2, x.shape, oc, x, dy, wino)
