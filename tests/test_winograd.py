@@ -1,6 +1,8 @@
 """The Winograd 3x3 convolution must be Jittor's convolution up to float32 rounding: forward, input
 gradient and weight gradient, through the modules the networks are built from; shapes where it does
-not pay (or when switched off) must be Jittor's convolution exactly."""
+not pay take Jittor's direct algorithm (forward and input gradient exactly, through this module's own
+passes), and switched off it is Jittor's convolution itself; while rendering, kept weights give the same
+result to the bit."""
 import numpy as np
 import pytest
 

@@ -11,6 +11,12 @@ AVX-512), so they always run.
 About twice as fast per layer on AVX-512, with forward rounding a few times the direct algorithm's and
 weight gradients closer to float64: the measurements are in docs/performance.md.
 
+Where Winograd does not pay (`winograd_pays`: small maps, few input channels) the same passes run oneDNN's
+direct algorithm, as Jittor's convolution does (forward and input gradient equal to the bit), but with
+their temporaries in buffers kept between calls: Jittor's op allocates its reordered weights afresh on
+every call, and for a 1024x1024 layer those 38 MB fault in page by page each time (forward and backward
+of one such layer on a 12x16 map: 127-134 -> 70-76 ms).
+
 While rendering (`kept_weights.keeping_inference_weights`), a 3x3 convolution on the direct algorithm
 (small maps) convolves with its weight kept in the layout oneDNN's inference primitive reads (`prepare`):
 Jittor's convolution reorders the weight into that layout on every call, which for SPADE's
@@ -89,7 +95,8 @@ struct Shapes {
     memory::desc any(const memory::dims& d) const { return memory::desc(d, dt::f32, tag::any); }
 };
 
-// The forward primitive descriptor (the backward ones need it as a hint); Winograd where oneDNN has it.
+// The forward primitive descriptor (the backward ones need it as a hint); Winograd when `wino` and oneDNN
+// has it, else direct.
 static convolution_forward::primitive_desc forward_pd(const Shapes& s, int wino, algorithm& alg, const primitive_attr& attr) {
     for (algorithm a : {algorithm::convolution_winograd, algorithm::convolution_direct}) {
         if (a == algorithm::convolution_winograd && !wino) continue;
@@ -194,14 +201,13 @@ static void run_kept(int mode, int wino, const float* a, const float* b, float* 
              {DNNL_ARG_DST, user(memory::desc(s.dst, dt::f32, tag::nchw), out), pd.dst_desc(), true}});
 }
 
-// mode 0: y = conv(x, w); 1: dx = conv_backward_data(dy, w); 2: dw = conv_backward_weights(x, dy)
-// (modes 3, 4: run_kept)
+// mode 0: y = conv(x, w); 1: dx = conv_backward_data(dy, w); 2: dw = conv_backward_weights(x, dy), by
+// Winograd when `wino` (and oneDNN has it), else direct (modes 3, 4: run_kept)
 static void run(int mode, int wino, const float* a, const float* b, float* out, int n, int ic, int oc, int h, int w) {
     if (mode >= 3) return run_kept(mode, wino, a, b, out, n, ic, oc, h, w);
     Shapes s = shapes(n, ic, oc, h, w);
     algorithm alg;
-    primitive_attr attr;
-    attr.set_scratchpad_mode(scratchpad_mode::user);
+    const primitive_attr attr = user_scratchpad();
     auto user = [](const memory::dims& d, tag t, const float* p) {
         return memory(memory::desc(d, dt::f32, t), cpu(), (void*)p);
     };
@@ -248,7 +254,7 @@ _KEPT_SIZE_SRC = 'out0_p[0] = wino::kept_size((int)data["wino"], (int)data["n"],
                  '(int)data["h"], (int)data["w"]);'
 
 
-def _data(mode, x_shape, oc, wino=1):
+def _data(mode, x_shape, oc, wino):
     n, ic, h, w = x_shape
     return {"mode": mode, "wino": wino, "n": n, "ic": ic, "oc": oc, "h": h, "w": w}
 
