@@ -95,19 +95,36 @@ struct Shapes {
     memory::desc any(const memory::dims& d) const { return memory::desc(d, dt::f32, tag::any); }
 };
 
-// The forward primitive descriptor (the backward ones need it as a hint); Winograd when `wino` and oneDNN
-// has it, else direct.
-static convolution_forward::primitive_desc forward_pd(const Shapes& s, int wino, algorithm& alg, const primitive_attr& attr) {
+static Shapes shapes(int n, int ic, int oc, int h, int w) {
+    Shapes s;
+    s.src = {n, ic, h, w}; s.wei = {oc, ic, 3, 3}; s.dst = {n, oc, h, w};
+    return s;
+}
+
+static primitive_attr user_scratchpad() {
+    primitive_attr attr;
+    attr.set_scratchpad_mode(scratchpad_mode::user);
+    return attr;
+}
+
+// A forward primitive descriptor (forward_training: the backward ones need it as a hint); Winograd when
+// `wino` and oneDNN has it, else direct (`alg` says which).
+static convolution_forward::primitive_desc forward_pd(const Shapes& s, prop_kind prop, int wino, algorithm& alg) {
     for (algorithm a : {algorithm::convolution_winograd, algorithm::convolution_direct}) {
         if (a == algorithm::convolution_winograd && !wino) continue;
         try {
-            auto d = convolution_forward::desc(prop_kind::forward_training, a, s.any(s.src), s.any(s.wei),
-                                               s.any(s.dst), s.strides, s.dil, s.pad, s.pad);
+            auto d = convolution_forward::desc(prop, a, s.any(s.src), s.any(s.wei), s.any(s.dst), s.strides, s.dil,
+                                               s.pad, s.pad);
             alg = a;
-            return convolution_forward::primitive_desc(d, attr, cpu());
+            return convolution_forward::primitive_desc(d, user_scratchpad(), cpu());
         } catch (error&) {}
     }
     throw std::runtime_error("conv3x3: oneDNN has no convolution for this shape");
+}
+
+static convolution_forward::primitive_desc inference_pd(const Shapes& s, int wino) {
+    algorithm alg;
+    return forward_pd(s, prop_kind::forward_inference, wino, alg);
 }
 
 // oneDNN's temporaries (the reordered inputs and output, the scratchpad) live in buffers kept from call
@@ -153,92 +170,61 @@ static void execute(const primitive& prim, const memory::desc& scratch, std::vec
 
 // Inference (rendering) keeps each layer's weights in the layout its primitive reads, so that they are
 // not reordered on every call (for a 1024x1024 layer on a 6x8 map the reorder costs more than the
-// convolution): the forward_inference primitive by Winograd when `wino` and oneDNN has it, else direct.
-static convolution_forward::primitive_desc inference_pd(const Shapes& s, int wino, const primitive_attr& attr) {
-    for (algorithm a : {algorithm::convolution_winograd, algorithm::convolution_direct}) {
-        if (a == algorithm::convolution_winograd && !wino) continue;
-        try {
-            auto d = convolution_forward::desc(prop_kind::forward_inference, a, s.any(s.src), s.any(s.wei),
-                                               s.any(s.dst), s.strides, s.dil, s.pad, s.pad);
-            return convolution_forward::primitive_desc(d, attr, cpu());
-        } catch (error&) {}
-    }
-    throw std::runtime_error("conv3x3: oneDNN has no convolution for this shape");
-}
-
-static Shapes shapes(int n, int ic, int oc, int h, int w) {
-    Shapes s;
-    s.src = {n, ic, h, w}; s.wei = {oc, ic, 3, 3}; s.dst = {n, oc, h, w};
-    return s;
-}
-
-static primitive_attr user_scratchpad() {
-    primitive_attr attr;
-    attr.set_scratchpad_mode(scratchpad_mode::user);
-    return attr;
-}
+// convolution): the forward_inference primitive, as Jittor's convolution asks for it.
 
 // the size in floats of the kept weights of `inference_pd`
 static long long kept_size(int wino, int n, int ic, int oc, int h, int w) {
-    return (long long)(inference_pd(shapes(n, ic, oc, h, w), wino, user_scratchpad()).weights_desc().get_size() / sizeof(float));
+    return (long long)(inference_pd(shapes(n, ic, oc, h, w), wino).weights_desc().get_size() / sizeof(float));
 }
 
-// mode 3: out = the OIHW weights `b` in inference_pd's layout; mode 4: y = conv(x = a, kept weights b)
-static void run_kept(int mode, int wino, const float* a, const float* b, float* out, int n, int ic, int oc, int h, int w) {
+static memory user(const memory::desc& d, const float* p) { return memory(d, cpu(), (void*)p); }
+static memory::desc plain(const memory::dims& d, tag t) { return memory::desc(d, dt::f32, t); }
+
+// y = conv(x = a, w = b) by inference_pd: b in OIHW, or in the primitive's own layout when `kept`
+static void infer(const Shapes& s, int wino, const float* a, const float* b, bool kept, float* out) {
+    auto pd = inference_pd(s, wino);
+    execute(convolution_forward(pd), pd.scratchpad_desc(),
+            {{DNNL_ARG_SRC, user(plain(s.src, tag::nchw), a), pd.src_desc(), false},
+             {DNNL_ARG_WEIGHTS, user(kept ? pd.weights_desc() : plain(s.wei, tag::oihw), b), pd.weights_desc(), false},
+             {DNNL_ARG_DST, user(plain(s.dst, tag::nchw), out), pd.dst_desc(), true}});
+}
+
+// mode 0: y = conv(x, w); 1: dx = conv_backward_data(dy, w); 2: dw = conv_backward_weights(x, dy), by
+// Winograd when `wino` (and oneDNN has it), else direct; 3: out = the OIHW weights `b` in inference_pd's
+// layout (kept while rendering); 4: y = conv(x = a, kept weights b)
+static void run(int mode, int wino, const float* a, const float* b, float* out, int n, int ic, int oc, int h, int w) {
     Shapes s = shapes(n, ic, oc, h, w);
-    auto pd = inference_pd(s, wino, user_scratchpad());
-    auto user = [](const memory::desc& d, const float* p) { return memory(d, cpu(), (void*)p); };
     if (mode == 3) {
         stream st(cpu());
-        memory from = user(memory::desc(s.wei, dt::f32, tag::oihw), b), to = user(pd.weights_desc(), out);
+        memory from = user(plain(s.wei, tag::oihw), b), to = user(inference_pd(s, wino).weights_desc(), out);
         reorder(from, to).execute(st, from, to);
         st.wait();
         return;
     }
-    execute(convolution_forward(pd), pd.scratchpad_desc(),
-            {{DNNL_ARG_SRC, user(memory::desc(s.src, dt::f32, tag::nchw), a), pd.src_desc(), false},
-             {DNNL_ARG_WEIGHTS, user(pd.weights_desc(), b), pd.weights_desc(), false},
-             {DNNL_ARG_DST, user(memory::desc(s.dst, dt::f32, tag::nchw), out), pd.dst_desc(), true}});
-}
-
-// mode 0: y = conv(x, w); 1: dx = conv_backward_data(dy, w); 2: dw = conv_backward_weights(x, dy), by
-// Winograd when `wino` (and oneDNN has it), else direct (modes 3, 4: run_kept)
-static void run(int mode, int wino, const float* a, const float* b, float* out, int n, int ic, int oc, int h, int w) {
-    if (mode >= 3) return run_kept(mode, wino, a, b, out, n, ic, oc, h, w);
-    Shapes s = shapes(n, ic, oc, h, w);
+    // the direct forward as Jittor's convolution asks for it: the same result
+    if (mode == 4 || (mode == 0 && !wino)) return infer(s, wino, a, b, mode == 4, out);
     algorithm alg;
+    auto fpd = forward_pd(s, prop_kind::forward_training, wino, alg);
     const primitive_attr attr = user_scratchpad();
-    auto user = [](const memory::dims& d, tag t, const float* p) {
-        return memory(memory::desc(d, dt::f32, t), cpu(), (void*)p);
-    };
-    if (mode == 0 && !wino) {  // the direct forward as Jittor's convolution asks for it: the same result
-        auto pd = inference_pd(s, 0, attr);
-        execute(convolution_forward(pd), pd.scratchpad_desc(),
-                {{DNNL_ARG_SRC, user(s.src, tag::nchw, a), pd.src_desc(), false},
-                 {DNNL_ARG_WEIGHTS, user(s.wei, tag::oihw, b), pd.weights_desc(), false},
-                 {DNNL_ARG_DST, user(s.dst, tag::nchw, out), pd.dst_desc(), true}});
-        return;
-    }
-    auto fpd = forward_pd(s, wino, alg, attr);
     if (mode == 0) {
         execute(convolution_forward(fpd), fpd.scratchpad_desc(),
-                {{DNNL_ARG_SRC, user(s.src, tag::nchw, a), fpd.src_desc(), false},
-                 {DNNL_ARG_WEIGHTS, user(s.wei, tag::oihw, b), fpd.weights_desc(), false},
-                 {DNNL_ARG_DST, user(s.dst, tag::nchw, out), fpd.dst_desc(), true}});
+                {{DNNL_ARG_SRC, user(plain(s.src, tag::nchw), a), fpd.src_desc(), false},
+                 {DNNL_ARG_WEIGHTS, user(plain(s.wei, tag::oihw), b), fpd.weights_desc(), false},
+                 {DNNL_ARG_DST, user(plain(s.dst, tag::nchw), out), fpd.dst_desc(), true}});
     } else if (mode == 1) {
         auto d = convolution_backward_data::desc(alg, s.any(s.src), s.any(s.wei), s.any(s.dst), s.strides, s.dil, s.pad, s.pad);
         convolution_backward_data::primitive_desc pd(d, attr, cpu(), fpd);
         execute(convolution_backward_data(pd), pd.scratchpad_desc(),
-                {{DNNL_ARG_DIFF_DST, user(s.dst, tag::nchw, a), pd.diff_dst_desc(), false},
-                 {DNNL_ARG_WEIGHTS, user(s.wei, tag::oihw, b), pd.weights_desc(), false},
-                 {DNNL_ARG_DIFF_SRC, user(s.src, tag::nchw, out), pd.diff_src_desc(), true}});
+                {{DNNL_ARG_DIFF_DST, user(plain(s.dst, tag::nchw), a), pd.diff_dst_desc(), false},
+                 {DNNL_ARG_WEIGHTS, user(plain(s.wei, tag::oihw), b), pd.weights_desc(), false},
+                 {DNNL_ARG_DIFF_SRC, user(plain(s.src, tag::nchw), out), pd.diff_src_desc(), true}});
     } else {
         auto d = convolution_backward_weights::desc(alg, s.any(s.src), s.any(s.wei), s.any(s.dst), s.strides, s.dil, s.pad, s.pad);
         convolution_backward_weights::primitive_desc pd(d, attr, cpu(), fpd);
         execute(convolution_backward_weights(pd), pd.scratchpad_desc(),
-                {{DNNL_ARG_SRC, user(s.src, tag::nchw, a), pd.src_desc(), false},
-                 {DNNL_ARG_DIFF_DST, user(s.dst, tag::nchw, b), pd.diff_dst_desc(), false},
-                 {DNNL_ARG_DIFF_WEIGHTS, user(s.wei, tag::oihw, out), pd.diff_weights_desc(), true}});
+                {{DNNL_ARG_SRC, user(plain(s.src, tag::nchw), a), pd.src_desc(), false},
+                 {DNNL_ARG_DIFF_DST, user(plain(s.dst, tag::nchw), b), pd.diff_dst_desc(), false},
+                 {DNNL_ARG_DIFF_WEIGHTS, user(plain(s.wei, tag::oihw), out), pd.diff_weights_desc(), true}});
     }
 }
 }  // namespace wino
