@@ -3,7 +3,7 @@ convolution of the one-hot map (forward, weight and bias gradients), tap for tap
 import numpy as np
 import pytest
 
-from jspade.models.label_conv import label_conv, label_conv_weight_grad
+from jspade.models.label_conv import label_conv, label_conv_weight_grad, label_ids
 from jspade.runtime import jt
 
 
@@ -124,3 +124,15 @@ def test_taps_line_up_at_the_corners():
                 if lab >= 0:
                     want[:, lab, ky, kx] = 1
         np.testing.assert_array_equal(dw, want, err_msg=f"weight gradient of output pixel {(y, x)}")
+
+
+def test_label_ids_are_the_hot_channel_or_num_ids_for_none():
+    rng = np.random.default_rng(6)
+    labels = rng.integers(0, 29, (2, 30, 41)).astype(np.int32)  # over one block of 512 pixels
+    sem = (labels[:, None] == np.arange(29)[None, :, None, None]).astype(np.float32)
+    sem[0, :, 2, 3] = 0  # a pixel of no class
+    extra = rng.uniform(0, 1, (2, 1, 30, 41)).astype(np.float32)  # e.g. instance edges: not a label
+    got = label_ids(jt.array(np.concatenate([sem, extra], 1)), 29).numpy()
+    want = labels.copy()
+    want[0, 2, 3] = 29
+    assert got.dtype == np.int32 and np.array_equal(got, want)

@@ -313,6 +313,45 @@ def one_hot(label, num_channels):
     return (label.int32() == ids.int32()).float32()
 
 
+_IDS_SRC = r"""
+// ids of [N, C, H, W] semantics over their first K channels: the first channel holding a pixel's
+// largest value (as argmax), K where that value is not > 0 (a pixel of no class); blocks of pixels in
+// parallel, each read channel plane by channel plane
+const int N = in0_shape0, C = in0_shape1, HW = in0_shape2 * in0_shape3, K = (int)data["k"];
+const int B = 512, blocks = (HW + B - 1) / B;
+#pragma omp parallel for schedule(static)
+for (int job = 0; job < N * blocks; job++) {
+    const int n = job / blocks, start = job % blocks * B, len = std::min(B, HW - start);
+    const float* p = in0_p + (size_t)n * C * HW + start;
+    float best[B];
+    int id[B];
+    for (int i = 0; i < len; i++) { best[i] = p[i]; id[i] = 0; }
+    for (int c = 1; c < K; c++) {
+        const float* q = p + (size_t)c * HW;
+        for (int i = 0; i < len; i++) {
+            const bool more = q[i] > best[i];
+            best[i] = more ? q[i] : best[i];
+            id[i] = more ? c : id[i];
+        }
+    }
+    int* out = out0_p + (size_t)n * HW + start;
+    for (int i = 0; i < len; i++) out[i] = best[i] > 0.f ? id[i] : K;
+}
+"""
+
+
+def label_ids(semantics, num_ids):
+    """[N, H, W] int32 label ids of NCHW semantics that are one-hot over their first `num_ids` channels:
+    the hot channel, or num_ids for a pixel with none (all zeros). One multithreaded pass on the CPU
+    (Jittor's argmax over channels is single-threaded, as long as a small layer)."""
+    n, _, h, w = semantics.shape
+    if jt.flags.use_cuda:
+        ids, hot = jt.argmax(semantics[:, :num_ids], dim=1)
+        return jt.ternary(hot > 0, ids.int32(), jt.array(num_ids, dtype="int32")).stop_grad()
+    return jt.code((n, h, w), "int32", [semantics.float32()], cpu_header="#include <algorithm>",
+                   cpu_src=_IDS_SRC, data={"k": int(num_ids)}).stop_grad()
+
+
 def _onehot(labels, num_labels):
     return one_hot(labels[:, None], num_labels)
 

@@ -18,7 +18,7 @@ from jittor import nn
 
 from jspade.models import fused_norm, kept_weights, winograd
 from jspade.models.clip_modulation import ClipHead
-from jspade.models.label_conv import label_conv
+from jspade.models.label_conv import label_conv, label_ids
 from jspade.models.resize import resize_nearest
 
 
@@ -271,10 +271,8 @@ class SegmentationMap:
     def __init__(self, semantics, num_ids, style=None):
         self.semantics, self.num_ids = semantics, num_ids
         self.style = style  # a CLIP model's style vector w [N, width] (clip_modulation.ClipMapping), else None
-        ids, hot = jt.argmax(semantics[:, :num_ids], dim=1)
         # a pixel with no class (all zeros) reads no weights: label num_ids, outside the table
-        ids = jt.ternary(hot > 0, ids.int32(), jt.array(num_ids, dtype="int32"))
-        self.ids = ids.reshape(semantics.shape[0], 1, *semantics.shape[2:]).stop_grad()
+        self.ids = label_ids(semantics, num_ids).reshape(semantics.shape[0], 1, *semantics.shape[2:])
         self._resized = {}
 
     def at(self, size):
