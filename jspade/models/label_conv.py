@@ -52,6 +52,8 @@ _HEADER = r"""#include <vector>
 #else
 #define LC_VW 4
 #endif
+// input channels per block of oneDNN's AVX-512 direct convolution (the order the forward sums in)
+#define LC_ICB 16
 typedef float lc_vec __attribute__((vector_size(LC_VW * 4)));
 static inline lc_vec lc_ld(const float* p) { lc_vec v; __builtin_memcpy(&v, p, sizeof v); return v; }
 static inline void lc_st(float* p, lc_vec v) { __builtin_memcpy(p, &v, sizeof v); }
@@ -159,11 +161,31 @@ static void lc_forward(const int* L, const float* weight, const float* bias, flo
                         if (u >= 0) {
                             for (int j = 0; j < NV; j++) acc[j] += lc_ld(sums + u + j * LC_VW);
                         } else {
-                            for (int ky = 0; ky < KH; ky++)
-                                for (int kx = 0; kx < KW; kx++) {
-                                    const float* w = tb + (size_t)(ky * KW + kx) * K1 * CB + lrow[ky * WP + x + kx];
-                                    for (int j = 0; j < NV; j++) acc[j] += lc_ld(w + j * LC_VW);
-                                }
+                            // the taps summed as oneDNN's direct convolution sums a one-hot input: per block
+                            // of LC_ICB input channels (labels), from zero in tap order; the blocks' sums
+                            // added to the bias in block order
+                            int rest = 0, lab[KT];
+                            for (int t = 0; t < KT; t++) {
+                                lab[t] = lrow[(t / KW) * WP + x + t % KW];
+                                rest += lab[t] < K * CB;
+                            }
+                            int lo = 0;  // labels below lo * CB are summed already
+                            while (rest > 0) {
+                                int block = K;
+                                for (int t = 0; t < KT; t++)
+                                    if (lab[t] >= lo * CB && lab[t] < K * CB) block = std::min(block, lab[t] / CB / LC_ICB);
+                                const int hi = (block + 1) * LC_ICB;
+                                lc_vec part[NV];
+                                for (int j = 0; j < NV; j++) part[j] = lc_vec{};
+                                for (int t = 0; t < KT; t++)
+                                    if (lab[t] >= lo * CB && lab[t] < std::min(hi, K) * CB) {
+                                        const float* w = tb + (size_t)t * K1 * CB + lab[t];
+                                        for (int j = 0; j < NV; j++) part[j] += lc_ld(w + j * LC_VW);
+                                        rest--;
+                                    }
+                                for (int j = 0; j < NV; j++) acc[j] += part[j];
+                                lo = hi;
+                            }
                         }
                         if (relu) {  // as ReLU's x > 0 ? x : 0 (NaN -> 0)
                             const lc_vec zero{};
