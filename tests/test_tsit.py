@@ -103,6 +103,48 @@ def test_tsit_accepts_the_projects_spade_defaults():
         SPADEModel(ModelConfig(netG="pix2pixhd"))
 
 
+@pytest.mark.parametrize("kw", [dict(), dict(label_nc=3, contain_dontcare_label=True, no_instance=False)])
+def test_content_stream_reads_label_ids_as_the_dense_convolutions_would(kw):
+    """The stream's first block convolves the one-hot map from its label ids (conv_0 and the shortcut);
+    with instance edges (an extra channel) that channel is convolved densely. Features and the
+    gradients of the block's weights equal the dense convolutions' up to float32 rounding (which the
+    instance norms of a 2-channel stream amplify to ~7e-5; a wrong tap or a dropped channel is O(1))."""
+    from jspade.models.normalization import SegmentationMap
+    opt = tsit_opt(crop_size=128, aspect_ratio=1.0, **kw)
+    jt.set_global_seed(5)
+    stream = TSITGenerator(opt).init_weights().content_stream
+    stream.train()
+    sem = semantics(opt, 2, 128, 128, seed=3)
+    if not opt.no_instance:  # instance edges in the last channel
+        edges = np.random.default_rng(4).uniform(0, 1, (2, 1, 128, 128)) > 0.8
+        sem = jt.array(np.concatenate([sem.numpy()[:, :-1], edges.astype(np.float32)], 1))
+    block = stream.res_0
+    # (not conv_0's bias: instance norm follows, so its gradient is zero up to rounding noise)
+    weights = [block.conv_0.weight_orig, block.conv_s.weight_orig]
+    uv = [(m.weight_u.numpy(), m.weight_v.numpy()) for m in (block.conv_0, block.conv_1, block.conv_s)]
+    # the first four features (deeper ones, 4x4 maps and smaller, amplify rounding); the gradients
+    # through the first two only (back through the deeper norms a near-constant channel made
+    # rounding 1e-3 of the gradient for one random init in twelve)
+    probe = [jt.array(np.random.default_rng(i).standard_normal(f.shape).astype(np.float32))
+             for i, f in enumerate(stream(sem)[:4])]
+
+    def run(inp):
+        for m, (u, v) in zip((block.conv_0, block.conv_1, block.conv_s), uv):  # the same power iteration
+            m.weight_u.update(jt.array(u))
+            m.weight_v.update(jt.array(v))
+        features = stream(inp)[:4]
+        loss = sum((f * q).sum() for f, q in zip(features[:2], probe))
+        return [f.numpy() for f in features], [g.numpy() for g in jt.grad(loss, weights)]
+
+    dense, by_ids = run(sem), run(SegmentationMap(sem, opt.num_label_ids))
+    for i, (a, b) in enumerate(zip(dense[0] + dense[1], by_ids[0] + by_ids[1])):
+        assert np.abs(a - b).max() <= 2e-4 * max(np.abs(a).max(), 1.0), i
+    stream.eval()
+    with jt.no_grad():
+        a, b = stream(sem)[3].numpy(), stream(SegmentationMap(sem, opt.num_label_ids))[3].numpy()
+    assert np.abs(a - b).max() <= 2e-4 * max(np.abs(a).max(), 1.0)
+
+
 def test_downsample_takes_every_other_pixel_like_pytorch():
     """F.interpolate(scale_factor=0.5) picks source index 2*i, also for odd sizes (in/out would not)."""
     x = np.arange(2 * 7 * 9, dtype=np.float32).reshape(1, 2, 7, 9)

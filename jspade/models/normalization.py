@@ -62,14 +62,19 @@ class SpectralConv2d(SpectralNorm):
         self.stride, self.padding = stride, padding
         self._init_uv()
 
-    def execute(self, x):
+    def weight_for(self, x=None):
+        """W / sigma for this forward (after a power iteration in training). While rendering it is kept,
+        in the layout oneDNN reads for inputs like `x` (winograd.prepare), or as it is for x None."""
         if self.is_training():  # a power iteration per forward: nothing to keep
             kept_weights.drop(self)
-            weight = self.normalized_weight()
-        else:  # while rendering, W / sigma kept (in the layout oneDNN reads: winograd.prepare)
-            weight = kept_weights.kept(self, (self.weight_orig, self.weight_u, self.weight_v), lambda: winograd.prepare(
-                self.normalized_weight(), x.shape, self.stride, self.padding), x.shape)
-        return winograd.conv2d(x, weight, self.bias, self.stride, self.padding)
+            return self.normalized_weight()
+        if x is None:
+            return kept_weights.kept(self, (self.weight_orig, self.weight_u, self.weight_v), self.normalized_weight)
+        return kept_weights.kept(self, (self.weight_orig, self.weight_u, self.weight_v), lambda: winograd.prepare(
+            self.normalized_weight(), x.shape, self.stride, self.padding), x.shape)
+
+    def execute(self, x):
+        return winograd.conv2d(x, self.weight_for(x), self.bias, self.stride, self.padding)
 
 
 def _sum_nhw(x):
@@ -287,6 +292,22 @@ class SegmentationMap:
         return self._resized[size]
 
 
+def conv_of_semantics(conv, segmap, size=None, relu=False):
+    """`conv(segmap.semantics)` resized to `size` (default: as they are), then ReLU if `relu`: a stride-1,
+    odd-square-kernel convolution layer (plain or spectral) over the semantics, computed from their label
+    ids (`label_conv`) plus a convolution of any other channels."""
+    ids, other = segmap.at(size or segmap.semantics.shape[2:])
+    weight = conv.weight_for()
+    pad = conv.padding if isinstance(conv.padding, int) else conv.padding[0]
+    assert conv.stride in (1, (1, 1)), conv.stride
+    k = segmap.num_ids
+    if other is None:
+        return label_conv(ids, weight, conv.bias, pad, relu=relu)
+    out = label_conv(ids, weight[:, :k], conv.bias, pad)
+    out = out + winograd.conv2d(other, weight[:, k:], None, 1, pad)
+    return nn.relu(out) if relu else out
+
+
 class GammaBetaConv2d(winograd.Conv2d):
     """The original's `mlp_gamma` and `mlp_beta` (two convolutions of one input, `norm_nc` channels each)
     stored as one: gamma's output channels, then beta's. Their input is read once and its gradient comes
@@ -342,14 +363,7 @@ class SPADE(nn.Module):
 
     def hidden_from_ids(self, segmap, size, relu=False):
         """mlp_shared's convolution of the semantics, from their label ids (then its ReLU if `relu`)."""
-        conv = self.mlp_shared[0]
-        ids, other = segmap.at(size)
-        k, pad = segmap.num_ids, conv.padding[0]
-        if other is None:
-            return label_conv(ids, conv.weight, conv.bias, pad, relu=relu)
-        out = label_conv(ids, conv.weight[:, :k], conv.bias, pad)
-        out = out + winograd.conv2d(other, conv.weight[:, k:], None, 1, pad)
-        return nn.relu(out) if relu else out
+        return conv_of_semantics(self.mlp_shared[0], segmap, size, relu)
 
 
 class FADE(nn.Module):

@@ -16,7 +16,7 @@ from jspade.errors import ConfigError
 from jspade.models import winograd
 from jspade.models.base import BaseNetwork
 from jspade.models.generator import ModulatedResnetBlock, first_feature_map, residual_convs
-from jspade.models.normalization import FADE, InstanceNorm2d, SyncBatchNorm
+from jspade.models.normalization import FADE, InstanceNorm2d, SegmentationMap, SyncBatchNorm, conv_of_semantics
 from jspade.models.resize import upsample2x
 
 
@@ -48,9 +48,16 @@ class StreamResnetBlock(nn.Module):
             self.norm_layer_s = _stream_norm(norm_type, fout)
 
     def execute(self, x):
+        """`x`: a feature map, or the content stream's input as a SegmentationMap (whose convolutions
+        are computed from the label ids: a one-hot map's are gathers of weight columns)."""
+        if isinstance(x, SegmentationMap):
+            segmap, x = x, x.semantics
+            conv = lambda layer: conv_of_semantics(layer, segmap)
+        else:
+            conv = lambda layer: layer(x)
         # each norm with the leaky ReLU after it in one pass
-        x_s = self.norm_layer_s(self.conv_s(x), slope=0.2) if self.learned_shortcut else x
-        dx = self.norm_layer_in(self.conv_0(x), slope=0.2)
+        x_s = self.norm_layer_s(conv(self.conv_s), slope=0.2) if self.learned_shortcut else x
+        dx = self.norm_layer_in(conv(self.conv_0), slope=0.2)
         dx = self.norm_layer_out(self.conv_1(dx), slope=0.2)
         return x_s + dx
 
@@ -159,7 +166,7 @@ class TSITGenerator(BaseNetwork):
         # 3x3 convolutions by Winograd where it pays, as in SPADE's generator: on the 512x384 reference
         # archive it lands closer than the direct algorithm, whole or per stream (docs/tsit.md).
         opt = self.opt
-        ft = self.content_stream(seg)
+        ft = self.content_stream(SegmentationMap(seg, opt.num_label_ids))  # its first block reads the label ids
         sft = self.style_stream(style) if opt.style_stream and style is not None else None
         x = first_feature_map(self, seg, z)
 

@@ -357,8 +357,11 @@ class Conv2d(nn.Conv2d):
     """`jittor.nn.Conv2d` (same parameters and state names) whose 3x3, stride-1, padding-1 case runs by
     Winograd (`conv2d` above); any other shape is Jittor's own convolution."""
 
-    def weight_for(self, x):
-        """The weight to convolve `x` with: while rendering, what `prepare` keeps of it."""
+    def weight_for(self, x=None):
+        """The weight to convolve `x` with: while rendering, what `prepare` keeps of it (for x None, the
+        weight itself)."""
+        if x is None:
+            return self.weight
         return kept_weights.kept(self, (self.weight,), lambda: prepare(
             self.weight, x.shape, self.stride, self.padding, self.dilation, self.groups), x.shape)
 
