@@ -19,7 +19,12 @@ cores):
   sums kh*kw contiguous CB-float weight vectors from a table [tap][label][CB] whose row for the padding
   label is zero (the label map is padded with that sentinel, so there is no border branch); a pixel
   whose kh x kw window holds a single label (most of a real segmentation map) adds one precomputed
-  sum-of-taps vector instead. The row tile [x][CB] is then transposed (4x4 SSE blocks) into NCHW.
+  sum-of-taps vector instead. A mixed pixel sums its taps in the order PyTorch's CPU convolution
+  (oneDNN's AVX-512 direct kernel) sums a one-hot input: per block of 16 labels from zero, the blocks'
+  sums added to the bias in block order (96% of outputs bit-equal to it, against 48% adding the taps to
+  the bias one by one; that closeness is what keeps TSIT's eval forward within its parity bound, whose
+  content stream also convolves the label map this way). The row tile [x][CB] is then transposed (4x4
+  SSE blocks) into NCHW.
 * weight gradient: the pixels of each output row are grouped by (tap, label) (and the single-label
   pixels by label); then, parallel over blocks of CB channels (each thread owns its dW[c] rows; no
   atomics), each group's dy vectors are summed in registers and that row sum is added to the total.
@@ -29,7 +34,7 @@ cores):
 Contract: `labels` int32 [N, H, W]; `weight` float32 [C, K, k, k] (k odd); stride 1, zero padding
 `padding`. A label outside [0, K) is a pixel whose one-hot vector is all zeros (as `labels == arange(K)`
 gives). The result equals `jt.nn.conv2d(onehot(labels, K), weight, bias, stride=1, padding=padding)` up
-to float32 rounding (the order of the sums differs); it is differentiable w.r.t. weight and bias, not
+to float32 rounding (the order of the sums may differ); it is differentiable w.r.t. weight and bias, not
 labels. With `jt.flags.use_cuda` it *is* that dense convolution, so nothing changes on the GPU.
 """
 from jspade.runtime import jt, release_saved
@@ -45,6 +50,10 @@ _HEADER = r"""#include <vector>
 #if defined(__SSE__)
 #include <xmmintrin.h>
 #endif
+// Jittor compiles kernels with -Ofast, which lets GCC reorder float sums; these kernels sum in a
+// stated order (the forward as oneDNN does, the weight gradient row by row), so sums stay as written
+#pragma GCC push_options
+#pragma GCC optimize("no-associative-math")
 
 // vectors of 8 floats with AVX (-march=native), else 4 (GCC/Clang vector extensions)
 #if defined(__AVX__)
@@ -86,6 +95,34 @@ static inline void lc_label_rows(const int* L, int H, int W, int K, int pad, int
         for (int ky = 0; ky < KH; ky++)
             for (int kx = 0; kx < KW; kx++) same &= lrow[ky * WP + x + kx] == l;
         urow[x] = same ? l : -1;
+    }
+}
+
+// For the forward's mixed pixels (urow[x] < 0), the order oneDNN's AVX-512 direct convolution sums
+// a one-hot input in: per block of LC_ICB labels from zero in tap order, the blocks' sums added to
+// the bias in block order. Where a pixel's labels fall in at most two blocks (always for K <= 32),
+// plan[x * 2 * KT + t] is the table offset tap t adds to the lower block's sum and plan[.. + KT + t]
+// the offset it adds to the upper's, one of them the zero row (so the forward runs without branches;
+// adding +0 is exact); urow[x] = -1. Three or more blocks (K > 32): urow[x] = -2, summed by search.
+static inline void lc_tap_plan(const int* lrow, int* urow, int* plan, int K, int KH, int KW, int WO, int CB) {
+    const int KT = KH * KW, WP = WO + KW - 1, K1 = K + 1, span = CB * LC_ICB;
+    for (int x = 0; x < WO; x++) {
+        if (urow[x] >= 0) continue;
+        int lo = K, hi = -1;
+        for (int t = 0; t < KT; t++) {
+            const int l = lrow[(t / KW) * WP + x + t % KW];
+            if (l < K * CB) { lo = std::min(lo, l / span); hi = std::max(hi, l / span); }
+        }
+        int* p = plan + (size_t)x * 2 * KT;
+        bool two = true;
+        for (int t = 0; t < KT; t++) {
+            const int l = lrow[(t / KW) * WP + x + t % KW], base = t * K1 * CB, zero = base + K * CB;
+            const bool upper = l < K * CB && l / span != lo;
+            two &= !upper || l / span == hi;
+            p[t] = upper ? zero : base + l;
+            p[KT + t] = upper ? base + l : zero;
+        }
+        urow[x] = two ? -1 : -2;
     }
 }
 
@@ -139,7 +176,7 @@ static void lc_forward(const int* L, const float* weight, const float* bias, flo
     #pragma omp parallel
     {
         std::vector<float> tile_v((size_t)XC * CB);
-        std::vector<int> lrow_v((size_t)KH * WP), urow_v(WO);
+        std::vector<int> lrow_v((size_t)KH * WP), urow_v(WO), plan_v((size_t)WO * 2 * KT);
         float* tile = tile_v.data();
         const int* lrow = lrow_v.data();
         const int* urow = urow_v.data();
@@ -147,6 +184,7 @@ static void lc_forward(const int* L, const float* weight, const float* bias, flo
         for (int r = 0; r < N * HO; r++) {
             const int n = r / HO, yo = r % HO;
             lc_label_rows(L, H, W, K, pad, KH, KW, n, yo, WO, CB, lrow_v.data(), urow_v.data());
+            lc_tap_plan(lrow, urow_v.data(), plan_v.data(), K, KH, KW, WO, CB);
             for (int x0 = 0; x0 < WO; x0 += XC) {
                 const int xn = std::min(XC, WO - x0);
                 for (int b = 0; b < NB; b++) {
@@ -160,10 +198,17 @@ static void lc_forward(const int* L, const float* weight, const float* bias, flo
                         const int u = urow[x];
                         if (u >= 0) {
                             for (int j = 0; j < NV; j++) acc[j] += lc_ld(sums + u + j * LC_VW);
-                        } else {
-                            // the taps summed as oneDNN's direct convolution sums a one-hot input: per block
-                            // of LC_ICB input channels (labels), from zero in tap order; the blocks' sums
-                            // added to the bias in block order
+                        } else if (u == -1) {  // labels of at most two blocks (lc_tap_plan)
+                            const int* p = plan_v.data() + (size_t)x * 2 * KT;
+                            lc_vec lo[NV], hi[NV];
+                            for (int j = 0; j < NV; j++) lo[j] = hi[j] = lc_vec{};
+                            for (int t = 0; t < KT; t++)
+                                for (int j = 0; j < NV; j++) {
+                                    lo[j] += lc_ld(tb + p[t] + j * LC_VW);
+                                    hi[j] += lc_ld(tb + p[KT + t] + j * LC_VW);
+                                }
+                            for (int j = 0; j < NV; j++) acc[j] = (acc[j] + lo[j]) + hi[j];
+                        } else {  // three or more blocks of labels: each block's taps found by search
                             int rest = 0, lab[KT];
                             for (int t = 0; t < KT; t++) {
                                 lab[t] = lrow[(t / KW) * WP + x + t % KW];
@@ -281,6 +326,7 @@ static void lc_weight_grad(const int* L, const float* dy, float* dw,
         }
     }
 }
+#pragma GCC pop_options
 """
 
 # The gradient through the ReLU (dy where the output is positive, else 0) and its sum per (n, c) plane in
