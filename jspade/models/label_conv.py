@@ -21,10 +21,11 @@ cores):
   whose kh x kw window holds a single label (most of a real segmentation map) adds one precomputed
   sum-of-taps vector instead. A mixed pixel sums its taps in the order PyTorch's CPU convolution
   (oneDNN's AVX-512 direct kernel) sums a one-hot input: per block of 16 labels from zero, the blocks'
-  sums added to the bias in block order (96% of outputs bit-equal to it, against 48% adding the taps to
-  the bias one by one; that closeness is what keeps TSIT's eval forward within its parity bound, whose
-  content stream also convolves the label map this way). The row tile [x][CB] is then transposed (4x4
-  SSE blocks) into NCHW.
+  sums added to the bias in block order (for K <= 32, two sums without branches: each tap adds its
+  weights to one and the zero row to the other). Against torch 2.14's conv2d of the one-hot map every
+  output is then bit-equal (K = 29, 40, 183 measured; 48% adding the taps to the bias one by one): that
+  is what keeps TSIT's eval forward within its parity bound, whose content stream also convolves the
+  label map this way. The row tile [x][CB] is then transposed (4x4 SSE blocks) into NCHW.
 * weight gradient: the pixels of each output row are grouped by (tap, label) (and the single-label
   pixels by label); then, parallel over blocks of CB channels (each thread owns its dW[c] rows; no
   atomics), each group's dy vectors are summed in registers and that row sum is added to the total.
@@ -98,34 +99,6 @@ static inline void lc_label_rows(const int* L, int H, int W, int K, int pad, int
     }
 }
 
-// For the forward's mixed pixels (urow[x] < 0), the order oneDNN's AVX-512 direct convolution sums
-// a one-hot input in: per block of LC_ICB labels from zero in tap order, the blocks' sums added to
-// the bias in block order. Where a pixel's labels fall in at most two blocks (always for K <= 32),
-// plan[x * 2 * KT + t] is the table offset tap t adds to the lower block's sum and plan[.. + KT + t]
-// the offset it adds to the upper's, one of them the zero row (so the forward runs without branches;
-// adding +0 is exact); urow[x] = -1. Three or more blocks (K > 32): urow[x] = -2, summed by search.
-static inline void lc_tap_plan(const int* lrow, int* urow, int* plan, int K, int KH, int KW, int WO, int CB) {
-    const int KT = KH * KW, WP = WO + KW - 1, K1 = K + 1, span = CB * LC_ICB;
-    for (int x = 0; x < WO; x++) {
-        if (urow[x] >= 0) continue;
-        int lo = K, hi = -1;
-        for (int t = 0; t < KT; t++) {
-            const int l = lrow[(t / KW) * WP + x + t % KW];
-            if (l < K * CB) { lo = std::min(lo, l / span); hi = std::max(hi, l / span); }
-        }
-        int* p = plan + (size_t)x * 2 * KT;
-        bool two = true;
-        for (int t = 0; t < KT; t++) {
-            const int l = lrow[(t / KW) * WP + x + t % KW], base = t * K1 * CB, zero = base + K * CB;
-            const bool upper = l < K * CB && l / span != lo;
-            two &= !upper || l / span == hi;
-            p[t] = upper ? zero : base + l;
-            p[KT + t] = upper ? base + l : zero;
-        }
-        urow[x] = two ? -1 : -2;
-    }
-}
-
 // dst[j * dst_stride + i] = src[i * src_stride + j] for i < ni, j < nj (a small block transpose),
 // 4x4 blocks visited along i (dst's rows) when dst is the large array, else along j (src's rows)
 static inline void lc_transpose(const float* src, size_t src_stride, float* dst, size_t dst_stride,
@@ -176,7 +149,7 @@ static void lc_forward(const int* L, const float* weight, const float* bias, flo
     #pragma omp parallel
     {
         std::vector<float> tile_v((size_t)XC * CB);
-        std::vector<int> lrow_v((size_t)KH * WP), urow_v(WO), plan_v((size_t)WO * 2 * KT);
+        std::vector<int> lrow_v((size_t)KH * WP), urow_v(WO);
         float* tile = tile_v.data();
         const int* lrow = lrow_v.data();
         const int* urow = urow_v.data();
@@ -184,7 +157,6 @@ static void lc_forward(const int* L, const float* weight, const float* bias, flo
         for (int r = 0; r < N * HO; r++) {
             const int n = r / HO, yo = r % HO;
             lc_label_rows(L, H, W, K, pad, KH, KW, n, yo, WO, CB, lrow_v.data(), urow_v.data());
-            lc_tap_plan(lrow, urow_v.data(), plan_v.data(), K, KH, KW, WO, CB);
             for (int x0 = 0; x0 < WO; x0 += XC) {
                 const int xn = std::min(XC, WO - x0);
                 for (int b = 0; b < NB; b++) {
@@ -198,17 +170,27 @@ static void lc_forward(const int* L, const float* weight, const float* bias, flo
                         const int u = urow[x];
                         if (u >= 0) {
                             for (int j = 0; j < NV; j++) acc[j] += lc_ld(sums + u + j * LC_VW);
-                        } else if (u == -1) {  // labels of at most two blocks (lc_tap_plan)
-                            const int* p = plan_v.data() + (size_t)x * 2 * KT;
+                        } else if (K <= 2 * LC_ICB) {  // labels of at most two blocks: two sums, no branches
+                            constexpr int span = CB * LC_ICB;  // table offsets per block of labels
+                            int lab[KT], lower = K;  // lower: the pixel's lowest block (the padding's is never below)
+                            for (int t = 0; t < KT; t++) {
+                                lab[t] = lrow[(t / KW) * WP + x + t % KW];
+                                lower = std::min(lower, lab[t] / span);
+                            }
                             lc_vec lo[NV], hi[NV];
                             for (int j = 0; j < NV; j++) lo[j] = hi[j] = lc_vec{};
-                            for (int t = 0; t < KT; t++)
+                            for (int t = 0; t < KT; t++) {  // each tap adds to one sum, the zero row to the other
+                                const int base = t * K1 * CB, zero = base + K * CB;
+                                const bool in_lo = lab[t] / span == lower;
+                                const float* wl = tb + (in_lo ? base + lab[t] : zero);
+                                const float* wh = tb + (in_lo ? zero : base + lab[t]);
                                 for (int j = 0; j < NV; j++) {
-                                    lo[j] += lc_ld(tb + p[t] + j * LC_VW);
-                                    hi[j] += lc_ld(tb + p[KT + t] + j * LC_VW);
+                                    lo[j] += lc_ld(wl + j * LC_VW);
+                                    hi[j] += lc_ld(wh + j * LC_VW);
                                 }
+                            }
                             for (int j = 0; j < NV; j++) acc[j] = (acc[j] + lo[j]) + hi[j];
-                        } else {  // three or more blocks of labels: each block's taps found by search
+                        } else {  // K > 32: a pixel may read three or more blocks; each block's taps found by search
                             int rest = 0, lab[KT];
                             for (int t = 0; t < KT; t++) {
                                 lab[t] = lrow[(t / KW) * WP + x + t % KW];
