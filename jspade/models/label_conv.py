@@ -22,7 +22,9 @@ cores):
   sum-of-taps vector instead. A mixed pixel sums its taps in the order PyTorch's CPU convolution
   (oneDNN's AVX-512 direct kernel) sums a one-hot input: per block of 16 labels from zero, the blocks'
   sums added to the bias in block order (for K <= 32, two sums without branches: each tap adds its
-  weights to one and the zero row to the other). Against torch 2.14's conv2d of the one-hot map every
+  weights to one and the zero row to the other, from offsets planned once per row; this costs a
+  uniform-random map 1.4x the forward of adding the taps to the bias one by one, a real map little,
+  docs/performance.md). Against torch 2.14's conv2d of the one-hot map every
   output is then bit-equal (K = 29, 40, 183 measured; 48% adding the taps to the bias one by one): that
   is what keeps TSIT's eval forward within its parity bound, whose content stream also convolves the
   label map this way. The row tile [x][CB] is then transposed (4x4 SSE blocks) into NCHW.
@@ -99,6 +101,31 @@ static inline void lc_label_rows(const int* L, int H, int W, int K, int pad, int
     }
 }
 
+// For K <= 2 * LC_ICB (a pixel reads labels of at most two blocks of LC_ICB): per mixed pixel x of a
+// row (urow[x] < 0), the table offset each tap adds to the lower block's sum, plan[x * 2 * KT + t], and
+// to the upper's, plan[x * 2 * KT + KT + t]: its weights' row for one, the zero row for the other.
+// The same for every block of output channels, so planned once per row.
+template <int KH, int KW, int CB>
+static inline void lc_tap_plan(const int* lrow, const int* urow, int* plan, int K, int WO) {
+    constexpr int KT = KH * KW, span = CB * LC_ICB;  // compile-time: the divisions are shifts
+    const int WP = WO + KW - 1, K1 = K + 1;
+    for (int x = 0; x < WO; x++) {
+        if (urow[x] >= 0) continue;
+        int lab[KT], lower = K;  // the pixel's lowest block (the padding's is never below a label's)
+        for (int t = 0; t < KT; t++) {
+            lab[t] = lrow[(t / KW) * WP + x + t % KW];
+            lower = std::min(lower, lab[t] / span);
+        }
+        int* p = plan + (size_t)x * 2 * KT;
+        for (int t = 0; t < KT; t++) {
+            const int base = t * K1 * CB, zero = base + K * CB;
+            const bool in_lo = lab[t] / span == lower;
+            p[t] = in_lo ? base + lab[t] : zero;
+            p[KT + t] = in_lo ? zero : base + lab[t];
+        }
+    }
+}
+
 // dst[j * dst_stride + i] = src[i * src_stride + j] for i < ni, j < nj (a small block transpose),
 // 4x4 blocks visited along i (dst's rows) when dst is the large array, else along j (src's rows)
 static inline void lc_transpose(const float* src, size_t src_stride, float* dst, size_t dst_stride,
@@ -149,7 +176,7 @@ static void lc_forward(const int* L, const float* weight, const float* bias, flo
     #pragma omp parallel
     {
         std::vector<float> tile_v((size_t)XC * CB);
-        std::vector<int> lrow_v((size_t)KH * WP), urow_v(WO);
+        std::vector<int> lrow_v((size_t)KH * WP), urow_v(WO), plan_v(K <= 2 * LC_ICB ? (size_t)WO * 2 * KT : 0);
         float* tile = tile_v.data();
         const int* lrow = lrow_v.data();
         const int* urow = urow_v.data();
@@ -157,6 +184,7 @@ static void lc_forward(const int* L, const float* weight, const float* bias, flo
         for (int r = 0; r < N * HO; r++) {
             const int n = r / HO, yo = r % HO;
             lc_label_rows(L, H, W, K, pad, KH, KW, n, yo, WO, CB, lrow_v.data(), urow_v.data());
+            if (K <= 2 * LC_ICB) lc_tap_plan<KH, KW, CB>(lrow, urow, plan_v.data(), K, WO);
             for (int x0 = 0; x0 < WO; x0 += XC) {
                 const int xn = std::min(XC, WO - x0);
                 for (int b = 0; b < NB; b++) {
@@ -171,24 +199,14 @@ static void lc_forward(const int* L, const float* weight, const float* bias, flo
                         if (u >= 0) {
                             for (int j = 0; j < NV; j++) acc[j] += lc_ld(sums + u + j * LC_VW);
                         } else if (K <= 2 * LC_ICB) {  // labels of at most two blocks: two sums, no branches
-                            constexpr int span = CB * LC_ICB;  // table offsets per block of labels
-                            int lab[KT], lower = K;  // lower: the pixel's lowest block (the padding's is never below)
-                            for (int t = 0; t < KT; t++) {
-                                lab[t] = lrow[(t / KW) * WP + x + t % KW];
-                                lower = std::min(lower, lab[t] / span);
-                            }
+                            const int* p = plan_v.data() + (size_t)x * 2 * KT;
                             lc_vec lo[NV], hi[NV];
                             for (int j = 0; j < NV; j++) lo[j] = hi[j] = lc_vec{};
-                            for (int t = 0; t < KT; t++) {  // each tap adds to one sum, the zero row to the other
-                                const int base = t * K1 * CB, zero = base + K * CB;
-                                const bool in_lo = lab[t] / span == lower;
-                                const float* wl = tb + (in_lo ? base + lab[t] : zero);
-                                const float* wh = tb + (in_lo ? zero : base + lab[t]);
+                            for (int t = 0; t < KT; t++)
                                 for (int j = 0; j < NV; j++) {
-                                    lo[j] += lc_ld(wl + j * LC_VW);
-                                    hi[j] += lc_ld(wh + j * LC_VW);
+                                    lo[j] += lc_ld(tb + p[t] + j * LC_VW);
+                                    hi[j] += lc_ld(tb + p[KT + t] + j * LC_VW);
                                 }
-                            }
                             for (int j = 0; j < NV; j++) acc[j] = (acc[j] + lo[j]) + hi[j];
                         } else {  // K > 32: a pixel may read three or more blocks; each block's taps found by search
                             int rest = 0, lab[KT];
