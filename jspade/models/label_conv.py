@@ -21,13 +21,13 @@ cores):
   whose kh x kw window holds a single label (most of a real segmentation map) adds one precomputed
   sum-of-taps vector instead. A mixed pixel sums its taps in the order PyTorch's CPU convolution
   (oneDNN's AVX-512 direct kernel) sums a one-hot input: per block of 16 labels from zero, the blocks'
-  sums added to the bias in block order (for K <= 32, two sums without branches: each tap adds its
-  weights to one and the zero row to the other, from offsets planned once per row; this costs a
-  uniform-random map 1.4x the forward of adding the taps to the bias one by one, a real map little,
-  docs/performance.md). Against torch 2.14's conv2d of the one-hot map every
-  output is then bit-equal (K = 29, 40, 183 measured; 48% adding the taps to the bias one by one): that
-  is what keeps TSIT's eval forward within its parity bound, whose content stream also convolves the
-  label map this way. The row tile [x][CB] is then transposed (4x4 SSE blocks) into NCHW.
+  sums added to the bias in block order. For K <= 32 that is two sums without branches: each tap adds
+  its weights to one and the zero row to the other, from offsets planned once per row (dearer than one
+  sum where most pixels are boundaries; docs/performance.md). The kernels are compiled to keep their
+  sums in the written order, so every output is bit-equal to torch's conv2d of the one-hot map on such
+  a CPU (against about half adding the taps to the bias one by one): that is what keeps TSIT's eval
+  forward within its parity bound, whose content stream also convolves the label map this way. The row
+  tile [x][CB] is then transposed (4x4 SSE blocks) into NCHW.
 * weight gradient: the pixels of each output row are grouped by (tap, label) (and the single-label
   pixels by label); then, parallel over blocks of CB channels (each thread owns its dW[c] rows; no
   atomics), each group's dy vectors are summed in registers and that row sum is added to the total.
@@ -55,6 +55,7 @@ _HEADER = r"""#include <vector>
 #endif
 // Jittor compiles kernels with -Ofast, which lets GCC reorder float sums; these kernels sum in a
 // stated order (the forward as oneDNN does, the weight gradient row by row), so sums stay as written
+// (a compiler that ignores this pragma may reorder them: tests/test_label_conv.py would say so)
 #pragma GCC push_options
 #pragma GCC optimize("no-associative-math")
 
@@ -411,7 +412,7 @@ for (int job = 0; job < N * blocks; job++) {
 def label_ids(semantics, num_ids):
     """[N, H, W] int32 label ids of NCHW semantics that are one-hot over their first `num_ids` channels:
     the hot channel, or num_ids for a pixel with none (all zeros). One multithreaded pass on the CPU
-    (Jittor's argmax over channels is single-threaded, as long as a small layer)."""
+    (Jittor's argmax over channels runs on one thread)."""
     n, _, h, w = semantics.shape
     if jt.flags.use_cuda:
         ids, hot = jt.argmax(semantics[:, :num_ids], dim=1)
