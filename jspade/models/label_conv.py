@@ -219,7 +219,7 @@ static void lc_forward(const int* L, const float* weight, const float* bias, flo
                             while (rest > 0) {
                                 int block = K;
                                 for (int t = 0; t < KT; t++)
-                                    if (lab[t] >= lo * CB && lab[t] < K * CB) block = std::min(block, lab[t] / CB / LC_ICB);
+                                    if (lab[t] >= lo * CB && lab[t] < K * CB) block = std::min(block, lab[t] / (CB * LC_ICB));
                                 const int hi = (block + 1) * LC_ICB;
                                 lc_vec part[NV];
                                 for (int j = 0; j < NV; j++) part[j] = lc_vec{};

@@ -68,9 +68,10 @@ class SpectralConv2d(SpectralNorm):
         if self.is_training():  # a power iteration per forward: nothing to keep
             kept_weights.drop(self)
             return self.normalized_weight()
+        sources = (self.weight_orig, self.weight_u, self.weight_v)
         if x is None:
-            return kept_weights.kept(self, (self.weight_orig, self.weight_u, self.weight_v), self.normalized_weight)
-        return kept_weights.kept(self, (self.weight_orig, self.weight_u, self.weight_v), lambda: winograd.prepare(
+            return kept_weights.kept(self, sources, self.normalized_weight)
+        return kept_weights.kept(self, sources, lambda: winograd.prepare(
             self.normalized_weight(), x.shape, self.stride, self.padding), x.shape)
 
     def execute(self, x):
