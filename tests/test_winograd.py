@@ -129,7 +129,7 @@ def test_wide_layers_count_the_whole_batch():
     assert not winograd.winograd_pays((1, 1024, 12, 16), 1024)  # faster alone, 250 MB more (docs/performance.md)
 
 
-@pytest.mark.parametrize("n,ic,oc,h,w", [(1, 128, 256, 6, 8), (2, 6, 12, 10, 14), (1, 1024, 1024, 3, 4)])
+@pytest.mark.parametrize("n,ic,oc,h,w", [(1, 128, 256, 4, 6), (2, 6, 12, 10, 14), (1, 1024, 1024, 3, 4)])
 def test_kept_weights_render_what_jittors_convolution_computes(n, ic, oc, h, w):
     """While rendering, a layer on the direct algorithm convolves with its weight kept in oneDNN's own
     layout (not reordered per forward): the same primitive as Jittor's convolution, so the same result to
@@ -142,16 +142,76 @@ def test_kept_weights_render_what_jittors_convolution_computes(n, ic, oc, h, w):
     expected = jt.nn.conv2d(x, weight, bias, 1, 1).numpy()
     with jt.no_grad(), keeping_inference_weights():
         kept = conv.weight_for(x)
-        assert isinstance(kept, winograd.KeptWeights)
+        assert isinstance(kept, winograd.KeptWeights) and kept.wino == 0
         first, second = conv(x).numpy(), conv(x).numpy()
     np.testing.assert_array_equal(first, second)
     np.testing.assert_array_equal(first, expected)
     with jt.no_grad():  # outside a rendering nothing is kept
         assert conv.weight_for(x) is conv.weight
-    x2 = jt.array(np.random.default_rng(1).standard_normal((n, ic, 24, 32)).astype(np.float32))
-    with jt.no_grad(), keeping_inference_weights():  # where Winograd pays, the weight itself
+    x2 = jt.array(np.random.default_rng(1).standard_normal((n, ic, 96, 128)).astype(np.float32))
+    with jt.no_grad(), keeping_inference_weights():  # a large map where Winograd pays: the weight itself
         assert winograd.winograd_pays(x2.shape, oc) == (ic >= winograd.MIN_IN_CHANNELS)
         assert isinstance(conv.weight_for(x2), winograd.KeptWeights) != winograd.winograd_pays(x2.shape, oc)
+
+
+@pytest.mark.parametrize("n,ic,oc,h,w", [(1, 256, 512, 8, 16), (2, 128, 64, 16, 32), (1, 64, 128, 32, 64)])
+def test_wide_layers_render_by_winograd_with_transformed_weights_kept(n, ic, oc, h, w):
+    """While rendering, a wide layer on a map from 4x8 to 64x64 pixels keeps Winograd's transformed
+    weights (larger than the weight) and convolves with them: Jittor's convolution up to float32 rounding,
+    the same result on every call, and a changed weight is seen."""
+    from jspade.models.kept_weights import keeping_inference_weights
+    x, weight, bias, _ = case(n, ic, oc, h, w)
+    conv = winograd.Conv2d(ic, oc, 3, padding=1)
+    conv.weight.update(weight)
+    conv.bias.update(bias)
+    expected = jt.nn.conv2d(x, weight, bias, 1, 1).numpy()
+    with jt.no_grad(), keeping_inference_weights():
+        kept = conv.weight_for(x)
+        assert isinstance(kept, winograd.KeptWeights) and kept.wino == 1
+        assert kept.data.numel() > weight.numel()  # transformed, not the direct layout
+        first, second = conv(x).numpy(), conv(x).numpy()
+    np.testing.assert_array_equal(first, second)
+    assert 0 < max_rel_error(first, expected) < 2e-5, max_rel_error(first, expected)
+    conv.weight.update(weight * 2)
+    with jt.no_grad(), keeping_inference_weights():
+        doubled = conv(x).numpy()
+    assert max_rel_error(doubled - bias.numpy()[:, None, None], 2 * (expected - bias.numpy()[:, None, None])) < 2e-5
+
+
+def test_kept_winograd_weights_have_a_size_bound():
+    """A layer whose transformed weights would pass KEPT_WINOGRAD_MAX_BYTES (SPADE's 1024-channel layers
+    at ngf 64) keeps the direct algorithm's layout instead."""
+    from jspade.models.kept_weights import keeping_inference_weights
+    x, weight, _, _ = case(1, 256, 512, 8, 16)
+    saved = winograd.KEPT_WINOGRAD_MAX_BYTES
+    try:
+        winograd.KEPT_WINOGRAD_MAX_BYTES = 4 * weight.numel()  # the weight's own size
+        with jt.no_grad(), keeping_inference_weights():
+            kept = winograd.prepare(weight, x.shape, 1, 1)
+        assert isinstance(kept, winograd.KeptWeights) and kept.wino == 0
+    finally:
+        winograd.KEPT_WINOGRAD_MAX_BYTES = saved
+
+
+@pytest.mark.parametrize("n,ic,oc,h,w", [(1, 16, 32, 64, 128), (2, 32, 16, 40, 52), (3, 256, 128, 6, 10),
+                                         (2, 5, 7, 9, 11)])
+def test_pointwise_convolutions_are_jittors(n, ic, oc, h, w):
+    """1x1 convolutions (the learned shortcuts) as oneDNN matrix products: Jittor's convolution up to
+    float32 rounding (output and input gradient the same sums, equal to the bit on the AVX-512 machines
+    measured; the weight gradient summed over pixels and images in tiles); channel counts off oneDNN's
+    blocks and odd pixel counts included."""
+    rng = np.random.default_rng(3)
+    x = jt.array(rng.standard_normal((n, ic, h, w)).astype(np.float32))
+    weight = jt.array(rng.standard_normal((oc, ic, 1, 1)).astype(np.float32))
+    probe = jt.array(rng.standard_normal((n, oc, h, w)).astype(np.float32))
+    ours = [winograd.conv2d(x, weight)] + jt.grad((winograd.conv2d(x, weight) * probe).sum(), [x, weight])
+    theirs = [jt.nn.conv2d(x, weight)] + jt.grad((jt.nn.conv2d(x, weight) * probe).sum(), [x, weight])
+    ours, theirs = [v.numpy() for v in ours], [v.numpy() for v in theirs]
+    for name, a, b in zip(("output", "input gradient", "weight gradient"), ours, theirs):
+        assert max_rel_error(a, b) < 2e-5, f"{name}: {max_rel_error(a, b):.2e}"
+    w2 = weight.numpy()
+    w2[oc - 1, ic - 1] += 0.01  # the last weight of the last block counts
+    assert np.abs(winograd.conv2d(x, jt.array(w2)).numpy() - ours[0]).max() > 1e-3
 
 
 def test_a_second_backward_through_one_forward_says_so():

@@ -77,8 +77,10 @@ def _dnnl_include():
 
 _HEADER = r"""
 #include "oneapi/dnnl/dnnl.hpp"
+#include <algorithm>
 #include <cstdlib>
 #include <new>
+#include <omp.h>
 #include <stdexcept>
 #include <unordered_map>
 #include <vector>
@@ -227,6 +229,82 @@ static void run(int mode, int wino, const float* a, const float* b, float* out, 
                  {DNNL_ARG_DIFF_WEIGHTS, user(plain(s.wei, tag::oihw), out), pd.diff_weights_desc(), true}});
     }
 }
+
+// 1x1 convolutions (stride 1, no padding) as matrix products, one per image, by oneDNN's sgemm (row
+// major): mode 0: y_n[oc, hw] = w[oc, ic] x_n[ic, hw]; 1: dx_n = w^T dy_n, `b` holding w^T [ic, oc];
+// 2: dw = sum_n dy_n x_n^T, `a` = x, `b` = dy.
+static void sgemm(char ta, char tb, long long m, long long n, long long k, const float* a, long long lda,
+                  const float* b, long long ldb, float beta, float* c, long long ldc) {
+    if (dnnl_sgemm(ta, tb, m, n, k, 1.f, a, lda, b, ldb, beta, c, ldc) != dnnl_success)
+        throw std::runtime_error("pointwise convolution: oneDNN's sgemm failed");
+}
+
+static void pointwise_weight_grad(const float* x, const float* dy, float* out, int n, int ic, int oc, long long hw);
+
+static void pointwise(int mode, const float* a, const float* b, float* out, int n, int ic, int oc, long long hw) {
+    if (mode == 0) {
+        for (int i = 0; i < n; i++) sgemm('N', 'N', oc, hw, ic, b, ic, a + i * ic * hw, hw, 0.f, out + i * oc * hw, hw);
+    } else if (mode == 1) {
+        for (int i = 0; i < n; i++) sgemm('N', 'N', ic, hw, oc, b, oc, a + i * oc * hw, hw, 0.f, out + i * ic * hw, hw);
+    } else {
+        pointwise_weight_grad(a, b, out, n, ic, oc, hw);
+    }
+}
+
+// dw[o][i] = sum over images and pixels of dy[o][p] x[i][p]: sgemm runs this product (a long inner
+// dimension, a small result) on one thread, so here the pixels are cut in tiles spread over the threads,
+// each thread summing into its own dw, and these are added in thread order at the end (the same result
+// on every run). A tile's product is sgemm's for wide layers; for narrow ones (where sgemm runs at a
+// fifth of its rate) 4x4 blocks of dw summed in 16-float vectors.
+typedef float v16 __attribute__((vector_size(64)));
+
+static inline v16 load16(const float* p) { v16 v; __builtin_memcpy(&v, p, sizeof v); return v; }
+
+static void pointwise_weight_grad(const float* x, const float* dy, float* out, int n, int ic, int oc, long long hw) {
+    const bool wide = (long long)oc * ic >= 64 * 64;
+    const long long tile = wide ? 2048 : 256, tiles_per_image = (hw + tile - 1) / tile, tiles = n * tiles_per_image;
+    const int threads = (int)std::max(1LL, std::min<long long>(omp_get_max_threads(), tiles));
+    std::vector<float> part((size_t)threads * oc * ic, 0.f);
+    #pragma omp parallel num_threads(threads)
+    {
+        float* acc = part.data() + (size_t)omp_get_thread_num() * oc * ic;
+        #pragma omp for schedule(static)
+        for (long long t = 0; t < tiles; t++) {
+            const long long image = t / tiles_per_image, from = (t % tiles_per_image) * tile;
+            const long long len = std::min(hw - from, tile), vec = len / 16 * 16;
+            const float* xs = x + image * ic * hw + from;
+            const float* ds = dy + image * oc * hw + from;
+            if (wide) {
+                sgemm('N', 'T', oc, ic, len, ds, hw, xs, hw, 1.f, acc, ic);
+                continue;
+            }
+            for (int o0 = 0; o0 < oc; o0 += 4)
+                for (int i0 = 0; i0 < ic; i0 += 4) {
+                    const int no = std::min(4, oc - o0), ni = std::min(4, ic - i0);
+                    v16 s[4][4] = {};
+                    for (long long p = 0; p < vec; p += 16) {
+                        v16 d[4], xv[4];
+                        for (int a = 0; a < no; a++) d[a] = load16(ds + (o0 + a) * hw + p);
+                        for (int b = 0; b < ni; b++) xv[b] = load16(xs + (i0 + b) * hw + p);
+                        for (int a = 0; a < no; a++)
+                            for (int b = 0; b < ni; b++) s[a][b] += d[a] * xv[b];
+                    }
+                    for (int a = 0; a < no; a++)
+                        for (int b = 0; b < ni; b++) {
+                            float sum = 0.f;
+                            for (int k = 0; k < 16; k++) sum += s[a][b][k];
+                            for (long long p = vec; p < len; p++) sum += ds[(o0 + a) * hw + p] * xs[(i0 + b) * hw + p];
+                            acc[(o0 + a) * ic + i0 + b] += sum;
+                        }
+                }
+        }
+    }
+    for (long long j = 0; j < (long long)oc * ic; j++) {
+        float sum = 0.f;
+        for (int t = 0; t < threads; t++) sum += part[(size_t)t * oc * ic + j];
+        out[j] = sum;
+    }
+}
 }  // namespace wino
 """
 
@@ -234,8 +312,8 @@ static void run(int mode, int wino, const float* a, const float* b, float* out, 
 # of buffers); which pass and the sizes come in `data`.
 _SRC = 'wino::run((int)data["mode"], (int)data["wino"], in0_p, in1_p, out0_p, (int)data["n"], (int)data["ic"], ' \
        '(int)data["oc"], (int)data["h"], (int)data["w"]);'
-_PREPARE_SRC = 'wino::run(3, 0, nullptr, in0_p, out0_p, (int)data["n"], (int)data["ic"], (int)data["oc"], ' \
-               '(int)data["h"], (int)data["w"]);'
+_PREPARE_SRC = 'wino::run(3, (int)data["wino"], nullptr, in0_p, out0_p, (int)data["n"], (int)data["ic"], ' \
+               '(int)data["oc"], (int)data["h"], (int)data["w"]);'
 _KEPT_SIZE_SRC = 'out0_p[0] = wino::kept_size((int)data["wino"], (int)data["n"], (int)data["ic"], (int)data["oc"], ' \
                  '(int)data["h"], (int)data["w"]);'
 
@@ -303,9 +381,45 @@ def conv3x3(x, weight, bias=None):
     return y
 
 
+_POINTWISE_SRC = 'wino::pointwise((int)data["mode"], in0_p, in1_p, out0_p, (int)data["n"], (int)data["ic"], ' \
+                 '(int)data["oc"], (long long)data["h"] * (int)data["w"]);'
+
+
+def _pointwise_op(mode, x_shape, oc, a, b):
+    n, ic, h, w = x_shape
+    shape = {0: (n, oc, h, w), 1: (n, ic, h, w), 2: (oc, ic, 1, 1)}[mode]
+    return _code(shape, "float32", [a, b], _POINTWISE_SRC, _data(mode, x_shape, oc, 0))
+
+
+class _Pointwise(jt.Function):
+    def execute(self, x, weight):
+        self.saved = (x, weight)
+        return _pointwise_op(0, x.shape, weight.shape[0], x, weight)
+
+    def grad(self, dy):
+        x, weight = release_saved(self)
+        oc = weight.shape[0]
+        dx = None if self.input_mask[0] == -2 else _pointwise_op(1, x.shape, oc, dy, weight.reshape(oc, -1).t())
+        dw = None if self.input_mask[1] == -2 else _pointwise_op(2, x.shape, oc, x, dy)
+        return dx, dw
+
+
+def pointwise(x, weight, bias=None):
+    """`jt.nn.conv2d(x, weight, bias)` for a [C_out, C_in, 1, 1] weight (stride 1, no padding): on the CPU
+    one oneDNN matrix product per image, forward and backward. Jittor's convolution reorders both into
+    oneDNN's blocked layouts and back on every call, 2-6x the time of the product itself (a learned
+    shortcut, 32 -> 16 channels on 128x256: 1.03 ms against 0.19 ms); the sums are the same, so is the
+    result."""
+    if not enabled() or x.dtype != "float32" or weight.dtype != "float32":
+        return jt.nn.conv2d(x, weight, bias)
+    y = _Pointwise.apply(x, weight)
+    return y if bias is None else y + bias.reshape(1, -1, 1, 1)
+
+
 class KeptWeights:
     """A 3x3 convolution's weight in the layout oneDNN's inference primitive reads for inputs of
-    `x_shape` (`prepare`), kept while rendering so that it is not reordered on every forward."""
+    `x_shape` (`prepare`): for the direct algorithm (`wino` 0) or Winograd's transformed weights (1),
+    kept while rendering so that it is not reordered or transformed on every forward."""
 
     def __init__(self, data, x_shape, out_channels, wino):
         self.data, self.x_shape, self.out_channels, self.wino = data, tuple(x_shape), out_channels, wino
@@ -314,25 +428,56 @@ class KeptWeights:
         self.data.sync()
 
 
+def _one(v):
+    return v if isinstance(v, int) else (v[0] if len(set(v)) == 1 else None)
+
+
 def _is_3x3_same(weight_shape, stride, padding, dilation, groups):
-    def one(v):
-        return v if isinstance(v, int) else (v[0] if len(set(v)) == 1 else None)
-    return (one(stride), one(padding), one(dilation), groups) == (1, 1, 1, 1) and tuple(weight_shape[2:]) == (3, 3)
+    return (_one(stride), _one(padding), _one(dilation), groups) == (1, 1, 1, 1) and tuple(weight_shape[2:]) == (3, 3)
+
+
+def _is_1x1(weight_shape, stride, padding, dilation, groups):
+    return (_one(stride), _one(padding), _one(dilation), groups) == (1, 0, 1, 1) and tuple(weight_shape[2:]) == (1, 1)
+
+
+# While rendering, wide layers on maps from 4x8 to 64x64 pixels convolve by Winograd with their
+# transformed weights kept: oneDNN's inference primitive then reads them as they are, where the training
+# primitive transforms them on every call (which on small maps costs more than the convolution, so these
+# layers ran by the direct algorithm). 1.2-1.8x faster than the better of the other two from 4x8 to 32x64
+# (64 x 128 channels and wider; narrower layers and larger maps gain nothing: docs/performance.md). The
+# kept weights are 1.8-4x the size of the weight; a layer whose would pass KEPT_WINOGRAD_MAX_BYTES
+# (SPADE's 1024-channel layers at ngf 64: 68 MB each) keeps the direct algorithm's layout instead.
+KEPT_WINOGRAD_MIN_WEIGHTS = 64 * 128   # in x out channels
+KEPT_WINOGRAD_MIN_PIXELS = 32          # H x W of one image
+KEPT_WINOGRAD_MAX_PIXELS = 4096
+KEPT_WINOGRAD_MAX_BYTES = 32 << 20
+
+
+def _kept(weight, x_shape, wino):
+    oc = weight.shape[0]
+    data = _data(3, x_shape, oc, wino)
+    size = int(_code((1,), "int64", [weight], _KEPT_SIZE_SRC, data).item())
+    if wino and 4 * size > KEPT_WINOGRAD_MAX_BYTES:
+        return None
+    return KeptWeights(_code((size,), "float32", [weight], _PREPARE_SRC, data), x_shape, oc, wino)
 
 
 def prepare(weight, x_shape, stride=1, padding=0, dilation=1, groups=1):
     """What a rendering keeps of `weight` for inputs of `x_shape` (`kept_weights`): on the CPU, a 3x3
-    convolution on the direct algorithm (a small map, where a reorder of the weights per call costs up to
-    as much as the convolution) gets its KeptWeights; any other (Winograd's 4x larger transformed weights
-    would cost memory for little time) keeps the weight itself."""
+    convolution gets its KeptWeights: Winograd's transformed weights where that pays (a wide layer on a
+    map that is neither tiny nor large, see above), else the direct algorithm's where Winograd does not
+    pay (`winograd_pays`: a small map, where a reorder of the weights per call costs up to as much as the
+    convolution). Any other convolution keeps the weight itself."""
     if not (kept_weights.keeping() and enabled() and weight.dtype == "float32"
-            and _is_3x3_same(weight.shape, stride, padding, dilation, groups)) \
-            or winograd_pays(x_shape, weight.shape[0]):
+            and _is_3x3_same(weight.shape, stride, padding, dilation, groups)):
         return weight
+    n, ic, h, w = x_shape
     oc = weight.shape[0]
-    data = _data(3, x_shape, oc, wino=0)
-    size = int(_code((1,), "int64", [weight], _KEPT_SIZE_SRC, data).item())
-    return KeptWeights(_code((size,), "float32", [weight], _PREPARE_SRC, data), x_shape, oc, wino=0)
+    if ic * oc >= KEPT_WINOGRAD_MIN_WEIGHTS and KEPT_WINOGRAD_MIN_PIXELS <= h * w <= KEPT_WINOGRAD_MAX_PIXELS:
+        kept = _kept(weight, x_shape, wino=1)
+        if kept is not None:
+            return kept
+    return weight if winograd_pays(x_shape, oc) else _kept(weight, x_shape, wino=0)
 
 
 def _conv_kept(x, kept, bias):
@@ -350,6 +495,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         return _conv_kept(x, weight, bias)
     if _is_3x3_same(weight.shape, stride, padding, dilation, groups):
         return conv3x3(x, weight, bias)
+    if _is_1x1(weight.shape, stride, padding, dilation, groups):
+        return pointwise(x, weight, bias)
     return jt.nn.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 
