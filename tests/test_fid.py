@@ -14,7 +14,8 @@ from jspade.metrics.torchscript import (
     fid_inception_state_dict_from_torchscript, installed_fid_helper_weights, load_torch_zip,
     read_tensors, torchscript_layer_name)
 from jspade.models.inception import FIDInceptionV3, max_pool_3x3_same
-from jspade.models.resize import avg_pool3x3_exclude_pad, resize_bilinear
+from jspade.models.pooling import avg_pool3x3_exclude_pad
+from jspade.models.resize import resize_bilinear
 from jspade.models.resize import bilinear_matrix as bilinear_resize_matrix
 from jspade.runtime import jt
 

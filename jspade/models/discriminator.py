@@ -3,7 +3,7 @@ from jittor import nn
 
 from jspade.models.base import BaseNetwork
 from jspade.models.normalization import NormConv, nonspade_norm_conv
-from jspade.models.resize import avg_pool3x3_s2_exclude_pad
+from jspade.models.pooling import avg_pool3x3_exclude_pad
 
 SLOPE = 0.2  # of every leaky ReLU here
 
@@ -46,5 +46,5 @@ class MultiscaleDiscriminator(BaseNetwork):
         for i in range(self.num_D):
             results.append(getattr(self, f"discriminator_{i}")(x))
             if i + 1 < self.num_D:
-                x = avg_pool3x3_s2_exclude_pad(x)
+                x = avg_pool3x3_exclude_pad(x, 2)
         return results

@@ -22,7 +22,8 @@ sizes tried, but the explicit resize is kept so the semantics cannot drift with 
 from jspade.runtime import jt
 from jittor import nn
 
-from jspade.models.resize import avg_pool3x3_exclude_pad, resize_bilinear
+from jspade.models.pooling import avg_pool3x3_exclude_pad
+from jspade.models.resize import resize_bilinear
 
 FID_INPUT_SIZE = 299
 FEATURE_DIM = 2048

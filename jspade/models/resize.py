@@ -58,26 +58,3 @@ def resize_bilinear(x, size):
     mw_t = jt.array(bilinear_matrix(w, ow).T.copy())
     y = jt.matmul(x, mw_t)  # N,C,H,ow
     return jt.matmul(mh, y)  # N,C,oh,ow
-
-
-def avg_pool3x3_exclude_pad(x, stride):
-    """F.avg_pool2d(x, 3, stride, padding=1, count_include_pad=False): each window averages only
-    its in-image pixels. Jittor's pool ignores count_include_pad, so the zero-padded mean is
-    rescaled by the true pixel counts. Stride 2 is the multiscale discriminator's downsampling,
-    stride 1 the FID Inception's pooling branches."""
-    h, w = x.shape[2], x.shape[3]
-    padded = jt.nn.pad(x, (1, 1, 1, 1))
-    mean9 = jt.nn.pool(padded, 3, "mean", padding=0, stride=stride)
-
-    def counts(n):
-        out = (n + 2 - 3) // stride + 1
-        starts = np.arange(out) * stride - 1
-        return (np.minimum(starts + 3, n) - np.maximum(starts, 0)).astype(np.float32)
-
-    scale = 9.0 / np.outer(counts(h), counts(w))
-    return mean9 * jt.array(scale.astype(np.float32)).reshape(1, 1, *scale.shape)
-
-
-def avg_pool3x3_s2_exclude_pad(x):
-    """The multiscale discriminator's downsampling between scales."""
-    return avg_pool3x3_exclude_pad(x, 2)

@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 
 from jspade.models import winograd
+from jspade.models.pooling import MaxPool2x2
 from jspade.runtime import jt
 from jspade.safe_load import CheckpointError, safe_load
 from jittor import nn
@@ -21,7 +22,7 @@ class VGG19(nn.Module):
         layers, c = [], 3
         for v in _VGG19_CFG:
             if v == "M":
-                layers.append(nn.Pool(2, stride=2, op="maximum"))
+                layers.append(MaxPool2x2())
             else:
                 layers += [winograd.Conv2d(c, v, 3, padding=1), nn.ReLU()]
                 c = v
