@@ -1,7 +1,7 @@
 """Weights derived once and kept between the forwards of an application that renders (inference.render:
 infer, the painter): spectral norm's W / sigma (about a tenth of an inference at ngf 16) and, on the CPU,
-convolution weights in the layout oneDNN's inference primitive reads (`winograd.prepare`; at ngf 64 the
-reorders cost a sixth of an inference).
+convolution weights in the form oneDNN's inference primitive reads (`winograd.prepare`: reordered, or
+transformed for Winograd; at ngf 64 the reorders cost a sixth of an inference).
 
 A kept value's key is the ids of the Vars it comes from, which change whenever one is updated (a
 training step, an EMA update, a load), and the input's shape, so a kept value is never stale. Only

@@ -14,17 +14,21 @@ weight gradients closer to float64: the measurements are in docs/performance.md.
 Where Winograd does not pay (`winograd_pays`: small maps, few input channels) the same passes run oneDNN's
 direct algorithm, as Jittor's convolution does (forward and input gradient equal to the bit), but with
 their temporaries in buffers kept between calls: Jittor's op allocates its reordered weights afresh on
-every call, and for a 1024x1024 layer those 38 MB fault in page by page each time (forward and backward
-of one such layer on a 12x16 map: 127-134 -> 70-76 ms).
+every call, and for a 1024x1024 layer those 38 MB fault in page by page each time.
 
-While rendering (`kept_weights.keeping_inference_weights`), a 3x3 convolution on the direct algorithm
-(small maps) convolves with its weight kept in the layout oneDNN's inference primitive reads (`prepare`):
-Jittor's convolution reorders the weight into that layout on every call, which for SPADE's
-1024-channel layers at ngf 64 costs more than the convolution itself on a 6x8 map.
+While rendering (`kept_weights.keeping_inference_weights`), a 3x3 convolution keeps its weight in the
+form oneDNN's inference primitive reads (`prepare`): on small maps in the direct algorithm's layout
+(Jittor's convolution reorders the weight on every call, which for SPADE's 1024-channel layers at ngf 64
+costs more than the convolution itself on a 6x8 map), and for wide layers on mid-size maps as Winograd's
+transformed weights (the training primitive transforms them on every call).
 
-`conv3x3(x, weight, bias)` is `jt.nn.conv2d(x, weight, bias, stride=1, padding=1)`. On CUDA (cuDNN picks
-its own algorithms), with `set_enabled(False)` or with the environment variable JSPADE_WINOGRAD=0 (the
-direct algorithm's rounding, e.g. to compare with it), it *is* that call.
+1x1 convolutions (the learned shortcuts) are one oneDNN matrix product per image, forward and backward
+(`pointwise`): Jittor's convolution reorders their inputs and outputs into blocked layouts and back on
+every call, which costs several times the product itself.
+
+`conv2d` is `jt.nn.conv2d` with the same arguments. On CUDA (cuDNN picks its own algorithms), with
+`set_enabled(False)` or with the environment variable JSPADE_WINOGRAD=0 (the direct algorithm's
+rounding, e.g. to compare with it), it *is* that call. Measurements: docs/performance.md.
 """
 import contextlib
 import functools
@@ -406,10 +410,8 @@ class _Pointwise(jt.Function):
 
 def pointwise(x, weight, bias=None):
     """`jt.nn.conv2d(x, weight, bias)` for a [C_out, C_in, 1, 1] weight (stride 1, no padding): on the CPU
-    one oneDNN matrix product per image, forward and backward. Jittor's convolution reorders both into
-    oneDNN's blocked layouts and back on every call, 2-6x the time of the product itself (a learned
-    shortcut, 32 -> 16 channels on 128x256: 1.03 ms against 0.19 ms); the sums are the same, so is the
-    result."""
+    one oneDNN matrix product per image, forward and backward (the module docstring says why). The
+    products sum as the convolution does: the same forward result."""
     if not enabled() or x.dtype != "float32" or weight.dtype != "float32":
         return jt.nn.conv2d(x, weight, bias)
     y = _Pointwise.apply(x, weight)
@@ -443,10 +445,10 @@ def _is_1x1(weight_shape, stride, padding, dilation, groups):
 # While rendering, wide layers on maps from 4x8 to 64x64 pixels convolve by Winograd with their
 # transformed weights kept: oneDNN's inference primitive then reads them as they are, where the training
 # primitive transforms them on every call (which on small maps costs more than the convolution, so these
-# layers ran by the direct algorithm). 1.2-1.8x faster than the better of the other two from 4x8 to 32x64
-# (64 x 128 channels and wider; narrower layers and larger maps gain nothing: docs/performance.md). The
-# kept weights are 1.8-4x the size of the weight; a layer whose would pass KEPT_WINOGRAD_MAX_BYTES
-# (SPADE's 1024-channel layers at ngf 64: 68 MB each) keeps the direct algorithm's layout instead.
+# layers ran by the direct algorithm). There it beats both of the other ways; narrower layers and
+# larger maps gain nothing (docs/performance.md). The kept weights are 1.8-4x the size of the weight; a
+# layer whose would pass KEPT_WINOGRAD_MAX_BYTES (SPADE's 1024-channel layers at ngf 64) keeps the
+# direct algorithm's layout instead.
 KEPT_WINOGRAD_MIN_WEIGHTS = 64 * 128   # in x out channels
 KEPT_WINOGRAD_MIN_PIXELS = 32          # H x W of one image
 KEPT_WINOGRAD_MAX_PIXELS = 4096
