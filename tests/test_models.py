@@ -18,7 +18,7 @@ from jspade.models.generator import SPADEGenerator, SPADEResnetBlock
 from jspade.models.normalization import (SPADE, InstanceNorm2d, SpectralConv2d,
                                          SyncBatchNorm)
 from jspade.models.pooling import avg_pool3x3_exclude_pad
-from jspade.models.resize import resize_bilinear, resize_nearest
+from jspade.models.resize import resize_bilinear, resize_nearest, upsample2x
 from jspade.runtime import jt
 
 
@@ -590,3 +590,23 @@ def test_parity_noise_does_not_hide_a_real_bug(parity_run, monkeypatch):
     c = measured[name]
     err = float(np.abs(buggy[name].astype(np.float64) - parity_run.ref[f"expected.{name}"]).max())
     assert c.ok and err > 3 * (c.tolerance + c.noise), (err, c)
+
+
+def test_upsample2x_is_pytorchs_nearest_with_its_gradient_sums():
+    """On the CPU upsample2x is one kernel each way: every pixel copied to its 2x2 block, and the
+    backward sums a block's four gradients from zero, row by row, as PyTorch's CPU kernel adds them
+    (so the sums are PyTorch's to the bit); the same as the broadcast CUDA runs, to float32 rounding."""
+    rng = np.random.default_rng(4)
+    x = jt.array(rng.standard_normal((2, 3, 5, 7)).astype(np.float32))
+    dy = rng.standard_normal((2, 3, 10, 14)).astype(np.float32)
+    y = upsample2x(x)
+    np.testing.assert_array_equal(y.numpy(), x.numpy().repeat(2, axis=2).repeat(2, axis=3))
+    dx = jt.grad((upsample2x(x) * jt.array(dy)).sum(), x).numpy()
+    blocks = dy.reshape(2, 3, 5, 2, 7, 2)
+    expected = np.zeros((2, 3, 5, 7), np.float32)
+    for a, b in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        expected = expected + blocks[:, :, :, a, :, b]
+    np.testing.assert_array_equal(dx, expected)
+    broadcast = resize_nearest(x, (10, 14))
+    np.testing.assert_array_equal(broadcast.numpy(), y.numpy())
+    np.testing.assert_allclose(jt.grad((broadcast * jt.array(dy)).sum(), x).numpy(), expected, rtol=1e-6, atol=1e-6)

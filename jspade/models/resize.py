@@ -27,9 +27,69 @@ def resize_nearest(x, size):
     return x.reindex([x.shape[0], x.shape[1], oh, ow], ["i0", "i1", "@e0(i2)", "@e1(i3)"], extras=[ih, iw])
 
 
+# nn.Upsample(scale_factor=2) on the CPU: one multithreaded pass each way (Jittor's broadcast and its
+# backward's reduction run on one thread). The backward sums each pixel's four gradients as PyTorch's
+# CPU kernel does (from zero, row by row), compiled so that -Ofast cannot reorder the sums.
+_UPSAMPLE_HEADER = r"""
+#include <cstring>
+namespace upsample {
+static void forward(const float* x, float* y, long long planes, int h, int w) {
+    #pragma omp parallel for schedule(static)
+    for (long long p = 0; p < planes; p++)
+        for (int i = 0; i < h; i++) {
+            const float* row = x + (p * h + i) * w;
+            float* out = y + (p * 2 * h + 2 * i) * 2 * w;
+            for (int j = 0; j < w; j++) out[2 * j] = out[2 * j + 1] = row[j];
+            std::memcpy(out + 2 * w, out, sizeof(float) * 2 * w);
+        }
+}
+static void backward(const float* dy, float* dx, long long planes, int h, int w) {
+    #pragma omp parallel for schedule(static)
+    for (long long p = 0; p < planes; p++)
+        for (int i = 0; i < h; i++) {
+            const float* a = dy + (p * 2 * h + 2 * i) * 2 * w;
+            const float* b = a + 2 * w;
+            float* out = dx + (p * h + i) * w;
+            for (int j = 0; j < w; j++) {
+                float sum = 0.f;
+                sum += a[2 * j]; sum += a[2 * j + 1]; sum += b[2 * j]; sum += b[2 * j + 1];
+                out[j] = sum;
+            }
+        }
+}
+}  // namespace upsample
+"""
+_UPSAMPLE_OPTIONS = {"FLAGS: -fno-unsafe-math-optimizations ": 1}
+
+
+_ARGS = '(long long)data["planes"], (int)data["h"], (int)data["w"]'
+
+
+def _upsample_code(shape, v, src, small_shape):
+    """`src` on `v`, writing `shape`; `small_shape` is the NCHW shape of the low-resolution side."""
+    n, c, h, w = small_shape
+    out = jt.code(shape, "float32", [v], cpu_header=_UPSAMPLE_HEADER, cpu_src=src,
+                  data={"planes": n * c, "h": h, "w": w})
+    out.compile_options = _UPSAMPLE_OPTIONS
+    return out
+
+
+class _Upsample2x(jt.Function):
+    def execute(self, x):
+        n, c, h, w = x.shape
+        return _upsample_code((n, c, 2 * h, 2 * w), x, f"upsample::forward(in0_p, out0_p, {_ARGS});", x.shape)
+
+    def grad(self, dy):
+        n, c, h, w = dy.shape[0], dy.shape[1], dy.shape[2] // 2, dy.shape[3] // 2
+        return _upsample_code((n, c, h, w), dy.float32(), f"upsample::backward(in0_p, out0_p, {_ARGS});",
+                              (n, c, h, w))
+
+
 def upsample2x(x):
     """nn.Upsample(scale_factor=2), nearest."""
-    return resize_nearest(x, (x.shape[2] * 2, x.shape[3] * 2))
+    if jt.flags.use_cuda or x.dtype != "float32":
+        return resize_nearest(x, (x.shape[2] * 2, x.shape[3] * 2))
+    return _Upsample2x.apply(x)
 
 
 def bilinear_matrix(in_size, out_size):
