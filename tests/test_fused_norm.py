@@ -225,3 +225,30 @@ def test_training_processes_keep_no_weights():
     block.train()
     block(jt.array(x), cond).sync()  # a forward with gradients drops what was kept
     assert not kept_weights.is_kept(block.conv_0)
+
+
+@pytest.mark.parametrize("shape", [(16, 8, 3, 3), (64, 3, 1, 1), (5, 7, 4, 4)])
+def test_spectral_norm_gradient_in_one_kernel_equals_jittors(shape, restore_fused):
+    """In training, spectral norm's W / sigma keeps Jittor's forward (the same value to the bit) and takes
+    its gradient from one kernel: the division's and sigma's parts (u^T W v, u and v constant), equal to
+    Jittor's autograd to float32 rounding; without sigma's part it would be far off."""
+    from jspade.models.normalization import SpectralConv2d
+    jt.set_global_seed(3)
+    conv = SpectralConv2d(shape[1], shape[0], shape[2], padding=shape[2] // 2)
+    conv.train()
+    w = conv.weight_orig.numpy()
+    probe = (np.random.default_rng(1).standard_normal(shape) + w).astype(np.float32)  # correlated with W
+    u0, v0 = conv.weight_u.numpy(), conv.weight_v.numpy()
+    results = []
+    for fused in (True, False):
+        fused_norm.set_enabled(fused)
+        conv.weight_u.update(jt.array(u0))
+        conv.weight_v.update(jt.array(v0))
+        wn = conv.normalized_weight()
+        grad = jt.grad((wn * jt.array(probe)).sum(), conv.weight_orig)
+        results.append((wn.numpy(), grad.numpy()))
+    (wn_f, g_f), (wn_u, g_u) = results
+    np.testing.assert_array_equal(wn_f, wn_u)
+    assert rel_err(g_f, g_u) < 1e-6, rel_err(g_f, g_u)
+    sigma = float(np.abs(w).max() / np.abs(wn_u).max())
+    assert rel_err(probe / sigma, g_u) > 1e-3  # sigma's part of the gradient matters

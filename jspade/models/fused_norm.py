@@ -355,3 +355,64 @@ def normalize(x, stats, weight=None, bias=None, slope=None):
     args = (x.float32(), None if weight is None else weight.float32(), None if bias is None else bias.float32())
     stats = stats._replace(mean=stats.mean.float32().stop_grad(), invstd=stats.invstd.float32().stop_grad())
     return _Normalize.apply(*args, stats, slope)  # under jt.no_grad its forward alone
+
+
+# Spectral normalisation's W / sigma (normalization.SpectralNorm) in training, sigma = u^T W v with u and
+# v held constant. Its forward is Jittor's division (TSIT's reference archive has an eval forward that
+# turns a last-bit change of these weights, through the running statistics, into a failure: docs/tsit.md).
+# Its backward, in Jittor's ops several single-threaded passes over every weight, is one multithreaded
+# kernel of two passes: c = sum(dWn * W), then dW = dWn / sigma - c / sigma^2 * u v^T (the division's
+# gradient and sigma's, which would otherwise come back through the matrix products). Compiled so that
+# the division stays a division, as PyTorch's.
+_SPECTRAL_HEADER = r"""
+#include <vector>
+namespace spectral {
+static void backward(const float* w, const float* sigma, const float* u, const float* v, const float* dwn,
+                     float* dw, int rows, long long cols) {
+    const float s = sigma[0];
+    std::vector<double> row_sums(rows);  // per row, then added in row order: the same sum on every run
+    #pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++) {
+        double row = 0;
+        for (long long k = 0; k < cols; k++) row += (double)dwn[r * cols + k] * w[r * cols + k];
+        row_sums[r] = row;
+    }
+    double c = 0;
+    for (int r = 0; r < rows; r++) c += row_sums[r];
+    const float dsigma = (float)(-c / ((double)s * s));
+    #pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++) {
+        const float ur = dsigma * u[r];
+        for (long long k = 0; k < cols; k++) dw[r * cols + k] = dwn[r * cols + k] / s + ur * v[k];
+    }
+}
+}  // namespace spectral
+"""
+_SPECTRAL_OPTIONS = {"FLAGS: -fno-unsafe-math-optimizations ": 1}
+
+
+def _spectral_code(shape, inputs, src, rows, cols):
+    out = jt.code(shape, "float32", inputs, cpu_header=_SPECTRAL_HEADER, cpu_src=src,
+                  data={"rows": rows, "cols": cols})
+    out.compile_options = _SPECTRAL_OPTIONS
+    return out
+
+
+class _SpectralDivide(jt.Function):
+    def execute(self, w, sigma, u, v):
+        self.saved = (w, sigma, u, v)
+        return w / sigma
+
+    def grad(self, dwn):
+        w, sigma, u, v = release_saved(self)
+        rows = w.shape[0]
+        dw = _spectral_code(w.shape, [w, sigma, u, v, dwn.float32()],
+                            'spectral::backward(in0_p, in1_p, in2_p, in3_p, in4_p, out0_p, (int)data["rows"], '
+                            '(long long)data["cols"]);', rows, w.numel() // rows)
+        return dw, None, None, None
+
+
+def spectral_divide(w, sigma, u, v):
+    """w / sigma for a weight `w` (its first axis: the rows of the matrix W in u^T W v), sigma = u^T W v a
+    detached 1-element Var computed from w, u and v (constants): the gradient for w includes sigma's."""
+    return _SpectralDivide.apply(w, sigma.reshape(1), u, v)
