@@ -580,8 +580,9 @@ def test_parity_noise_does_not_hide_a_real_bug(parity_run, monkeypatch):
     correct = normalization.SpectralNorm.normalized_weight
 
     def sigma_detached(self):
-        w = correct(self)
-        return self.weight_orig / (self.weight_orig / w).detach()
+        w = correct(self)  # the power iteration, as in training; then sigma = W / w as a constant (from
+        sigma = (jt.abs(self.weight_orig).sum() / jt.abs(w).sum()).detach()  # sums: W has exact zeros)
+        return self.weight_orig / sigma
 
     monkeypatch.setattr(normalization.SpectralNorm, "normalized_weight", sigma_detached)
     buggy = parity_run.step_outputs()
