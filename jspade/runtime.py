@@ -57,3 +57,14 @@ def release_saved(function):
         raise RuntimeError(f"{type(function).__name__}: a second backward through the same forward is not supported")
     function.saved = None
     return saved
+
+
+def cpu_kernel(shapes, dtypes, inputs, header, src, data, flags=""):
+    """`jt.code` with a CPU `header` and entry `src`, compiled with the extra compiler `flags` (they come
+    after Jittor's own -Ofast, so they can take some of it back, e.g. -fno-unsafe-math-optimizations for
+    sums and divisions in a stated order)."""
+    out = jt.code(shapes, dtypes, inputs, cpu_header=header, cpu_src=src, data=data)
+    if flags:
+        for v in (out if isinstance(out, (list, tuple)) else [out]):
+            v.compile_options = {f"FLAGS: {flags} ": 1}
+    return out

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jspade.models import winograd
+from jspade.models.kept_weights import keeping_inference_weights
 from jspade.runtime import jt
 
 pytestmark = pytest.mark.skipif(not winograd.enabled(), reason="Winograd runs on the CPU with Jittor's oneDNN only")
@@ -129,17 +130,21 @@ def test_wide_layers_count_the_whole_batch():
     assert not winograd.winograd_pays((1, 1024, 12, 16), 1024)  # faster alone, 250 MB more (docs/performance.md)
 
 
+def conv_case(n, ic, oc, h, w):
+    """case()'s input, weight and bias, a winograd.Conv2d holding them, and Jittor's convolution's output."""
+    x, weight, bias, _ = case(n, ic, oc, h, w)
+    conv = winograd.Conv2d(ic, oc, 3, padding=1)
+    conv.weight.update(weight)
+    conv.bias.update(bias)
+    return x, weight, bias, conv, jt.nn.conv2d(x, weight, bias, 1, 1).numpy()
+
+
 @pytest.mark.parametrize("n,ic,oc,h,w", [(1, 128, 256, 4, 6), (2, 6, 12, 10, 14), (1, 1024, 1024, 3, 4)])
 def test_kept_weights_render_what_jittors_convolution_computes(n, ic, oc, h, w):
     """While rendering, a layer on the direct algorithm convolves with its weight kept in oneDNN's own
     layout (not reordered per forward): the same primitive as Jittor's convolution, so the same result to
     the bit, channel counts that are no multiple of oneDNN's blocks (6, 12) included."""
-    from jspade.models.kept_weights import keeping_inference_weights
-    x, weight, bias, _ = case(n, ic, oc, h, w)
-    conv = winograd.Conv2d(ic, oc, 3, padding=1)
-    conv.weight.update(weight)
-    conv.bias.update(bias)
-    expected = jt.nn.conv2d(x, weight, bias, 1, 1).numpy()
+    x, weight, bias, conv, expected = conv_case(n, ic, oc, h, w)
     with jt.no_grad(), keeping_inference_weights():
         kept = conv.weight_for(x)
         assert isinstance(kept, winograd.KeptWeights) and kept.wino == 0
@@ -159,12 +164,7 @@ def test_wide_layers_render_by_winograd_with_transformed_weights_kept(n, ic, oc,
     """While rendering, a wide layer on a map from 4x8 to 64x64 pixels keeps Winograd's transformed
     weights (larger than the weight) and convolves with them: Jittor's convolution up to float32 rounding,
     the same result on every call, and a changed weight is seen."""
-    from jspade.models.kept_weights import keeping_inference_weights
-    x, weight, bias, _ = case(n, ic, oc, h, w)
-    conv = winograd.Conv2d(ic, oc, 3, padding=1)
-    conv.weight.update(weight)
-    conv.bias.update(bias)
-    expected = jt.nn.conv2d(x, weight, bias, 1, 1).numpy()
+    x, weight, bias, conv, expected = conv_case(n, ic, oc, h, w)
     with jt.no_grad(), keeping_inference_weights():
         kept = conv.weight_for(x)
         assert isinstance(kept, winograd.KeptWeights) and kept.wino == 1
@@ -181,7 +181,6 @@ def test_wide_layers_render_by_winograd_with_transformed_weights_kept(n, ic, oc,
 def test_kept_winograd_weights_have_a_size_bound():
     """A layer whose transformed weights would pass KEPT_WINOGRAD_MAX_BYTES (SPADE's 1024-channel layers
     at ngf 64) keeps the direct algorithm's layout instead."""
-    from jspade.models.kept_weights import keeping_inference_weights
     x, weight, _, _ = case(1, 256, 512, 8, 16)
     saved = winograd.KEPT_WINOGRAD_MAX_BYTES
     try:

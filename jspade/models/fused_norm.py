@@ -29,7 +29,7 @@ element-wise ops on the GPU itself).
 import os
 from collections import namedtuple
 
-from jspade.runtime import jt, release_saved
+from jspade.runtime import cpu_kernel, jt, release_saved
 
 _enabled = os.environ.get("JSPADE_FUSED_NORM", "1") != "0"
 
@@ -233,14 +233,11 @@ _BACKWARD_SRC = f'fused_norm::backward(in0_p, in1_p, in2_p, in3_p, in4_p, in5_p,
                 f'out2_p, {_GROUPS}, (int)data["leaky"], (float)data["slope"]);'
 
 # no fused multiply-adds: each float32 product and sum rounded as the unfused ops (and PyTorch) round it
-_OPTIONS = {"FLAGS: -ffp-contract=off ": 1}
+_FLAGS = "-ffp-contract=off"
 
 
 def _code(shapes, dtypes, inputs, src, data):
-    out = jt.code(shapes, dtypes, inputs, cpu_header=_HEADER, cpu_src=src, data=data)
-    for v in (out if isinstance(out, (list, tuple)) else [out]):
-        v.compile_options = _OPTIONS
-    return out
+    return cpu_kernel(shapes, dtypes, inputs, _HEADER, src, data, _FLAGS)
 
 
 def _groups(x, per_instance):
@@ -388,14 +385,6 @@ static void backward(const float* w, const float* sigma, const float* u, const f
 }
 }  // namespace spectral
 """
-_SPECTRAL_OPTIONS = {"FLAGS: -fno-unsafe-math-optimizations ": 1}
-
-
-def _spectral_code(shape, inputs, src, rows, cols):
-    out = jt.code(shape, "float32", inputs, cpu_header=_SPECTRAL_HEADER, cpu_src=src,
-                  data={"rows": rows, "cols": cols})
-    out.compile_options = _SPECTRAL_OPTIONS
-    return out
 
 
 class _SpectralDivide(jt.Function):
@@ -406,9 +395,10 @@ class _SpectralDivide(jt.Function):
     def grad(self, dwn):
         w, sigma, u, v = release_saved(self)
         rows = w.shape[0]
-        dw = _spectral_code(w.shape, [w, sigma, u, v, dwn.float32()],
-                            'spectral::backward(in0_p, in1_p, in2_p, in3_p, in4_p, out0_p, (int)data["rows"], '
-                            '(long long)data["cols"]);', rows, w.numel() // rows)
+        dw = cpu_kernel(w.shape, "float32", [w, sigma, u, v, dwn.float32()], _SPECTRAL_HEADER,
+                        'spectral::backward(in0_p, in1_p, in2_p, in3_p, in4_p, out0_p, (int)data["rows"], '
+                        '(long long)data["cols"]);', {"rows": rows, "cols": w.numel() // rows},
+                        "-fno-unsafe-math-optimizations")
         return dw, None, None, None
 
 

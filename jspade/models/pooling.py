@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from jspade.runtime import jt, release_saved
+from jspade.runtime import cpu_kernel, jt, release_saved
 
 _enabled = os.environ.get("JSPADE_FUSED_POOL", "1") != "0"
 
@@ -38,7 +38,7 @@ _HEADER = r"""
 #include <cstring>
 
 // Jittor compiles kernels with -Ofast; these are compiled with -fno-unsafe-math-optimizations
-// -fno-finite-math-only (`_OPTIONS`) as well, so that the average pool's sums are not reordered, its
+// -fno-finite-math-only (`_FLAGS`) as well, so that the average pool's sums are not reordered, its
 // divisions are not turned into products by an (approximate, when vectorised) reciprocal, and the max
 // pool sees NaNs: PyTorch's results to the bit
 namespace pooling {
@@ -151,17 +151,14 @@ static void avg3x3_backward(const float* dy, float* dx, long long planes, int h,
 }  // namespace pooling
 """
 
-_OPTIONS = {"FLAGS: -fno-unsafe-math-optimizations -fno-finite-math-only ": 1}
+_FLAGS = "-fno-unsafe-math-optimizations -fno-finite-math-only"
 _ARGS = '(long long)data["planes"], (int)data["h"], (int)data["w"]'
 
 
 def _code(shapes, dtypes, inputs, src, x_shape, stride=0):
     n, c, h, w = x_shape
-    out = jt.code(shapes, dtypes, inputs, cpu_header=_HEADER, cpu_src=src,
-                  data={"planes": n * c, "h": h, "w": w, "stride": stride})
-    for v in (out if isinstance(out, (list, tuple)) else [out]):
-        v.compile_options = _OPTIONS
-    return out
+    return cpu_kernel(shapes, dtypes, inputs, _HEADER, src, {"planes": n * c, "h": h, "w": w, "stride": stride},
+                      _FLAGS)
 
 
 class _MaxPool2x2(jt.Function):

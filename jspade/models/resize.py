@@ -2,7 +2,7 @@
 networks see exactly the pixels the original saw."""
 import numpy as np
 
-from jspade.runtime import jt
+from jspade.runtime import cpu_kernel, jt
 
 
 def _nearest_index(in_size, out_size):
@@ -59,19 +59,14 @@ static void backward(const float* dy, float* dx, long long planes, int h, int w)
 }
 }  // namespace upsample
 """
-_UPSAMPLE_OPTIONS = {"FLAGS: -fno-unsafe-math-optimizations ": 1}
-
-
 _ARGS = '(long long)data["planes"], (int)data["h"], (int)data["w"]'
 
 
 def _upsample_code(shape, v, src, small_shape):
     """`src` on `v`, writing `shape`; `small_shape` is the NCHW shape of the low-resolution side."""
     n, c, h, w = small_shape
-    out = jt.code(shape, "float32", [v], cpu_header=_UPSAMPLE_HEADER, cpu_src=src,
-                  data={"planes": n * c, "h": h, "w": w})
-    out.compile_options = _UPSAMPLE_OPTIONS
-    return out
+    return cpu_kernel(shape, "float32", [v], _UPSAMPLE_HEADER, src, {"planes": n * c, "h": h, "w": w},
+                      "-fno-unsafe-math-optimizations")
 
 
 class _Upsample2x(jt.Function):
