@@ -1,5 +1,5 @@
-"""Resampling with PyTorch's `F.interpolate` / `F.avg_pool2d` index conventions, so that ported
-networks see exactly the pixels the original saw."""
+"""Resampling with PyTorch's `F.interpolate` index conventions, so that ported networks see exactly the
+pixels the original saw (the poolings are in pooling.py)."""
 import numpy as np
 
 from jspade.runtime import cpu_kernel, jt
