@@ -38,7 +38,7 @@ import os
 from jspade.runtime import jt, release_saved
 from jittor import nn
 
-from jspade.models import kept_weights
+from jspade.models import kept_weights, narrow_conv
 
 _enabled = os.environ.get("JSPADE_WINOGRAD", "1") != "0"
 
@@ -340,16 +340,25 @@ def _op(mode, x_shape, oc, a, b, wino):
 
 
 class _Conv3x3(jt.Function):
-    def execute(self, x, weight, wino):
-        self.saved = (x, weight, wino)
+    """`wino`: Winograd (1) or the direct algorithm (0) throughout; `narrow`: the forward and the input
+    gradient by narrow_conv's kernel instead (the weight gradient as `wino` says)."""
+
+    def execute(self, x, weight, wino, narrow):
+        self.saved = (x, weight, wino, narrow)
+        if narrow:
+            return narrow_conv.conv3x3(x, weight)
         return _op(0, x.shape, weight.shape[0], x, weight, wino)
 
     def grad(self, dy):
-        x, weight, wino = release_saved(self)
+        x, weight, wino, narrow = release_saved(self)
         oc = weight.shape[0]
-        dx = None if self.input_mask[0] == -2 else _op(1, x.shape, oc, dy, weight, wino)
-        dw = None if self.input_mask[1] == -2 else _op(2, x.shape, oc, x, dy, wino)
-        return dx, dw, None
+        dx = dw = None
+        if self.input_mask[0] != -2:
+            dx = narrow_conv.conv3x3(dy.float32(), weight, transposed=True) if narrow else \
+                _op(1, x.shape, oc, dy, weight, wino)
+        if self.input_mask[1] != -2:
+            dw = _op(2, x.shape, oc, x, dy, wino)
+        return dx, dw, None, None
 
 
 # Winograd pays where there are many 4x4 tiles per weight: on small maps the 4x larger transformed
@@ -376,10 +385,13 @@ def winograd_pays(x_shape, out_channels):
 def conv3x3(x, weight, bias=None):
     """`jt.nn.conv2d(x, weight, bias, 1, 1)` for a [C_out, C_in, 3, 3] weight: on the CPU through this
     module's oneDNN passes, by Winograd where that is faster (`winograd_pays`), else by the direct
-    algorithm Jittor's convolution uses (the same results to the bit, without its per-call buffers)."""
+    algorithm Jittor's convolution uses (the same results to the bit, without its per-call buffers);
+    with a few input or output channels (`narrow_conv.applies`), forward and input gradient by
+    narrow_conv's kernel."""
     if not enabled() or tuple(weight.shape[2:]) != (3, 3) or x.dtype != "float32" or weight.dtype != "float32":
         return jt.nn.conv2d(x, weight, bias, 1, 1)
-    y = _Conv3x3.apply(x, weight, int(winograd_pays(x.shape, weight.shape[0])))
+    oc = weight.shape[0]
+    y = _Conv3x3.apply(x, weight, int(winograd_pays(x.shape, oc)), narrow_conv.applies(x.shape, oc))
     if bias is not None:
         y = y + bias.reshape(1, -1, 1, 1)
     return y
@@ -475,6 +487,8 @@ def prepare(weight, x_shape, stride=1, padding=0, dilation=1, groups=1):
         return weight
     n, ic, h, w = x_shape
     oc = weight.shape[0]
+    if narrow_conv.applies(x_shape, oc):  # reads the weight as it is
+        return weight
     if ic * oc >= KEPT_WINOGRAD_MIN_WEIGHTS and KEPT_WINOGRAD_MIN_PIXELS <= h * w <= KEPT_WINOGRAD_MAX_PIXELS:
         kept = _kept(weight, x_shape, wino=1)
         if kept is not None:
