@@ -1,4 +1,4 @@
-"""3x3 convolutions with a few input or output channels (the generator's conv_img, VGG19's first layer)
+"""3x3 convolutions with few input or output channels (the generator's conv_img, VGG19's first layer)
 run by narrow_conv's kernel: forward and input gradient equal the convolution computed in float64 to
 float32 rounding, for widths that are not a multiple of the kernel's 16-pixel vectors, batches, and
 channel counts that do not fill its groups of four; the networks' layers take that path, and the
@@ -25,7 +25,7 @@ def rel(a, b):
 
 
 SHAPES = [(1, 16, 3, 9, 40), (2, 3, 64, 7, 16), (1, 64, 3, 5, 3), (3, 1, 1, 4, 17), (1, 4, 5, 6, 33),
-          (1, 3, 16, 128, 256)]
+          (1, 3, 16, 128, 256), (1, 29, 16, 6, 20), (1, 8, 96, 5, 16)]
 
 
 @pytest.mark.parametrize("n,ic,oc,h,w", SHAPES)

@@ -1,6 +1,6 @@
-"""3x3 convolutions (stride 1, zero padding 1) with at most NARROW input or output channels, on the CPU:
-the generator's last layer (conv_img, ngf -> 3 channels), VGG19's first (3 -> 64), and their input
-gradients (3 -> ngf and 64 -> 3).
+"""3x3 convolutions (stride 1, zero padding 1) of few channels on one side, on the CPU (`applies`): the
+generator's last layer (conv_img, ngf -> 3 channels), VGG19's first (3 -> 64), TSIT's full-resolution
+29 -> 16, and their input gradients.
 
 With so few channels on one side, neither of oneDNN's algorithms has enough work per weight to fill its
 blocked layouts: its direct convolution of 3 -> 64 channels and Winograd's of 16 -> 3 run at a small
@@ -16,7 +16,8 @@ The sums run in another order than oneDNN's: the result equals `jt.nn.conv2d` to
 """
 from jspade.runtime import cpu_kernel
 
-NARROW = 4               # at most this many input or output channels
+NARROW = 8               # at most this many input or output channels,
+SMALL = 512              # or fewer in x out channels than this (16 -> 16, TSIT's 29 -> 16)
 MAX_IN_CHANNELS = 1024   # bounds a thread's buffer of padded rows (C_in x 3 rows)
 
 _HEADER = r"""
@@ -94,7 +95,7 @@ _SRC = 'narrow::conv3x3(in0_p, in1_p, out0_p, (int)data["n"], (int)data["q"], (i
 def applies(x_shape, out_channels):
     """Whether a 3x3 convolution of inputs `x_shape` to `out_channels` is narrow enough for this kernel."""
     ic = x_shape[1]
-    return min(ic, out_channels) <= NARROW and ic <= MAX_IN_CHANNELS
+    return (min(ic, out_channels) <= NARROW or ic * out_channels < SMALL) and ic <= MAX_IN_CHANNELS
 
 
 def conv3x3(x, weight, transposed=False):
