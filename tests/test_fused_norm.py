@@ -7,7 +7,7 @@ import pytest
 from jspade.models import fused_norm
 from jspade.models.generator import SPADEResnetBlock
 from jspade.models.kept_weights import keeping_inference_weights
-from jspade.models.normalization import FADE, SegmentationMap, SyncBatchNorm
+from jspade.models.normalization import FADE, SegmentationMap, SyncBatchNorm, batch_statistics
 from jspade.models.tsit import FADEResnetBlock
 from jspade.runtime import jt
 
@@ -184,6 +184,25 @@ def test_statistics_of_large_planes_are_accurate(restore_fused):
     centred = fused_norm.sums(jt.array(x), False, jt.array(mean)).numpy()
     expected = ((x - mean.reshape(1, 2, 1, 1)) ** 2).astype(np.float64).sum(axis=(0, 2, 3))
     np.testing.assert_allclose(centred, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(4, 16, 24, 32), (1, 512, 7, 9), (8, 32, 1, 1)])
+def test_statistics_in_one_kernel_are_the_two_sums_arithmetic_to_the_bit(shape, restore_fused):
+    """Batch statistics without MPI come from one kernel (both sums and the arithmetic after them): the
+    same float32 mean, variance and 1/std as the sums followed by batch_statistics' float64 ops, so the
+    networks' outputs (and TSIT's ill-conditioned eval forward) do not move."""
+    rng = np.random.default_rng(shape[1])
+    x = jt.array((rng.standard_normal(shape) * 30 + 7).astype(np.float32))
+    count = x.numel() // shape[1]
+    mean = (fused_norm.sums(x, False) / count).float32()
+    var = fused_norm.sums(x, False, mean).float32().float64() / count
+    invstd = (1.0 / jt.sqrt(var + 1e-5)).float32()
+    got = fused_norm.statistics(x, 1e-5)
+    for name, a, b in zip(("mean", "var", "invstd"), got, (mean, var.float32(), invstd)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=name)
+    # and it is what the layers use
+    for a, b in zip(batch_statistics(x, 1e-5)[:3], got):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
 def test_weights_kept_between_inference_forwards_follow_every_update():
