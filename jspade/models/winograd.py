@@ -14,7 +14,9 @@ weight gradients closer to float64: the measurements are in docs/performance.md.
 Where Winograd does not pay (`winograd_pays`: small maps, few input channels) the same passes run oneDNN's
 direct algorithm, as Jittor's convolution does (forward and input gradient equal to the bit), but with
 their temporaries in buffers kept between calls: Jittor's op allocates its reordered weights afresh on
-every call, and for a 1024x1024 layer those 38 MB fault in page by page each time.
+every call, and for a 1024x1024 layer those 38 MB fault in page by page each time. Each pass's oneDNN
+primitive and reorders are made once per shape and kept (a `Plan`): made per call they cost 20-100 us,
+more than the convolution on the decoders' smallest maps.
 
 While rendering (`kept_weights.keeping_inference_weights`), a 3x3 convolution keeps its weight in the
 form oneDNN's inference primitive reads (`prepare`): on small maps in the direct algorithm's layout
@@ -85,6 +87,7 @@ _HEADER = r"""
 #include <cstdlib>
 #include <new>
 #include <omp.h>
+#include <map>
 #include <stdexcept>
 #include <unordered_map>
 #include <vector>
@@ -150,27 +153,96 @@ struct Buffer {
 };
 static Buffer buffers[4];  // a primitive's three arguments, in order, and its scratchpad
 
-// One argument of a primitive: the user's plain NCHW / OIHW memory, and the layout the primitive wants.
-struct Arg { int key; memory user; memory::desc want; bool output; };
+// A pass's primitive for one shape, made once: its descriptor (oneDNN walks its implementations to find
+// it), the layouts it wants for its three arguments (in order), and the reorders from the user's plain
+// NCHW / OIHW memory into them or, for the output, back. Made afresh on every call, these cost about
+// 30-100 us: more than the convolution itself on the small maps of the decoders' first blocks.
+struct Plan {
+    primitive prim;
+    memory::desc scratch, user[3], want[3];
+    int arg[3];  // the primitive's name for each argument
+    bool output[3];
+    std::vector<reorder> move;  // per argument whose layouts differ, in order
+};
 
-// Run `prim` on `args`: each input reordered into its kept buffer where the layouts differ, the output
-// written there and copied back after.
-static void execute(const primitive& prim, const memory::desc& scratch, std::vector<Arg> args) {
-    stream st(cpu());
-    std::unordered_map<int, memory> bound{{DNNL_ARG_SCRATCHPAD, memory(scratch, cpu(), buffers[3].get(scratch.get_size() + 1))}};
-    std::vector<std::pair<memory, memory>> back;
-    for (size_t k = 0; k < args.size(); k++) {
-        Arg& a = args[k];
-        memory m = a.user;
-        if (a.want != a.user.get_desc()) {
-            m = memory(a.want, cpu(), buffers[k].get(a.want.get_size()));
-            if (a.output) back.push_back({m, a.user});
-            else reorder(a.user, m).execute(st, a.user, m);
-        }
-        bound[a.key] = m;
+static memory::desc plain(const memory::dims& d, tag t) { return memory::desc(d, dt::f32, t); }
+
+static Plan make_plan(int mode, int wino, const Shapes& s, bool kept) {
+    static const int args[3][3] = {{DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST},
+                                   {DNNL_ARG_DIFF_DST, DNNL_ARG_WEIGHTS, DNNL_ARG_DIFF_SRC},
+                                   {DNNL_ARG_SRC, DNNL_ARG_DIFF_DST, DNNL_ARG_DIFF_WEIGHTS}};
+    Plan p;
+    for (int k = 0; k < 3; k++) {
+        p.arg[k] = args[mode == 1 || mode == 2 ? mode : 0][k];
+        p.output[k] = k == 2;
     }
-    prim.execute(st, bound);
-    for (auto& p : back) reorder(p.first, p.second).execute(st, p.first, p.second);
+    if (mode == 4 || (mode == 0 && !wino)) {  // the direct forward as Jittor's convolution asks for it
+        auto pd = inference_pd(s, wino);
+        p.prim = convolution_forward(pd);
+        p.scratch = pd.scratchpad_desc();
+        p.want[0] = pd.src_desc(); p.want[1] = pd.weights_desc(); p.want[2] = pd.dst_desc();
+        p.user[0] = plain(s.src, tag::nchw); p.user[1] = kept ? pd.weights_desc() : plain(s.wei, tag::oihw);
+        p.user[2] = plain(s.dst, tag::nchw);
+    } else {
+        algorithm alg;
+        auto fpd = forward_pd(s, prop_kind::forward_training, wino, alg);
+        const primitive_attr attr = user_scratchpad();
+        if (mode == 0) {
+            p.prim = convolution_forward(fpd);
+            p.scratch = fpd.scratchpad_desc();
+            p.want[0] = fpd.src_desc(); p.want[1] = fpd.weights_desc(); p.want[2] = fpd.dst_desc();
+            p.user[0] = plain(s.src, tag::nchw); p.user[1] = plain(s.wei, tag::oihw); p.user[2] = plain(s.dst, tag::nchw);
+        } else if (mode == 1) {
+            auto d = convolution_backward_data::desc(alg, s.any(s.src), s.any(s.wei), s.any(s.dst), s.strides, s.dil, s.pad, s.pad);
+            convolution_backward_data::primitive_desc pd(d, attr, cpu(), fpd);
+            p.prim = convolution_backward_data(pd);
+            p.scratch = pd.scratchpad_desc();
+            p.want[0] = pd.diff_dst_desc(); p.want[1] = pd.weights_desc(); p.want[2] = pd.diff_src_desc();
+            p.user[0] = plain(s.dst, tag::nchw); p.user[1] = plain(s.wei, tag::oihw); p.user[2] = plain(s.src, tag::nchw);
+        } else {
+            auto d = convolution_backward_weights::desc(alg, s.any(s.src), s.any(s.wei), s.any(s.dst), s.strides, s.dil, s.pad, s.pad);
+            convolution_backward_weights::primitive_desc pd(d, attr, cpu(), fpd);
+            p.prim = convolution_backward_weights(pd);
+            p.scratch = pd.scratchpad_desc();
+            p.want[0] = pd.src_desc(); p.want[1] = pd.diff_dst_desc(); p.want[2] = pd.diff_weights_desc();
+            p.user[0] = plain(s.src, tag::nchw); p.user[1] = plain(s.dst, tag::nchw); p.user[2] = plain(s.wei, tag::oihw);
+        }
+    }
+    for (int k = 0; k < 3; k++)
+        if (p.want[k] != p.user[k])
+            p.move.push_back(p.output[k] ? reorder(reorder::primitive_desc(cpu(), p.want[k], cpu(), p.user[k]))
+                                         : reorder(reorder::primitive_desc(cpu(), p.user[k], cpu(), p.want[k])));
+    return p;
+}
+
+static const Plan& plan(int mode, int wino, int n, int ic, int oc, int h, int w) {
+    static std::map<std::vector<int>, Plan> plans;  // a few hundred shapes at most in a process
+    const std::vector<int> key{mode, wino, n, ic, oc, h, w};
+    auto found = plans.find(key);
+    if (found == plans.end()) found = plans.emplace(key, make_plan(mode, wino, shapes(n, ic, oc, h, w), mode == 4)).first;
+    return found->second;
+}
+
+// Run a plan on the user's arrays a, b (inputs) and out: each input reordered into its kept buffer where
+// the layouts differ, the output written there and copied back after.
+static void execute(const Plan& p, const float* a, const float* b, float* out) {
+    stream st(cpu());
+    void* data[3] = {(void*)a, (void*)b, (void*)out};
+    std::unordered_map<int, memory> bound{{DNNL_ARG_SCRATCHPAD, memory(p.scratch, cpu(), buffers[3].get(p.scratch.get_size() + 1))}};
+    size_t moved = 0;
+    const reorder* back = nullptr;
+    memory back_from, back_to;
+    for (int k = 0; k < 3; k++) {
+        memory user(p.user[k], cpu(), data[k]);
+        if (p.want[k] == p.user[k]) { bound[p.arg[k]] = user; continue; }
+        memory m(p.want[k], cpu(), buffers[k].get(p.want[k].get_size()));
+        if (p.output[k]) { back = &p.move[moved]; back_from = m; back_to = user; }
+        else p.move[moved].execute(st, user, m);
+        moved++;
+        bound[p.arg[k]] = m;
+    }
+    p.prim.execute(st, bound);
+    if (back) back->execute(st, back_from, back_to);
     st.wait();
 }
 
@@ -183,55 +255,20 @@ static long long kept_size(int wino, int n, int ic, int oc, int h, int w) {
     return (long long)(inference_pd(shapes(n, ic, oc, h, w), wino).weights_desc().get_size() / sizeof(float));
 }
 
-static memory user(const memory::desc& d, const float* p) { return memory(d, cpu(), (void*)p); }
-static memory::desc plain(const memory::dims& d, tag t) { return memory::desc(d, dt::f32, t); }
-
-// y = conv(x = a, w = b) by inference_pd: b in OIHW, or in the primitive's own layout when `kept`
-static void infer(const Shapes& s, int wino, const float* a, const float* b, bool kept, float* out) {
-    auto pd = inference_pd(s, wino);
-    execute(convolution_forward(pd), pd.scratchpad_desc(),
-            {{DNNL_ARG_SRC, user(plain(s.src, tag::nchw), a), pd.src_desc(), false},
-             {DNNL_ARG_WEIGHTS, user(kept ? pd.weights_desc() : plain(s.wei, tag::oihw), b), pd.weights_desc(), false},
-             {DNNL_ARG_DST, user(plain(s.dst, tag::nchw), out), pd.dst_desc(), true}});
-}
-
 // mode 0: y = conv(x, w); 1: dx = conv_backward_data(dy, w); 2: dw = conv_backward_weights(x, dy), by
-// Winograd when `wino` (and oneDNN has it), else direct; 3: out = the OIHW weights `b` in inference_pd's
-// layout (kept while rendering); 4: y = conv(x = a, kept weights b)
+// Winograd when `wino` (and oneDNN has it), else direct (the forward then as Jittor's convolution asks for
+// it: the same result); 3: out = the OIHW weights `b` in inference_pd's layout (kept while rendering);
+// 4: y = conv(x = a, kept weights b)
 static void run(int mode, int wino, const float* a, const float* b, float* out, int n, int ic, int oc, int h, int w) {
-    Shapes s = shapes(n, ic, oc, h, w);
     if (mode == 3) {
+        Shapes s = shapes(n, ic, oc, h, w);
         stream st(cpu());
-        memory from = user(plain(s.wei, tag::oihw), b), to = user(inference_pd(s, wino).weights_desc(), out);
+        memory from(plain(s.wei, tag::oihw), cpu(), (void*)b), to(inference_pd(s, wino).weights_desc(), cpu(), out);
         reorder(from, to).execute(st, from, to);
         st.wait();
         return;
     }
-    // the direct forward as Jittor's convolution asks for it: the same result
-    if (mode == 4 || (mode == 0 && !wino)) return infer(s, wino, a, b, mode == 4, out);
-    algorithm alg;
-    auto fpd = forward_pd(s, prop_kind::forward_training, wino, alg);
-    const primitive_attr attr = user_scratchpad();
-    if (mode == 0) {
-        execute(convolution_forward(fpd), fpd.scratchpad_desc(),
-                {{DNNL_ARG_SRC, user(plain(s.src, tag::nchw), a), fpd.src_desc(), false},
-                 {DNNL_ARG_WEIGHTS, user(plain(s.wei, tag::oihw), b), fpd.weights_desc(), false},
-                 {DNNL_ARG_DST, user(plain(s.dst, tag::nchw), out), fpd.dst_desc(), true}});
-    } else if (mode == 1) {
-        auto d = convolution_backward_data::desc(alg, s.any(s.src), s.any(s.wei), s.any(s.dst), s.strides, s.dil, s.pad, s.pad);
-        convolution_backward_data::primitive_desc pd(d, attr, cpu(), fpd);
-        execute(convolution_backward_data(pd), pd.scratchpad_desc(),
-                {{DNNL_ARG_DIFF_DST, user(plain(s.dst, tag::nchw), a), pd.diff_dst_desc(), false},
-                 {DNNL_ARG_WEIGHTS, user(plain(s.wei, tag::oihw), b), pd.weights_desc(), false},
-                 {DNNL_ARG_DIFF_SRC, user(plain(s.src, tag::nchw), out), pd.diff_src_desc(), true}});
-    } else {
-        auto d = convolution_backward_weights::desc(alg, s.any(s.src), s.any(s.wei), s.any(s.dst), s.strides, s.dil, s.pad, s.pad);
-        convolution_backward_weights::primitive_desc pd(d, attr, cpu(), fpd);
-        execute(convolution_backward_weights(pd), pd.scratchpad_desc(),
-                {{DNNL_ARG_SRC, user(plain(s.src, tag::nchw), a), pd.src_desc(), false},
-                 {DNNL_ARG_DIFF_DST, user(plain(s.dst, tag::nchw), b), pd.diff_dst_desc(), false},
-                 {DNNL_ARG_DIFF_WEIGHTS, user(plain(s.wei, tag::oihw), out), pd.diff_weights_desc(), true}});
-    }
+    execute(plan(mode, wino, n, ic, oc, h, w), a, b, out);
 }
 
 // 1x1 convolutions (stride 1, no padding) as matrix products, one per image, by oneDNN's sgemm (row
