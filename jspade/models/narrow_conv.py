@@ -9,7 +9,7 @@ rows it reads: per block of 16 pixels (one vector), four output channels at a ti
 C_in x 9 shifted input vectors is loaded once and multiplied into the four sums, in the order
 (input channel, ky, kx). Rows are spread over the threads (OpenMP). The input gradient is the same
 kernel over dy with the weight transposed and flipped (`transposed`); the weight gradient stays
-oneDNN's. winograd.conv3x3 decides where this kernel runs. 2-4x faster than oneDNN's better algorithm
+oneDNN's. winograd.conv3x3 decides where this kernel runs. 1.3-4x faster than oneDNN's better algorithm
 per layer and pass (docs/performance.md).
 
 The sums run in another order than oneDNN's: the result equals `jt.nn.conv2d` to float32 rounding.
