@@ -84,6 +84,7 @@ def _dnnl_include():
 _HEADER = r"""
 #include "oneapi/dnnl/dnnl.hpp"
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <new>
 #include <omp.h>
@@ -216,8 +217,8 @@ static Plan make_plan(int mode, int wino, const Shapes& s, bool kept) {
 }
 
 static const Plan& plan(int mode, int wino, int n, int ic, int oc, int h, int w) {
-    static std::map<std::vector<int>, Plan> plans;  // a few hundred shapes at most in a process
-    const std::vector<int> key{mode, wino, n, ic, oc, h, w};
+    static std::map<std::array<int, 7>, Plan> plans;  // a few hundred shapes at most in a process
+    const std::array<int, 7> key{{mode, wino, n, ic, oc, h, w}};  // no allocation per call
     auto found = plans.find(key);
     if (found == plans.end()) found = plans.emplace(key, make_plan(mode, wino, shapes(n, ic, oc, h, w), mode == 4)).first;
     return found->second;
