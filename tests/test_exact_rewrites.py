@@ -121,3 +121,34 @@ def _generator_with_label_ids_equals_the_dense_generator():
         # gradients reaching a bias in front of a batch norm cancel to ~0: compare on the step's scale
         err = np.abs(a - b).max()
         assert err <= 1e-3 * scale, f"{name}: max error {err:.3g} (largest gradient {scale:.3g})"
+
+
+def test_mean_abs_difference_is_the_l1_mean_with_pytorchs_gradient():
+    """The losses' L1 term in one kernel each way: the mean of |a - b| (float64 sums, over several of the
+    kernel's blocks here), its gradient sign(a - b) * g / n with 0 where a == b (PyTorch's abs; Jittor's
+    own gives +g there), none for b; the layer-by-layer ops when the fused kernels are off."""
+    from jspade.models import fused_norm
+    from jspade.models.reduce import mean_abs_difference
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((2, 3, 70, 90)).astype(np.float32)
+    b = rng.standard_normal(a.shape).astype(np.float32)
+    b[:, :, :, :7] = a[:, :, :, :7]  # ties, as where a ReLU zeroes both features
+    expected = np.abs(a.astype(np.float64) - b).mean()
+    grad_scale = np.float32(2.5)
+    expected_grad = np.sign(a - b) * (grad_scale / np.float32(a.size))
+    was = fused_norm.enabled()
+    for fused in (True, False):
+        fused_norm.set_enabled(fused)
+        try:
+            av, bv = jt.array(a), jt.array(b)
+            loss = mean_abs_difference(av, bv)
+            assert loss.shape == [1] or tuple(loss.shape) == (1,)
+            assert abs(loss.item() - expected) <= 1e-6 * expected, fused
+            ga, gb = jt.grad(loss * float(grad_scale), [av, bv])
+            if fused:
+                np.testing.assert_array_equal(ga.numpy(), expected_grad)
+            else:  # Jittor's abs: +g at the ties
+                np.testing.assert_allclose(ga.numpy()[:, :, :, 7:], expected_grad[:, :, :, 7:], rtol=1e-5)
+            assert float(np.abs(gb.numpy()).max()) == 0.0
+        finally:
+            fused_norm.set_enabled(was)

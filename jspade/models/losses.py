@@ -1,7 +1,7 @@
 """SPADE's objectives: multiscale GAN loss (hinge by default), discriminator feature matching,
 VGG perceptual loss and the VAE's KL divergence, with the original's weighting."""
 from jspade.runtime import jt
-from jspade.models.reduce import mean
+from jspade.models.reduce import mean, mean_abs_difference
 
 VGG_LAYER_WEIGHTS = (1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0)
 
@@ -50,7 +50,7 @@ def feature_matching_loss(pred_fake, pred_real, lambda_feat=10.0):
     total = 0
     for fake_feats, real_feats in zip(pred_fake, pred_real):
         for f, r in zip(fake_feats[:-1], real_feats[:-1]):
-            total = total + mean(jt.abs(f - r.detach())) * (lambda_feat / num_D)
+            total = total + mean_abs_difference(f, r) * (lambda_feat / num_D)
     return total
 
 
@@ -61,7 +61,7 @@ def vgg_loss(vgg, fake, real):
         real_feats = vgg(real.detach())
     total = 0
     for w, f, r in zip(VGG_LAYER_WEIGHTS, fake_feats, real_feats):
-        total = total + w * mean(jt.abs(f - r.detach()))
+        total = total + w * mean_abs_difference(f, r)
     return total
 
 
