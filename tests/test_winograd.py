@@ -223,3 +223,41 @@ def test_a_second_backward_through_one_forward_says_so():
     jt.sync(jt.grad((y * probe).sum(), [x, weight]))
     with pytest.raises(RuntimeError, match="second backward through the same forward"):
         jt.sync(jt.grad((y * probe).sum(), [x, weight]))
+
+
+@pytest.mark.parametrize("n,ic,oc,h,w", [(2, 32, 24, 24, 24), (3, 64, 64, 4, 8), (2, 3, 16, 16, 16)])
+def test_an_input_gradient_for_the_leading_images_only(n, ic, oc, h, w):
+    """`varying`: the perceptual loss runs the fake and the (constant) real image as one batch; the input
+    gradient is the full one for the leading images and exactly 0 for the rest, the output and the weight
+    gradient are unchanged (Winograd, direct and narrow layers)."""
+    x, weight, bias, probe = case(n, ic, oc, h, w, seed=3)
+    full = forward_and_grads(winograd.conv3x3, x, weight, bias, probe)
+    part = forward_and_grads(lambda a, b, c: winograd.conv3x3(a, b, c, varying=1), x, weight, bias, probe)
+    np.testing.assert_array_equal(part[0], full[0])
+    np.testing.assert_array_equal(part[1][:1], full[1][:1])
+    assert not np.any(part[1][1:]) and np.any(full[1][1:])
+    np.testing.assert_array_equal(part[2], full[2])
+
+
+def test_the_perceptual_losss_pair_of_feature_stacks_equals_two_apart():
+    """VGG19.features_of_pair: the fake's and the real's features as two separate forwards give them,
+    and the fake's gradient (the real gets none)."""
+    from jspade.models.vgg import PAIRED_SLICES, VGG19
+    jt.set_global_seed(0, different_seed_for_mpi=False)
+    vgg = VGG19()
+    assert 0 < PAIRED_SLICES < 5
+    rng = np.random.default_rng(6)
+    fake = jt.array(rng.uniform(-1, 1, (2, 3, 48, 64)).astype(np.float32))
+    real = jt.array(rng.uniform(-1, 1, (2, 3, 48, 64)).astype(np.float32))
+    probes = None
+    results = []
+    for pair in (True, False):
+        f, r = vgg.features_of_pair(fake, real) if pair else (vgg(fake), vgg(real))
+        if probes is None:
+            probes = [jt.array(rng.standard_normal(a.shape).astype(np.float32)) for a in f]
+        loss = sum((a * p).sum() for a, p in zip(f, probes)) + sum(b.detach().sum() for b in r)
+        results.append(([a.numpy() for a in f], [b.numpy() for b in r], jt.grad(loss, fake).numpy()))
+    (fp, rp, gp), (fa, ra, ga) = results
+    for a, b in zip(fp + rp, fa + ra):
+        assert a.shape == b.shape and max_rel_error(a, b) < 2e-5
+    assert max_rel_error(gp, ga) < 2e-5

@@ -56,9 +56,7 @@ def feature_matching_loss(pred_fake, pred_real, lambda_feat=10.0):
 
 def vgg_loss(vgg, fake, real):
     """Perceptual loss: weighted L1 between VGG19 features (relu1_1..relu5_1) of fake and real."""
-    fake_feats = vgg(fake)
-    with jt.no_grad():  # the real image's features are constants: no graph is kept for them
-        real_feats = vgg(real.detach())
+    fake_feats, real_feats = vgg.features_of_pair(fake, real)
     total = 0
     for w, f, r in zip(VGG_LAYER_WEIGHTS, fake_feats, real_feats):
         total = total + w * mean_abs_difference(f, r)

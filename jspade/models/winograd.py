@@ -379,24 +379,30 @@ def _op(mode, x_shape, oc, a, b, wino):
 
 class _Conv3x3(jt.Function):
     """`wino`: Winograd (1) or the direct algorithm (0) throughout; `narrow`: the forward and the input
-    gradient by narrow_conv's kernel instead (the weight gradient as `wino` says)."""
+    gradient by narrow_conv's kernel instead (the weight gradient as `wino` says); `varying`: how many
+    leading images of the batch the input gradient is computed for (the rest are constants: it is 0
+    there)."""
 
-    def execute(self, x, weight, wino, narrow):
-        self.saved = (x, weight, wino, narrow)
+    def execute(self, x, weight, wino, narrow, varying):
+        self.saved = (x, weight, wino, narrow, varying)
         if narrow:
             return narrow_conv.conv3x3(x, weight)
         return _op(0, x.shape, weight.shape[0], x, weight, wino)
 
     def grad(self, dy):
-        x, weight, wino, narrow = release_saved(self)
+        x, weight, wino, narrow, varying = release_saved(self)
         oc = weight.shape[0]
         dx = dw = None
         if self.input_mask[0] != -2:
-            dx = narrow_conv.conv3x3(dy.float32(), weight, transposed=True) if narrow else \
-                _op(1, x.shape, oc, dy, weight, wino)
+            n = x.shape[0]
+            head = dy if varying == n else dy[:varying]
+            dx = narrow_conv.conv3x3(head.float32(), weight, transposed=True) if narrow else \
+                _op(1, (varying,) + tuple(x.shape[1:]), oc, head, weight, wino)
+            if varying < n:
+                dx = jt.concat([dx, jt.zeros((n - varying,) + tuple(x.shape[1:]), "float32")], 0)
         if self.input_mask[1] != -2:
             dw = _op(2, x.shape, oc, x, dy, wino)
-        return dx, dw, None, None
+        return dx, dw, None, None, None
 
 
 # Winograd pays where there are many 4x4 tiles per weight: on small maps the 4x larger transformed
@@ -420,16 +426,18 @@ def winograd_pays(x_shape, out_channels):
     return h * w >= MIN_PIXELS or (c * out_channels >= WIDE and n * h * w >= MIN_BATCH_PIXELS_WIDE)
 
 
-def conv3x3(x, weight, bias=None):
+def conv3x3(x, weight, bias=None, varying=None):
     """`jt.nn.conv2d(x, weight, bias, 1, 1)` for a [C_out, C_in, 3, 3] weight: on the CPU through this
     module's oneDNN passes, by Winograd where that is faster (`winograd_pays`), else by the direct
     algorithm Jittor's convolution uses (the same results to the bit, without its per-call buffers);
     with a few input or output channels (`narrow_conv.applies`), forward and input gradient by
-    narrow_conv's kernel."""
+    narrow_conv's kernel. `varying`: only the first `varying` images of x need an input gradient (the
+    rest are constants, e.g. the real image beside the fake in the perceptual loss: vgg.py)."""
     if not enabled() or tuple(weight.shape[2:]) != (3, 3) or x.dtype != "float32" or weight.dtype != "float32":
         return jt.nn.conv2d(x, weight, bias, 1, 1)
     oc = weight.shape[0]
-    y = _Conv3x3.apply(x, weight, int(winograd_pays(x.shape, oc)), narrow_conv.applies(x.shape, oc))
+    varying = x.shape[0] if varying is None else varying
+    y = _Conv3x3.apply(x, weight, int(winograd_pays(x.shape, oc)), narrow_conv.applies(x.shape, oc), varying)
     if bias is not None:
         y = y + bias.reshape(1, -1, 1, 1)
     return y
