@@ -13,6 +13,7 @@ gives each run's iterations and FIDs; --json adds the per-run records. Only figu
 are comparable: both implementations share the machine in the same minutes.
 """
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -49,8 +50,12 @@ def train_original(args, seed, data_root, out, preset):
 
 
 def run(cmd, what):
+    """Run a training child; a jspade one imports the package of the checkout this script is in (an
+    editable install would otherwise give every checkout's script the installed one's code)."""
     print(f"training {what} ...", file=sys.stderr, flush=True)
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent)] + [p for p in [env.get("PYTHONPATH")] if p])
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
         raise ChildProcessError(f"{what} failed (exit {done.returncode}): {tail[0]}")
