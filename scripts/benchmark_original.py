@@ -170,6 +170,8 @@ def main(argv=None):
     ap.add_argument("--no-vgg", action="store_true")
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--min-seconds", type=float, default=2.0,
+                    help="time each figure over at least this many seconds too (as benchmark.py)")
     ap.add_argument("--json", action="store_true", help="print the result as one line of JSON")
     ap.add_argument("--tsit", action="store_true", help="ORIGINAL_REPO is EndlessSora/TSIT: its SIS generator")
     ap.add_argument("--saved-activations", action="store_true",
@@ -222,13 +224,14 @@ def main(argv=None):
         print(json.dumps(saved_activation_bytes(trainer, data, args)))
         return 0
 
-    def timed(fn, n):
+    def timed(fn, n):  # at least n iterations and --min-seconds, as benchmark.py times
         for _ in range(args.warmup):
             fn()
-        t = time.perf_counter()
-        for _ in range(n):
+        t, done = time.perf_counter(), 0
+        while done < n or time.perf_counter() - t < args.min_seconds:
             fn()
-        return (time.perf_counter() - t) / n
+            done += 1
+        return (time.perf_counter() - t) / done
 
     result = {"config": {k: getattr(args, k) for k in ("ngf", "ndf", "crop_size", "aspect_ratio", "batch_size",
                                                        "label_nc", "use_vae")},

@@ -68,6 +68,7 @@ BAD_ARGUMENTS = [
     ("make_synthetic.py", ["--out", "synth", "--size", "100000x100000"], ["--size", "at most 4096x4096"]),
     ("paint.py", ["--port", "70000"], ["--port", "at most 65535"]),
     ("benchmark.py", ["--batch-size", "0"], ["--batch-size", "at least 1"]),
+    ("benchmark.py", ["--min-seconds", "-1"], ["--min-seconds", "at least 0"]),
     ("compare_training.py", ["--original", "labels", "--torch-python", "python", "--minutes", "0"],
      ["--minutes", "above 0"]),
     ("check_parity.py", ["missing.npz"], ["missing.npz", "does not exist"]),
