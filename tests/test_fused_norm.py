@@ -166,12 +166,38 @@ def test_fused_kernel_sees_a_wrong_gamma(restore_fused):
 
 
 def test_inference_path_keeps_nothing_and_gives_the_same_output(restore_fused):
+    """Under jt.no_grad (a rendering) a block's forward alone runs, its residual sum inside the last
+    convolution's pass: the output of the forward with gradients (to the bit here; Jittor's fused
+    element-wise kernel may order conv + bias + residual otherwise elsewhere: float32 rounding)."""
     block, x, cond = spade_case("spadesyncbatch3x3", 16, 16, seed=4)
     block.eval()
     with_grad = block(jt.array(x), cond).numpy()
     with jt.no_grad():
         without = block(jt.array(x), cond).numpy()
-    np.testing.assert_array_equal(without, with_grad)
+    assert rel_err(without, with_grad) < 1e-6
+
+
+@pytest.mark.parametrize("norm_S", ["instance", "syncbatch"])
+def test_a_rendered_stream_block_adds_its_shortcut_in_the_norms_pass(norm_S, restore_fused, monkeypatch):
+    """TSIT's content stream under jt.no_grad: x_s + leaky_relu(norm(conv_1(...))) in the norm's own
+    pass, the same bits as the forward with gradients (one addition either way)."""
+    from jspade.models.tsit import StreamResnetBlock
+    code, sources = fused_norm._code, []
+    monkeypatch.setattr(fused_norm, "_code", lambda *a: sources.append(a[3]) or code(*a))
+    rng = np.random.default_rng(11)
+    jt.set_global_seed(11)
+    for fin, fout in ((6, 12), (12, 12)):  # learned shortcut, and the identity
+        block = StreamResnetBlock(fin, fout, "spectral" + norm_S)
+        x = jt.array((rng.standard_normal((2, fin, 10, 14)) * 2 + 0.5).astype(np.float32))
+        block.train()
+        block(x * 0.5 + 1).sync()  # running statistics that are not the initial 0/1
+        block.eval()
+        with_grad = block(x).numpy()
+        sources.clear()
+        with jt.no_grad():
+            without = block(x).numpy()
+        np.testing.assert_array_equal(without, with_grad)
+        assert sources.count(fused_norm._AFFINE_RESIDUAL_SRC) == 1, sources
 
 
 def test_statistics_of_large_planes_are_accurate(restore_fused):

@@ -355,11 +355,12 @@ class BatchStatistics(jt.nn.Module):
     """A parameter-free norm over batch statistics: the wrong norm for an instance-norm stream, with the
     same (empty) state, so the archive's weights still load."""
 
-    def execute(self, x, slope=None):
+    def execute(self, x, slope=None, residual=None):
         mean = x.mean(dims=(0, 2, 3), keepdims=True)
         var = ((x - mean) ** 2).mean(dims=(0, 2, 3), keepdims=True)
         out = (x - mean) / jt.sqrt(var + 1e-5)
-        return out if slope is None else jt.nn.leaky_relu(out, slope)
+        out = out if slope is None else jt.nn.leaky_relu(out, slope)
+        return out if residual is None else out + residual
 
 
 def _break_stream_norm(monkeypatch, tsit, opt):

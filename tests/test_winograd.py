@@ -3,6 +3,8 @@ gradient and weight gradient, through the modules the networks are built from; s
 not pay take Jittor's direct algorithm (forward and input gradient exactly, through this module's own
 passes), and switched off it is Jittor's convolution itself; while rendering, kept weights give the same
 result to the bit."""
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -261,3 +263,38 @@ def test_the_perceptual_losss_pair_of_feature_stacks_equals_two_apart():
     for a, b in zip(fp + rp, fa + ra):
         assert a.shape == b.shape and max_rel_error(a, b) < 2e-5
     assert max_rel_error(gp, ga) < 2e-5
+
+
+@pytest.mark.parametrize("n,ic,oc,h,w,keep", [
+    (1, 32, 64, 24, 32, False),   # Winograd on the weight itself (a large map)
+    (1, 256, 512, 8, 16, True),   # Winograd's transformed weights kept
+    (2, 12, 50, 10, 14, True),    # the direct algorithm's kept layout
+    (1, 64, 64, 4, 6, False),     # the direct algorithm on the weight
+    (2, 16, 3, 12, 20, False),    # narrow_conv's kernel
+    (1, 29, 16, 9, 40, True)])
+def test_a_rendering_adds_bias_and_residual_in_the_convolutions_pass(n, ic, oc, h, w, keep):
+    """Under jt.no_grad a residual block's `x_s + conv(x)` is one pass: (conv + residual) + bias, each
+    addition rounded to float32; with gradients (Jittor's element-wise ops) the same sum to float32
+    rounding, and the residual gets dy."""
+    x, weight, bias, conv, jittors = conv_case(n, ic, oc, h, w)
+    residual = jt.array(np.random.default_rng(3).standard_normal((n, oc, h, w)).astype(np.float32))
+    with_grad = conv(x, residual=residual)
+    np.testing.assert_allclose(with_grad.numpy(), conv(x).numpy() + residual.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(jt.grad((with_grad * 3).sum(), residual).numpy(), np.full((n, oc, h, w), 3, np.float32))
+    calls = []
+    code = winograd._code
+    winograd._code = lambda *a: calls.append(a[2]) or code(*a)
+    try:
+        with jt.no_grad(), (keeping_inference_weights() if keep else contextlib.nullcontext()):
+            assert isinstance(conv.weight_for(x), winograd.KeptWeights) == (keep and not narrow_conv.applies(x.shape, oc))
+            rendered = conv(x, residual=residual).numpy()
+            plain = conv(x).numpy()
+            bare = winograd.conv2d(x, conv.weight_for(x), None, 1, 1).numpy()  # as the same rendering runs it
+    finally:
+        winograd._code = code
+    bias = bias.numpy()[:, None, None]
+    assert max_rel_error(plain, jittors) < 2e-5
+    np.testing.assert_array_equal(plain, bare + bias)
+    np.testing.assert_array_equal(rendered, (bare + residual.numpy()) + bias)
+    if not narrow_conv.applies(x.shape, oc):  # one kernel took x, the weight, the bias and the residual
+        assert [len(inputs) for inputs in calls[-3:]] == [4, 3, 2], [len(i) for i in calls]

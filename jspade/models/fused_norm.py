@@ -210,9 +210,10 @@ static void backward(const float* x, const float* gamma1, const float* y, const 
 // A batch or instance norm with its affine folded in, y = x * alpha[s] + beta[s] (alpha = invstd * w,
 // beta = b - mean * alpha, as PyTorch's CPU kernel), then leaky ReLU with `slope` when `leaky`. That
 // kernel's multiply-add is contracted into one fused multiply-add by its compiler (as by Jittor's
-// -Ofast): std::fma matches it (without, TSIT's eval forward moves from 4.1e-3 to 5.0e-3 off the archive)
+// -Ofast): std::fma matches it (without, TSIT's eval forward moves from 4.1e-3 to 5.0e-3 off the archive).
+// Then + `residual` where given (a residual block's sum, in the same pass; forward only).
 static void affine(const float* x, const float* alpha, const float* beta, float* y, Groups g, int leaky,
-                   float slope) {
+                   float slope, const float* residual = nullptr) {
     const int C = g.C, HW = g.HW;
     #pragma omp parallel for schedule(static)
     for (int r = 0; r < g.N * C; r++) {
@@ -224,6 +225,8 @@ static void affine(const float* x, const float* alpha, const float* beta, float*
             const float v = std::fma(xp[i], a, b);
             yp[i] = (leaky && !(v > 0.f)) ? v * slope : v;
         }
+        if (residual)
+            for (int i = 0; i < HW; i++) yp[i] = yp[i] + residual[(size_t)r * HW + i];
     }
 }
 
@@ -261,6 +264,7 @@ _BACKWARD_SUMS_SRC = f'fused_norm::backward_sums<true>(in0_p, in1_p, in2_p, in3_
 _AFFINE_BACKWARD_SUMS_SRC = f'fused_norm::backward_sums<false>(in0_p, nullptr, in1_p, in2_p, in3_p, out0_p, ' \
                             f'{_GROUPS}, (int)data["leaky"], (float)data["slope"]);'
 _AFFINE_SRC = f'fused_norm::affine(in0_p, in1_p, in2_p, out0_p, {_GROUPS}, (int)data["leaky"], (float)data["slope"]);'
+_AFFINE_RESIDUAL_SRC = _AFFINE_SRC[:-2] + ", in3_p);"
 _AFFINE_BACKWARD_SRC = f'fused_norm::affine_backward(in0_p, in1_p, in2_p, in3_p, in4_p, in5_p, in6_p, out0_p, ' \
                        f'{_GROUPS}, (int)data["leaky"], (float)data["slope"]);'
 _BACKWARD_SRC = f'fused_norm::backward(in0_p, in1_p, in2_p, in3_p, in4_p, in5_p, in6_p, in7_p, out0_p, out1_p, ' \
@@ -362,11 +366,16 @@ def modulate(x, gb, bias, stats, slope=None):
     return _Modulate.apply(*args, stats, slope)
 
 
+def _affine_terms(weight, bias, stats):
+    """alpha, beta of y = x * alpha + beta: the statistics with the affine folded in, as PyTorch's kernel."""
+    alpha = stats.invstd if weight is None else stats.invstd * weight
+    return alpha, (0 if bias is None else bias) - stats.mean * alpha
+
+
 class _Normalize(jt.Function):
     def execute(self, x, weight, bias, stats, slope):
         data = _data(x, stats, slope)
-        alpha = stats.invstd if weight is None else stats.invstd * weight
-        beta = (0 if bias is None else bias) - stats.mean * alpha
+        alpha, beta = _affine_terms(weight, bias, stats)
         y = _code(x.shape, "float32", [x, alpha, beta], _AFFINE_SRC, data)
         # kept for the backward: x and y (the next layer's input, kept anyway)
         self.saved = (x, y, alpha, stats, data, weight is not None, bias is not None)
@@ -387,15 +396,21 @@ class _Normalize(jt.Function):
         return dx, grad_weight, grad_bias, None, None
 
 
-def normalize(x, stats, weight=None, bias=None, slope=None):
+def normalize(x, stats, weight=None, bias=None, slope=None, residual=None):
     """leaky_relu(norm(x) * weight + bias, slope) (no activation when `slope` is None; no affine where
     weight/bias are None), norm(x) = (x - stats.mean) * stats.invstd: a batch or instance norm layer and
     the activation after it in one pass forward, two backward, keeping only x and the output.
-    weight and bias are per channel (batch norm's affine; not with per-instance statistics)."""
+    weight and bias are per channel (batch norm's affine; not with per-instance statistics).
+    + `residual` (x's shape) where given: under jt.no_grad in the same pass."""
     assert weight is None or not stats.per_instance
     args = (x.float32(), None if weight is None else weight.float32(), None if bias is None else bias.float32())
     stats = stats._replace(mean=stats.mean.float32().stop_grad(), invstd=stats.invstd.float32().stop_grad())
-    return _Normalize.apply(*args, stats, slope)  # under jt.no_grad its forward alone
+    if residual is not None and jt.flags.no_grad and residual.dtype == "float32" \
+            and tuple(residual.shape) == tuple(x.shape):
+        alpha, beta = _affine_terms(args[1], args[2], stats)
+        return _code(x.shape, "float32", [args[0], alpha, beta, residual], _AFFINE_RESIDUAL_SRC, _data(x, stats, slope))
+    y = _Normalize.apply(*args, stats, slope)  # under jt.no_grad its forward alone
+    return y if residual is None else y + residual
 
 
 # Spectral normalisation's W / sigma (normalization.SpectralNorm) in training, sigma = u^T W v with u and

@@ -39,8 +39,7 @@ class ModulatedResnetBlock(nn.Module):
     def execute(self, x, cond):
         x_s = self.conv_s(self.norm_s(x, cond)) if self.learned_shortcut else x
         dx = self.conv_0(self.norm_0(x, cond, slope=0.2))  # the norm applies the leaky ReLU
-        dx = self.conv_1(self.norm_1(dx, cond, slope=0.2))
-        return x_s + dx
+        return self.conv_1(self.norm_1(dx, cond, slope=0.2), residual=x_s)  # x_s + conv_1(...)
 
 
 class SPADEResnetBlock(ModulatedResnetBlock):

@@ -29,11 +29,30 @@ namespace narrow {
 typedef float v16 __attribute__((vector_size(64)));
 static inline v16 load16(const float* p) { v16 v; std::memcpy(&v, p, sizeof v); return v; }
 
+// Row y of image n of every output channel p, plus the residual's row and bias[p] (each may be null),
+// rounded as winograd.py's epilogue: (y + residual) + bias.
+#pragma GCC push_options
+#pragma GCC optimize("no-associative-math")
+__attribute__((noinline)) static void add_to_row(float* out, const float* bias, const float* residual, int n, int P,
+                                                 int H, int W, int y) {
+    for (int p = 0; p < P; p++) {
+        const size_t at = (((size_t)n * P + p) * H + y) * W;
+        float* o = out + at;
+        const float* r = residual ? residual + at : nullptr;
+        const float b = bias ? bias[p] : 0.f;
+        if (bias && r) for (int x = 0; x < W; x++) o[x] = (o[x] + r[x]) + b;
+        else if (bias) for (int x = 0; x < W; x++) o[x] = o[x] + b;
+        else for (int x = 0; x < W; x++) o[x] = o[x] + r[x];
+    }
+}
+#pragma GCC pop_options
+
 // out[n, p] = sum over q, ky, kx of m[p][q * 9 + ky * 3 + kx] * in[n, q] shifted by (ky - 1, kx - 1);
 // m is w ([P, Q, 3, 3]) or, `transposed`, w ([Q, P, 3, 3]) with in and out channels swapped and the
 // kernel flipped (the input gradient of w's convolution)
+// Then + bias and + residual where given (`add_to_row`, the forward only).
 static void conv3x3(const float* in, const float* w, float* out, int N, int Q, int P, int H, int W,
-                    int transposed) {
+                    int transposed, const float* bias = nullptr, const float* residual = nullptr) {
     const int K = Q * 9, PB = (P + 3) / 4;
     std::vector<float> m((size_t)PB * K * 4, 0.f);  // [P / 4][K][4]: four output channels' weights side by side
     for (int p = 0; p < P; p++)
@@ -80,6 +99,7 @@ static void conv3x3(const float* in, const float* w, float* out, int N, int Q, i
                     }
                 }
             }
+            if (bias || residual) add_to_row(out, bias, residual, n, P, H, W, y);
         }
     }
 }
@@ -98,10 +118,18 @@ def applies(x_shape, out_channels):
     return (min(ic, out_channels) <= NARROW or ic * out_channels < SMALL) and ic <= MAX_IN_CHANNELS
 
 
-def conv3x3(x, weight, transposed=False):
-    """The convolution of NCHW `x` with a [C_out, C_in, 3, 3] `weight` (no bias); `transposed`: with `x` of
-    C_out channels, the input gradient of that convolution (C_in channels). float32."""
+def conv3x3(x, weight, transposed=False, bias=None, residual=None):
+    """The convolution of NCHW `x` with a [C_out, C_in, 3, 3] `weight`; `transposed`: with `x` of C_out
+    channels, the input gradient of that convolution (C_in channels). float32. Forward only: plus `bias`
+    ([C_out]) and then `residual` (the output's shape) where given, in the same pass (not
+    differentiable: for a rendering, under jt.no_grad)."""
     n, q, h, w = x.shape
     p = weight.shape[1] if transposed else weight.shape[0]
-    return cpu_kernel((n, p, h, w), "float32", [x, weight], _HEADER, _SRC,
+    extra = [v for v in (bias, residual) if v is not None]
+    src = _SRC
+    if extra:
+        pointers = ("in2_p" if bias is not None else "nullptr",
+                    f"in{2 + len(extra) - 1}_p" if residual is not None else "nullptr")
+        src = _SRC[:-2] + f", {pointers[0]}, {pointers[1]});"
+    return cpu_kernel((n, p, h, w), "float32", [x, weight] + extra, _HEADER, src,
                       {"n": n, "q": q, "p": p, "h": h, "w": w, "transposed": int(transposed)}, _FLAGS)

@@ -76,8 +76,8 @@ class SpectralConv2d(SpectralNorm):
         return kept_weights.kept(self, sources, lambda: winograd.prepare(
             self.normalized_weight(), x.shape, self.stride, self.padding), x.shape)
 
-    def execute(self, x):
-        return winograd.conv2d(x, self.weight_for(x), self.bias, self.stride, self.padding)
+    def execute(self, x, residual=None):
+        return winograd.conv2d(x, self.weight_for(x), self.bias, self.stride, self.padding, residual=residual)
 
 
 def _sum_nhw(x):
@@ -157,6 +157,10 @@ def batch_norm_train(x, weight=None, bias=None, eps=1e-5, synced=False):
     return out, mean, var, count
 
 
+def _plus(x, residual):
+    return x if residual is None else x + residual
+
+
 class SyncBatchNorm(nn.Module):
     """BatchNorm2d whose statistics are those of the batch across all MPI ranks (SPADE's
     `SynchronizedBatchNorm2d`). Running statistics as PyTorch: momentum 0.1, *unbiased* running
@@ -185,10 +189,14 @@ class SyncBatchNorm(nn.Module):
         invstd = 1.0 / jt.sqrt(self.running_var + self.eps)
         return fused_norm.Statistics(self.running_mean, invstd, None, False, False, False)
 
-    def execute(self, x, slope=None):
-        """The normalised x, then leaky ReLU with `slope` unless None (one pass, with fused_norm)."""
+    def execute(self, x, slope=None, residual=None):
+        """The normalised x, then leaky ReLU with `slope` unless None (one pass, with fused_norm), then
+        + `residual` where given."""
         if fused_norm.enabled():
-            return fused_norm.normalize(x, self.statistics(x), self.weight, self.bias, slope)
+            return fused_norm.normalize(x, self.statistics(x), self.weight, self.bias, slope, residual)
+        return _plus(self._unfused(x, slope), residual)
+
+    def _unfused(self, x, slope):
         c = self.num_features
         if self.is_training():
             out, mean, var, n = batch_norm_train(x, self.weight, self.bias, self.eps,
@@ -218,14 +226,15 @@ class InstanceNorm2d(nn.Module):
         mean, _, invstd, count = batch_statistics(x.reshape(1, n * c, h, w), self.eps)
         return fused_norm.Statistics(mean, invstd, count, False, True, True)
 
-    def execute(self, x, slope=None):
-        """The normalised x, then leaky ReLU with `slope` unless None (one pass, with fused_norm)."""
+    def execute(self, x, slope=None, residual=None):
+        """The normalised x, then leaky ReLU with `slope` unless None (one pass, with fused_norm), then
+        + `residual` where given."""
         if fused_norm.enabled():
-            return fused_norm.normalize(x, self.statistics(x), slope=slope)
+            return fused_norm.normalize(x, self.statistics(x), slope=slope, residual=residual)
         n, c, h, w = x.shape
         out, _, _, _ = batch_norm_train(x.reshape(1, n * c, h, w), eps=self.eps)
         out = out.reshape(n, c, h, w)
-        return out if slope is None else nn.leaky_relu(out, slope)
+        return _plus(out if slope is None else nn.leaky_relu(out, slope), residual)
 
 
 def conv2d(in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, spectral=False):

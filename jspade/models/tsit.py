@@ -58,8 +58,7 @@ class StreamResnetBlock(nn.Module):
         # each norm with the leaky ReLU after it in one pass
         x_s = self.norm_layer_s(conv(self.conv_s), slope=0.2) if self.learned_shortcut else x
         dx = self.norm_layer_in(conv(self.conv_0), slope=0.2)
-        dx = self.norm_layer_out(self.conv_1(dx), slope=0.2)
-        return x_s + dx
+        return self.norm_layer_out(self.conv_1(dx), slope=0.2, residual=x_s)  # x_s + norm(conv_1(...))
 
 
 class Stream(BaseNetwork):

@@ -224,6 +224,27 @@ static const Plan& plan(int mode, int wino, int n, int ic, int oc, int h, int w)
     return found->second;
 }
 
+// A forward's output plus a residual of its shape and a per-channel bias (each may be null): what a
+// rendering would otherwise add in single-threaded passes over the NCHW output after this kernel. Rounded
+// as (y + residual) + bias, the order Jittor's fused element-wise kernel of y + bias + residual gives on
+// this project's networks (TSIT's ill-conditioned eval forward: 3.98e-3 off its archive, against 4.39e-3
+// with (y + bias) + residual; docs/performance.md).
+#pragma GCC push_options
+#pragma GCC optimize("no-associative-math")
+static void epilogue(float* out, const float* bias, const float* residual, int n, int c, long long hw) {
+    if (!bias && !residual) return;
+    #pragma omp parallel for schedule(static)
+    for (long long plane = 0; plane < (long long)n * c; plane++) {
+        float* o = out + plane * hw;
+        const float* r = residual ? residual + plane * hw : nullptr;
+        const float add = bias ? bias[plane % c] : 0.f;
+        if (bias && r) for (long long i = 0; i < hw; i++) o[i] = (o[i] + r[i]) + add;
+        else if (bias) for (long long i = 0; i < hw; i++) o[i] = o[i] + add;
+        else for (long long i = 0; i < hw; i++) o[i] = o[i] + r[i];
+    }
+}
+#pragma GCC pop_options
+
 // Run a plan on the user's arrays a, b (inputs) and out: each input reordered into its kept buffer where
 // the layouts differ, the output written there and copied back after.
 static void execute(const Plan& p, const float* a, const float* b, float* out) {
@@ -259,8 +280,10 @@ static long long kept_size(int wino, int n, int ic, int oc, int h, int w) {
 // mode 0: y = conv(x, w); 1: dx = conv_backward_data(dy, w); 2: dw = conv_backward_weights(x, dy), by
 // Winograd when `wino` (and oneDNN has it), else direct (the forward then as Jittor's convolution asks for
 // it: the same result); 3: out = the OIHW weights `b` in inference_pd's layout (kept while rendering);
-// 4: y = conv(x = a, kept weights b)
-static void run(int mode, int wino, const float* a, const float* b, float* out, int n, int ic, int oc, int h, int w) {
+// 4: y = conv(x = a, kept weights b). The forwards (0, 4) then add `bias` and `residual` where given
+// (`epilogue`).
+static void run(int mode, int wino, const float* a, const float* b, float* out, int n, int ic, int oc, int h, int w,
+                const float* bias = nullptr, const float* residual = nullptr) {
     if (mode == 3) {
         Shapes s = shapes(n, ic, oc, h, w);
         stream st(cpu());
@@ -270,6 +293,7 @@ static void run(int mode, int wino, const float* a, const float* b, float* out, 
         return;
     }
     execute(plan(mode, wino, n, ic, oc, h, w), a, b, out);
+    if (mode == 0 || mode == 4) epilogue(out, bias, residual, n, oc, (long long)h * w);
 }
 
 // 1x1 convolutions (stride 1, no padding) as matrix products, one per image, by oneDNN's sgemm (row
@@ -360,6 +384,15 @@ _KEPT_SIZE_SRC = 'out0_p[0] = wino::kept_size((int)data["wino"], (int)data["n"],
                  '(int)data["h"], (int)data["w"]);'
 
 
+def _with_epilogue(src, bias, residual):
+    """A forward's `src` (mode 0 or 4) given the pointers of the bias (the third input) and the residual
+    (the input after it) to add in its epilogue."""
+    if not (bias or residual):
+        return src
+    pointers = ("in2_p" if bias else "nullptr", f"in{2 + bool(bias)}_p" if residual else "nullptr")
+    return src[:-2] + f", {pointers[0]}, {pointers[1]});"
+
+
 def _data(mode, x_shape, oc, wino):
     n, ic, h, w = x_shape
     return {"mode": mode, "wino": wino, "n": n, "ic": ic, "oc": oc, "h": h, "w": w}
@@ -419,6 +452,27 @@ MIN_BATCH_PIXELS_WIDE = 384        # N x H x W, for a layer of at least WIDE wei
 WIDE = 1 << 17                     # in x out channels: 256 x 512
 
 
+def _fusable(y_shape, bias, residual):
+    """Whether conv + bias + residual can run as one forward pass: nothing to differentiate (a rendering,
+    under jt.no_grad) and float32 operands of the output's shape."""
+    return bool(jt.flags.no_grad) and (bias is None or (bias.dtype == "float32" and tuple(bias.shape) == (y_shape[1],))) \
+        and (residual is None or (residual.dtype == "float32" and tuple(residual.shape) == tuple(y_shape)))
+
+
+def _add(y, bias, residual):
+    if bias is not None:
+        y = y + bias.reshape(1, -1, 1, 1)
+    return y if residual is None else y + residual
+
+
+def _forward(mode, x, b, oc, wino, bias, residual):
+    """The forward `mode` (0: b the weight; 4: the kept weights), plus bias and residual in its epilogue."""
+    n, _, h, w = x.shape
+    inputs = [x, b] + [v for v in (bias, residual) if v is not None]
+    return _code((n, oc, h, w), "float32", inputs, _with_epilogue(_SRC, bias is not None, residual is not None),
+                 _data(mode, x.shape, oc, wino))
+
+
 def winograd_pays(x_shape, out_channels):
     n, c, h, w = x_shape
     if c < MIN_IN_CHANNELS:
@@ -426,21 +480,24 @@ def winograd_pays(x_shape, out_channels):
     return h * w >= MIN_PIXELS or (c * out_channels >= WIDE and n * h * w >= MIN_BATCH_PIXELS_WIDE)
 
 
-def conv3x3(x, weight, bias=None, varying=None):
-    """`jt.nn.conv2d(x, weight, bias, 1, 1)` for a [C_out, C_in, 3, 3] weight: on the CPU through this
-    module's oneDNN passes, by Winograd where that is faster (`winograd_pays`), else by the direct
-    algorithm Jittor's convolution uses (the same results to the bit, without its per-call buffers);
-    with a few input or output channels (`narrow_conv.applies`), forward and input gradient by
-    narrow_conv's kernel. `varying`: only the first `varying` images of x need an input gradient (the
-    rest are constants, e.g. the real image beside the fake in the perceptual loss: vgg.py)."""
+def conv3x3(x, weight, bias=None, varying=None, residual=None):
+    """`jt.nn.conv2d(x, weight, bias, 1, 1)` (+ `residual`, a tensor of the output's shape) for a
+    [C_out, C_in, 3, 3] weight: on the CPU through this module's oneDNN passes, by Winograd where that is
+    faster (`winograd_pays`), else by the direct algorithm Jittor's convolution uses (the same results to
+    the bit, without its per-call buffers); with a few input or output channels (`narrow_conv.applies`),
+    forward and input gradient by narrow_conv's kernel. Under jt.no_grad the bias and the residual are
+    added in the convolution's own pass. `varying`: only the first `varying` images of x need an input
+    gradient (the rest are constants, e.g. the real image beside the fake in the perceptual loss: vgg.py)."""
     if not enabled() or tuple(weight.shape[2:]) != (3, 3) or x.dtype != "float32" or weight.dtype != "float32":
-        return jt.nn.conv2d(x, weight, bias, 1, 1)
+        return _add(jt.nn.conv2d(x, weight, bias, 1, 1), None, residual)
     oc = weight.shape[0]
+    wino, narrow = int(winograd_pays(x.shape, oc)), narrow_conv.applies(x.shape, oc)
+    if _fusable((x.shape[0], oc) + tuple(x.shape[2:]), bias, residual):
+        if narrow:
+            return narrow_conv.conv3x3(x, weight, bias=bias, residual=residual)
+        return _forward(0, x, weight, oc, wino, bias, residual)
     varying = x.shape[0] if varying is None else varying
-    y = _Conv3x3.apply(x, weight, int(winograd_pays(x.shape, oc)), narrow_conv.applies(x.shape, oc), varying)
-    if bias is not None:
-        y = y + bias.reshape(1, -1, 1, 1)
-    return y
+    return _add(_Conv3x3.apply(x, weight, wino, narrow, varying), bias, residual)
 
 
 _POINTWISE_SRC = 'wino::pointwise((int)data["mode"], in0_p, in1_p, out0_p, (int)data["n"], (int)data["ic"], ' \
@@ -542,24 +599,25 @@ def prepare(weight, x_shape, stride=1, padding=0, dilation=1, groups=1):
     return weight if winograd_pays(x_shape, oc) else _kept(weight, x_shape, wino=0)
 
 
-def _conv_kept(x, kept, bias):
+def _conv_kept(x, kept, bias, residual):
     assert tuple(x.shape) == kept.x_shape and x.dtype == "float32", (x.shape, x.dtype, kept.x_shape)
-    n, _, h, w = x.shape
-    y = _code((n, kept.out_channels, h, w), "float32", [x, kept.data], _SRC,
-              _data(4, x.shape, kept.out_channels, kept.wino))
-    return y if bias is None else y + bias.reshape(1, -1, 1, 1)
+    y_shape = (x.shape[0], kept.out_channels) + tuple(x.shape[2:])
+    if _fusable(y_shape, bias, residual):
+        return _forward(4, x, kept.data, kept.out_channels, kept.wino, bias, residual)
+    return _add(_forward(4, x, kept.data, kept.out_channels, kept.wino, None, None), bias, residual)
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    """`jt.nn.conv2d` with the same arguments; 3x3, stride 1, padding 1 ones by Winograd (`conv3x3`).
-    `weight` may be what `prepare` kept of it (a rendering, under jt.no_grad)."""
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, residual=None):
+    """`jt.nn.conv2d` with the same arguments, + `residual` (a tensor of the output's shape) where given;
+    3x3, stride 1, padding 1 ones by Winograd (`conv3x3`). `weight` may be what `prepare` kept of it (a
+    rendering, under jt.no_grad)."""
     if isinstance(weight, KeptWeights):
-        return _conv_kept(x, weight, bias)
+        return _conv_kept(x, weight, bias, residual)
     if _is_3x3_same(weight.shape, stride, padding, dilation, groups):
-        return conv3x3(x, weight, bias)
+        return conv3x3(x, weight, bias, residual=residual)
     if _is_1x1(weight.shape, stride, padding, dilation, groups):
-        return pointwise(x, weight, bias)
-    return jt.nn.conv2d(x, weight, bias, stride, padding, dilation, groups)
+        return _add(pointwise(x, weight, bias), None, residual)
+    return _add(jt.nn.conv2d(x, weight, bias, stride, padding, dilation, groups), None, residual)
 
 
 class Conv2d(nn.Conv2d):
@@ -574,6 +632,8 @@ class Conv2d(nn.Conv2d):
         return kept_weights.kept(self, (self.weight,), lambda: prepare(
             self.weight, x.shape, self.stride, self.padding, self.dilation, self.groups), x.shape)
 
-    def execute(self, x):
-        return conv2d(x, self.weight_for(x), self.bias, self.stride, self.padding, self.dilation, self.groups)
+    def execute(self, x, residual=None):
+        """The convolution of x, + `residual` where given (in one pass when rendering)."""
+        return conv2d(x, self.weight_for(x), self.bias, self.stride, self.padding, self.dilation, self.groups,
+                      residual)
 
