@@ -180,7 +180,7 @@ def test_inference_path_keeps_nothing_and_gives_the_same_output(restore_fused):
 @pytest.mark.parametrize("norm_S", ["instance", "syncbatch"])
 def test_a_rendered_stream_block_adds_its_shortcut_in_the_norms_pass(norm_S, restore_fused, monkeypatch):
     """TSIT's content stream under jt.no_grad: x_s + leaky_relu(norm(conv_1(...))) in the norm's own
-    pass, the same bits as the forward with gradients (one addition either way)."""
+    pass (an instance norm's statistics too), the same bits as the forward with gradients."""
     from jspade.models.tsit import StreamResnetBlock
     code, sources = fused_norm._code, []
     monkeypatch.setattr(fused_norm, "_code", lambda *a: sources.append(a[3]) or code(*a))
@@ -197,7 +197,11 @@ def test_a_rendered_stream_block_adds_its_shortcut_in_the_norms_pass(norm_S, res
         with jt.no_grad():
             without = block(x).numpy()
         np.testing.assert_array_equal(without, with_grad)
-        assert sources.count(fused_norm._AFFINE_RESIDUAL_SRC) == 1, sources
+        with_residual = (fused_norm._INSTANCE_SRC.replace("{residual}", "in1_p") if norm_S == "instance"
+                         else fused_norm._AFFINE_RESIDUAL_SRC)
+        assert sources.count(with_residual) == 1, sources
+        if norm_S == "instance":  # each instance norm one kernel, its statistics included
+            assert all(src.startswith("fused_norm::instance_forward") for src in sources), sources
 
 
 def test_statistics_of_large_planes_are_accurate(restore_fused):
@@ -297,3 +301,18 @@ def test_spectral_norm_gradient_in_one_kernel_equals_jittors(shape, restore_fuse
     assert rel_err(g_f, g_u) < 1e-6, rel_err(g_f, g_u)
     sigma = float(np.abs(w).max() / np.abs(wn_u).max())
     assert rel_err(probe / sigma, g_u) > 1e-3  # sigma's part of the gradient matters
+
+
+@pytest.mark.parametrize("shape,slope", [((1, 5, 64, 96), 0.2), ((3, 4, 7, 9), None), ((1, 2, 1, 2), 0.2)])
+def test_a_rendered_instance_norm_is_one_kernel_with_the_same_bits(shape, slope, restore_fused):
+    """Its statistics and affine in one pass per plane: the values of the two kernels of training's path."""
+    from jspade.models.normalization import InstanceNorm2d
+    rng = np.random.default_rng(12)
+    x = jt.array((rng.standard_normal(shape) * 3 + 50).astype(np.float32))
+    residual = jt.array(rng.standard_normal(shape).astype(np.float32))
+    layer = InstanceNorm2d(shape[1])
+    for r in (None, residual):
+        expected = fused_norm.normalize(x, layer.statistics(x), slope=slope, residual=r).numpy()
+        with jt.no_grad():
+            np.testing.assert_array_equal(fused_norm.instance_norm_forward(x, layer.eps, slope, r).numpy(), expected)
+    assert np.abs(expected - residual.numpy()).max() > 0.1  # a real normalisation, not a copy

@@ -89,25 +89,28 @@ static void sums(const float* x, const float* mean, double* out, Groups g, int m
 // The batch (or instance) statistics of each group s, as normalization.batch_statistics computes them
 // from the two sums above: mean = float(sum / count), var = float(float(sum of (x - mean)^2) / count),
 // invstd = float(1 / sqrt(var + eps)) (var and eps in double); both passes over a group in one go
-static void statistics(const float* x, float* mean, float* var, float* invstd, Groups g, double eps) {
+static inline void group_statistics(const float* x, Groups g, int s, double eps, float& mean, float& var,
+                                    float& invstd) {
     const double count = (double)g.planes() * g.HW;
-    #pragma omp parallel for schedule(dynamic, 4)
-    for (int s = 0; s < g.groups(); s++) {
-        double total = 0, squares = 0;
-        for (int j = 0; j < g.planes(); j++) {
-            const float* p = x + g.row(s, j) * g.HW;
-            for (int i = 0; i < g.HW; i++) total += (double)p[i];
-        }
-        const float m = (float)(total / count);
-        for (int j = 0; j < g.planes(); j++) {
-            const float* p = x + g.row(s, j) * g.HW;
-            for (int i = 0; i < g.HW; i++) { const float d = p[i] - m; squares += (double)(d * d); }
-        }
-        const double v = (double)(float)squares / count;
-        mean[s] = m;
-        var[s] = (float)v;
-        invstd[s] = (float)(1.0 / std::sqrt(v + eps));
+    double total = 0, squares = 0;
+    for (int j = 0; j < g.planes(); j++) {
+        const float* p = x + g.row(s, j) * g.HW;
+        for (int i = 0; i < g.HW; i++) total += (double)p[i];
     }
+    const float m = (float)(total / count);
+    for (int j = 0; j < g.planes(); j++) {
+        const float* p = x + g.row(s, j) * g.HW;
+        for (int i = 0; i < g.HW; i++) { const float d = p[i] - m; squares += (double)(d * d); }
+    }
+    const double v = (double)(float)squares / count;
+    mean = m;
+    var = (float)v;
+    invstd = (float)(1.0 / std::sqrt(v + eps));
+}
+
+static void statistics(const float* x, float* mean, float* var, float* invstd, Groups g, double eps) {
+    #pragma omp parallel for schedule(dynamic, 4)
+    for (int s = 0; s < g.groups(); s++) group_statistics(x, g, s, eps, mean[s], var[s], invstd[s]);
 }
 
 // y = (x * a + b0) * (1 + gamma) + beta, a = invstd, b0 = 0 - mean * a (batch norm's alpha and beta),
@@ -212,21 +215,40 @@ static void backward(const float* x, const float* gamma1, const float* y, const 
 // kernel's multiply-add is contracted into one fused multiply-add by its compiler (as by Jittor's
 // -Ofast): std::fma matches it (without, TSIT's eval forward moves from 4.1e-3 to 5.0e-3 off the archive).
 // Then + `residual` where given (a residual block's sum, in the same pass; forward only).
+static inline void affine_plane(const float* xp, float a, float b, float* yp, int HW, int leaky, float slope,
+                                const float* residual) {
+    for (int i = 0; i < HW; i++) {
+        const float v = std::fma(xp[i], a, b);
+        yp[i] = (leaky && !(v > 0.f)) ? v * slope : v;
+    }
+    if (residual)
+        for (int i = 0; i < HW; i++) yp[i] = yp[i] + residual[i];
+}
+
 static void affine(const float* x, const float* alpha, const float* beta, float* y, Groups g, int leaky,
                    float slope, const float* residual = nullptr) {
     const int C = g.C, HW = g.HW;
     #pragma omp parallel for schedule(static)
     for (int r = 0; r < g.N * C; r++) {
         const int s = g.per_instance ? r : r % C;
-        const float a = alpha[s], b = beta[s];
-        const float* xp = x + (size_t)r * HW;
-        float* yp = y + (size_t)r * HW;
-        for (int i = 0; i < HW; i++) {
-            const float v = std::fma(xp[i], a, b);
-            yp[i] = (leaky && !(v > 0.f)) ? v * slope : v;
-        }
-        if (residual)
-            for (int i = 0; i < HW; i++) yp[i] = yp[i] + residual[(size_t)r * HW + i];
+        const size_t at = (size_t)r * HW;
+        affine_plane(x + at, alpha[s], beta[s], y + at, HW, leaky, slope, residual ? residual + at : nullptr);
+    }
+}
+
+// An instance norm's forward alone (a rendering): per (n, c) plane its statistics, then the affine with
+// alpha = invstd, beta = 0 - mean * invstd (+ residual), the plane still in the cache for its second and
+// third pass: the values of `statistics` and `affine` above, in one kernel instead of two (and the small
+// ops between them).
+static void instance_forward(const float* x, float* y, const float* residual, Groups g, double eps, int leaky,
+                             float slope) {
+    #pragma omp parallel for schedule(dynamic, 4)
+    for (int r = 0; r < g.N * g.C; r++) {
+        float mean, var, invstd;
+        group_statistics(x, g, r, eps, mean, var, invstd);
+        const size_t at = (size_t)r * g.HW;
+        affine_plane(x + at, invstd, 0.f - mean * invstd, y + at, g.HW, leaky, slope,
+                     residual ? residual + at : nullptr);
     }
 }
 
@@ -265,6 +287,8 @@ _AFFINE_BACKWARD_SUMS_SRC = f'fused_norm::backward_sums<false>(in0_p, nullptr, i
                             f'{_GROUPS}, (int)data["leaky"], (float)data["slope"]);'
 _AFFINE_SRC = f'fused_norm::affine(in0_p, in1_p, in2_p, out0_p, {_GROUPS}, (int)data["leaky"], (float)data["slope"]);'
 _AFFINE_RESIDUAL_SRC = _AFFINE_SRC[:-2] + ", in3_p);"
+_INSTANCE_SRC = f'fused_norm::instance_forward(in0_p, out0_p, {{residual}}, {_GROUPS}, (double)data["eps"], ' \
+                '(int)data["leaky"], (float)data["slope"]);'
 _AFFINE_BACKWARD_SRC = f'fused_norm::affine_backward(in0_p, in1_p, in2_p, in3_p, in4_p, in5_p, in6_p, out0_p, ' \
                        f'{_GROUPS}, (int)data["leaky"], (float)data["slope"]);'
 _BACKWARD_SRC = f'fused_norm::backward(in0_p, in1_p, in2_p, in3_p, in4_p, in5_p, in6_p, in7_p, out0_p, out1_p, ' \
@@ -411,6 +435,17 @@ def normalize(x, stats, weight=None, bias=None, slope=None, residual=None):
         return _code(x.shape, "float32", [args[0], alpha, beta, residual], _AFFINE_RESIDUAL_SRC, _data(x, stats, slope))
     y = _Normalize.apply(*args, stats, slope)  # under jt.no_grad its forward alone
     return y if residual is None else y + residual
+
+
+def instance_norm_forward(x, eps, slope=None, residual=None):
+    """An instance norm's forward alone (no gradient: a rendering), leaky_relu(norm(x), slope) (no
+    activation when `slope` is None), + `residual` (x's shape) where given, in one kernel: the values of
+    normalize() with the statistics of normalization.InstanceNorm2d, to the bit."""
+    data = _groups(x, True)
+    data.update(eps=eps, leaky=int(slope is not None), slope=float(slope or 0.0))
+    inputs = [x.float32()] + ([] if residual is None else [residual.float32()])
+    src = _INSTANCE_SRC.replace("{residual}", "nullptr" if residual is None else "in1_p")
+    return _code(x.shape, "float32", inputs, src, data)
 
 
 # Spectral normalisation's W / sigma (normalization.SpectralNorm) in training, sigma = u^T W v with u and
