@@ -152,7 +152,16 @@ struct Buffer {
         return p;
     }
 };
-static Buffer buffers[4];  // a primitive's three arguments, in order, and its scratchpad
+// A primitive's three arguments, in order, and its scratchpad: one set in the process. Jittor compiles
+// this header into one library per kernel signature (the passes, the kept weights' forward, a forward
+// with a bias or residual), and a static here would be a set per library, each grown to the largest
+// layer it ran (+50 MB in a TSIT 256x128 training process). A static local of an inline function is a
+// unique symbol, which the dynamic linker binds once for every library that defines it. The kernels
+// run one at a time (Jittor's executor), as they did on one library's set.
+inline Buffer* shared_buffers() {
+    static Buffer set[4];
+    return set;
+}
 
 // A pass's primitive for one shape, made once: its descriptor (oneDNN walks its implementations to find
 // it), the layouts it wants for its three arguments (in order), and the reorders from the user's plain
@@ -250,6 +259,7 @@ static void epilogue(float* out, const float* bias, const float* residual, int n
 static void execute(const Plan& p, const float* a, const float* b, float* out) {
     stream st(cpu());
     void* data[3] = {(void*)a, (void*)b, (void*)out};
+    Buffer* buffers = shared_buffers();
     std::unordered_map<int, memory> bound{{DNNL_ARG_SCRATCHPAD, memory(p.scratch, cpu(), buffers[3].get(p.scratch.get_size() + 1))}};
     size_t moved = 0;
     const reorder* back = nullptr;
