@@ -68,3 +68,13 @@ def cpu_kernel(shapes, dtypes, inputs, header, src, data, flags=""):
         for v in (out if isinstance(out, (list, tuple)) else [out]):
             v.compile_options = {f"FLAGS: {flags} ": 1}
     return out
+
+
+def with_epilogue(src, first, bias, residual):
+    """A convolution kernel's call `src` ("f(...);") given two more arguments: the pointers of its bias and
+    its residual, the inputs after the first `first` ones where given (`bias`, `residual`: whether they
+    are), else nullptr."""
+    if not (bias or residual):
+        return src
+    pointers = (f"in{first}_p" if bias else "nullptr", f"in{first + bool(bias)}_p" if residual else "nullptr")
+    return src[:-2] + f", {pointers[0]}, {pointers[1]});"

@@ -14,7 +14,7 @@ per layer and pass (docs/performance.md).
 
 The sums run in another order than oneDNN's: the result equals `jt.nn.conv2d` to float32 rounding.
 """
-from jspade.runtime import cpu_kernel
+from jspade.runtime import cpu_kernel, with_epilogue
 
 NARROW = 8               # at most this many input or output channels,
 SMALL = 512              # or fewer in x out channels than this (16 -> 16, TSIT's 29 -> 16)
@@ -120,16 +120,12 @@ def applies(x_shape, out_channels):
 
 def conv3x3(x, weight, transposed=False, bias=None, residual=None):
     """The convolution of NCHW `x` with a [C_out, C_in, 3, 3] `weight`; `transposed`: with `x` of C_out
-    channels, the input gradient of that convolution (C_in channels). float32. Forward only: plus `bias`
-    ([C_out]) and then `residual` (the output's shape) where given, in the same pass (not
-    differentiable: for a rendering, under jt.no_grad)."""
+    channels, the input gradient of that convolution (C_in channels). float32. Forward only: plus
+    `residual` (the output's shape) and `bias` ([C_out]) where given, in the same pass, rounded as
+    (y + residual) + bias (not differentiable: for a rendering, under jt.no_grad)."""
     n, q, h, w = x.shape
     p = weight.shape[1] if transposed else weight.shape[0]
     extra = [v for v in (bias, residual) if v is not None]
-    src = _SRC
-    if extra:
-        pointers = ("in2_p" if bias is not None else "nullptr",
-                    f"in{2 + len(extra) - 1}_p" if residual is not None else "nullptr")
-        src = _SRC[:-2] + f", {pointers[0]}, {pointers[1]});"
+    src = with_epilogue(_SRC, 2, bias is not None, residual is not None)
     return cpu_kernel((n, p, h, w), "float32", [x, weight] + extra, _HEADER, src,
                       {"n": n, "q": q, "p": p, "h": h, "w": w, "transposed": int(transposed)}, _FLAGS)

@@ -37,7 +37,7 @@ import functools
 import glob
 import os
 
-from jspade.runtime import jt, release_saved
+from jspade.runtime import jt, release_saved, with_epilogue
 from jittor import nn
 
 from jspade.models import kept_weights, narrow_conv
@@ -394,15 +394,6 @@ _KEPT_SIZE_SRC = 'out0_p[0] = wino::kept_size((int)data["wino"], (int)data["n"],
                  '(int)data["h"], (int)data["w"]);'
 
 
-def _with_epilogue(src, bias, residual):
-    """A forward's `src` (mode 0 or 4) given the pointers of the bias (the third input) and the residual
-    (the input after it) to add in its epilogue."""
-    if not (bias or residual):
-        return src
-    pointers = ("in2_p" if bias else "nullptr", f"in{2 + bool(bias)}_p" if residual else "nullptr")
-    return src[:-2] + f", {pointers[0]}, {pointers[1]});"
-
-
 def _data(mode, x_shape, oc, wino):
     n, ic, h, w = x_shape
     return {"mode": mode, "wino": wino, "n": n, "ic": ic, "oc": oc, "h": h, "w": w}
@@ -479,7 +470,7 @@ def _forward(mode, x, b, oc, wino, bias, residual):
     """The forward `mode` (0: b the weight; 4: the kept weights), plus bias and residual in its epilogue."""
     n, _, h, w = x.shape
     inputs = [x, b] + [v for v in (bias, residual) if v is not None]
-    return _code((n, oc, h, w), "float32", inputs, _with_epilogue(_SRC, bias is not None, residual is not None),
+    return _code((n, oc, h, w), "float32", inputs, with_epilogue(_SRC, 2, bias is not None, residual is not None),
                  _data(mode, x.shape, oc, wino))
 
 
