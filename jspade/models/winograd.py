@@ -530,8 +530,7 @@ def pointwise(x, weight, bias=None):
     products sum as the convolution does: the same forward result."""
     if not enabled() or x.dtype != "float32" or weight.dtype != "float32":
         return jt.nn.conv2d(x, weight, bias)
-    y = _Pointwise.apply(x, weight)
-    return y if bias is None else y + bias.reshape(1, -1, 1, 1)
+    return _add(_Pointwise.apply(x, weight), bias, None)
 
 
 class KeptWeights:
