@@ -331,7 +331,10 @@ static void pointwise(int mode, const float* a, const float* b, float* out, int 
 // dimension, a small result) on one thread, so here the pixels are cut in tiles spread over the threads,
 // each thread summing into its own dw, and these are added in thread order at the end (the same result
 // on every run). A tile's product is sgemm's for wide layers; for narrow ones (where sgemm runs at a
-// fifth of its rate) 4x4 blocks of dw summed in 16-float vectors.
+// fifth of its rate) 4x4 blocks of dw summed in 16-float vectors. A wide layer with one tile (one image
+// of at most `tile` pixels) is one sgemm call outside any parallel region: called inside a team of one
+// thread, sgemm opened a nested team of its own, which with the idle workers of the previous kernel's
+// team still spinning took 2-5 ms instead of 0.05-0.1 (docs/performance.md).
 typedef float v16 __attribute__((vector_size(64)));
 
 static inline v16 load16(const float* p) { v16 v; __builtin_memcpy(&v, p, sizeof v); return v; }
@@ -339,6 +342,10 @@ static inline v16 load16(const float* p) { v16 v; __builtin_memcpy(&v, p, sizeof
 static void pointwise_weight_grad(const float* x, const float* dy, float* out, int n, int ic, int oc, long long hw) {
     const bool wide = (long long)oc * ic >= 64 * 64;
     const long long tile = wide ? 2048 : 256, tiles_per_image = (hw + tile - 1) / tile, tiles = n * tiles_per_image;
+    if (wide && tiles == 1) {
+        sgemm('N', 'T', oc, ic, hw, dy, hw, x, hw, 0.f, out, ic);
+        return;
+    }
     const int threads = (int)std::max(1LL, std::min<long long>(omp_get_max_threads(), tiles));
     std::vector<float> part((size_t)threads * oc * ic, 0.f);
     #pragma omp parallel num_threads(threads)
