@@ -181,6 +181,45 @@ def test_wide_layers_render_by_winograd_with_transformed_weights_kept(n, ic, oc,
     assert max_rel_error(doubled - bias.numpy()[:, None, None], 2 * (expected - bias.numpy()[:, None, None])) < 2e-5
 
 
+@pytest.mark.parametrize("n,ic,oc,h,w,wino", [(2, 256, 512, 8, 16, 1), (2, 12, 50, 6, 5, 0)])
+def test_a_frozen_layer_trains_from_weights_kept_once(n, ic, oc, h, w, wino):
+    """A frozen layer (VGG19's) keeps what prepare keeps of its weight in training too, with no size bound
+    on Winograd's transformed weights: made once, reused by every forward, remade when the weight
+    changes (a load). Its forward and the input gradient of its first `varying` images are the unfrozen
+    layer's up to float32 rounding; its weight has no gradient."""
+    x, weight, bias, conv, expected = conv_case(n, ic, oc, h, w)
+    frozen = winograd.Conv2d(ic, oc, 3, padding=1, frozen=True)
+    frozen.weight.update(weight)
+    frozen.bias.update(bias)
+    frozen.weight.stop_grad()
+    frozen.bias.stop_grad()
+    saved = winograd.KEPT_WINOGRAD_MAX_BYTES
+    try:
+        winograd.KEPT_WINOGRAD_MAX_BYTES = 1  # a rendering's bound does not apply
+        kept = frozen.weight_for(x)
+        assert isinstance(kept, winograd.KeptWeights) and kept.wino == wino
+        assert frozen.weight_for(x) is kept
+        probe = jt.array(np.random.default_rng(5).standard_normal((n, oc, h, w)).astype(np.float32))
+        x.start_grad()
+        ours = frozen(x, varying=1)
+        grad = jt.grad((ours * probe).sum(), x).numpy()
+        assert frozen.weight_for(x) is kept
+        theirs = conv(x)
+        their_grad = jt.grad((theirs * probe).sum(), x).numpy()
+    finally:
+        winograd.KEPT_WINOGRAD_MAX_BYTES = saved
+    assert max_rel_error(ours.numpy(), expected) < 2e-5
+    assert max_rel_error(grad[:1], their_grad[:1]) < 2e-5 and not np.any(grad[1:])
+    frozen.weight.start_grad()
+    with pytest.raises(RuntimeError, match="frozen"):
+        jt.grad(frozen(x).sum(), frozen.weight).sync()
+    frozen.weight.stop_grad()
+    frozen.weight.update(weight * 2)
+    assert frozen.weight_for(x) is not kept
+    doubled = frozen(x).numpy() - bias.numpy()[:, None, None]
+    assert max_rel_error(doubled, 2 * (expected - bias.numpy()[:, None, None])) < 2e-5
+
+
 def test_kept_winograd_weights_have_a_size_bound():
     """A layer whose transformed weights would pass KEPT_WINOGRAD_MAX_BYTES (SPADE's 1024-channel layers
     at ngf 64) keeps the direct algorithm's layout instead."""

@@ -6,7 +6,9 @@ transformed for Winograd; at ngf 64 the reorders cost a sixth of an inference).
 A kept value's key is the ids of the Vars it comes from, which change whenever one is updated (a
 training step, an EMA update, a load), and the input's shape, so a kept value is never stale. Only
 within `keeping_inference_weights()` and under jt.no_grad: a training process (whose FID and sample
-renders run under no_grad too) keeps no copy of its weights.
+renders run under no_grad too) keeps no copy of the weights it trains. The exception is a layer whose
+weight never trains (`always`: VGG19's, `winograd.Conv2d(frozen=True)`), which keeps its derived
+weights for as long as the weight stays the same.
 """
 import contextlib
 import weakref
@@ -33,10 +35,11 @@ def keeping():
     return _keeping and bool(jt.flags.no_grad)
 
 
-def kept(layer, sources, make, shape=()):
-    """make() (derived from the Vars `sources`, for inputs of `shape`), kept for `layer` while keeping();
-    otherwise computed afresh, and what `layer` kept is dropped."""
-    if not keeping():
+def kept(layer, sources, make, shape=(), always=False):
+    """make() (derived from the Vars `sources`, for inputs of `shape`), kept for `layer` while keeping()
+    (or `always`: a layer whose weight never trains); otherwise computed afresh, and what `layer` kept is
+    dropped."""
+    if not (always or keeping()):
         _kept.pop(layer, None)
         return make()
     key = (tuple(v.id for v in sources), tuple(shape))

@@ -17,7 +17,10 @@ PAIRED_SLICES = 2  # the last ones (conv3_2 on), run on the fake and the real im
 
 class VGG19(nn.Module):
     """Features at relu1_1..relu5_1. The input is used as given (SPADE feeds [-1, 1] images with no
-    ImageNet normalisation). Weights never train (all stop-grad)."""
+    ImageNet normalisation). Weights never train (all stop-grad), so the convolutions keep their weights
+    in the form oneDNN reads (`winograd.Conv2d(frozen=True)`): on the maps where that pays, Winograd's
+    transformed weights, which a training forward would otherwise compute on every call. TSIT 256x128
+    step -18 ms, SPADE ngf 16 128x96 batch 4 -28 ms, for about 180 MB (docs/performance.md)."""
 
     def __init__(self):
         layers, c = [], 3
@@ -25,7 +28,7 @@ class VGG19(nn.Module):
             if v == "M":
                 layers.append(MaxPool2x2())
             else:
-                layers += [winograd.Conv2d(c, v, 3, padding=1), nn.ReLU()]
+                layers += [winograd.Conv2d(c, v, 3, padding=1, frozen=True), nn.ReLU()]
                 c = v
         self.features = nn.Sequential(*layers[: SLICE_ENDS[-1]])
         self.pretrained = False
@@ -54,10 +57,7 @@ class VGG19(nn.Module):
         for k in range(apart, len(SLICE_ENDS)):
             for i in range(SLICE_ENDS[k - 1], SLICE_ENDS[k]):
                 layer = self.features[i]
-                if isinstance(layer, winograd.Conv2d):
-                    x = winograd.conv3x3(x, layer.weight, layer.bias, varying=n)
-                else:
-                    x = layer(x)
+                x = layer(x, varying=n) if isinstance(layer, winograd.Conv2d) else layer(x)
             fake_feats.append(x[:n])
             real_feats.append(x[n:].detach())
         return fake_feats, real_feats

@@ -432,18 +432,36 @@ class _Conv3x3(jt.Function):
 
     def grad(self, dy):
         x, weight, wino, narrow, varying = release_saved(self)
-        oc = weight.shape[0]
-        dx = dw = None
-        if self.input_mask[0] != -2:
-            n = x.shape[0]
-            head = dy if varying == n else dy[:varying]
-            dx = narrow_conv.conv3x3(head.float32(), weight, transposed=True) if narrow else \
-                _op(1, (varying,) + tuple(x.shape[1:]), oc, head, weight, wino)
-            if varying < n:
-                dx = jt.concat([dx, jt.zeros((n - varying,) + tuple(x.shape[1:]), "float32")], 0)
-        if self.input_mask[1] != -2:
-            dw = _op(2, x.shape, oc, x, dy, wino)
+        dx = None if self.input_mask[0] == -2 else _input_grad(dy, x.shape, weight, wino, narrow, varying)
+        dw = None if self.input_mask[1] == -2 else _op(2, x.shape, weight.shape[0], x, dy, wino)
         return dx, dw, None, None, None
+
+
+def _input_grad(dy, x_shape, weight, wino, narrow, varying):
+    """The input gradient of a 3x3 convolution for the first `varying` images (zeros for the rest)."""
+    n = x_shape[0]
+    head = dy if varying == n else dy[:varying]
+    dx = narrow_conv.conv3x3(head.float32(), weight, transposed=True) if narrow else \
+        _op(1, (varying,) + tuple(x_shape[1:]), weight.shape[0], head, weight, wino)
+    if varying < n:
+        dx = jt.concat([dx, jt.zeros((n - varying,) + tuple(x_shape[1:]), "float32")], 0)
+    return dx
+
+
+class _FrozenConv3x3(jt.Function):
+    """A 3x3 convolution by a weight that never trains, from what `prepare` kept of it: the forward reads
+    the kept weights; the backward gives the input gradient (of the first `varying` images) only."""
+
+    def execute(self, x, weight, kept, varying):
+        self.saved = (tuple(x.shape), weight, winograd_pays(x.shape, weight.shape[0]), varying)
+        return _forward(4, x, kept.data, kept.out_channels, kept.wino, None, None)
+
+    def grad(self, dy):
+        x_shape, weight, wino, varying = release_saved(self)
+        if self.input_mask[1] != -2:
+            raise RuntimeError("a frozen convolution's weight has no gradient (winograd.Conv2d(frozen=True))")
+        dx = None if self.input_mask[0] == -2 else _input_grad(dy, x_shape, weight, int(wino), False, varying)
+        return dx, None, None, None
 
 
 # Winograd pays where there are many 4x4 tiles per weight: on small maps the 4x larger transformed
@@ -577,22 +595,24 @@ KEPT_WINOGRAD_MAX_PIXELS = 4096
 KEPT_WINOGRAD_MAX_BYTES = 32 << 20
 
 
-def _kept(weight, x_shape, wino):
+def _kept(weight, x_shape, wino, max_bytes=None):
     oc = weight.shape[0]
     data = _data(3, x_shape, oc, wino)
     size = int(_code((1,), "int64", [weight], _KEPT_SIZE_SRC, data).item())
-    if wino and 4 * size > KEPT_WINOGRAD_MAX_BYTES:
+    if wino and max_bytes is not None and 4 * size > max_bytes:
         return None
     return KeptWeights(_code((size,), "float32", [weight], _PREPARE_SRC, data), x_shape, oc, wino)
 
 
-def prepare(weight, x_shape, stride=1, padding=0, dilation=1, groups=1):
+def prepare(weight, x_shape, stride=1, padding=0, dilation=1, groups=1, frozen=False):
     """What a rendering keeps of `weight` for inputs of `x_shape` (`kept_weights`): on the CPU, a 3x3
     convolution gets its KeptWeights: Winograd's transformed weights where that pays (a wide layer on a
     map that is neither tiny nor large, see above), else the direct algorithm's where Winograd does not
     pay (`winograd_pays`: a small map, where a reorder of the weights per call costs up to as much as the
-    convolution). Any other convolution keeps the weight itself."""
-    if not (kept_weights.keeping() and enabled() and weight.dtype == "float32"
+    convolution). Any other convolution keeps the weight itself. `frozen`: a weight that never trains
+    (VGG19's), kept in training too, and transformed whatever the size of its transformed weights (a
+    training forward would transform them on every call)."""
+    if not ((frozen or kept_weights.keeping()) and enabled() and weight.dtype == "float32"
             and _is_3x3_same(weight.shape, stride, padding, dilation, groups)):
         return weight
     n, ic, h, w = x_shape
@@ -600,7 +620,7 @@ def prepare(weight, x_shape, stride=1, padding=0, dilation=1, groups=1):
     if narrow_conv.applies(x_shape, oc):  # reads the weight as it is
         return weight
     if ic * oc >= KEPT_WINOGRAD_MIN_WEIGHTS and KEPT_WINOGRAD_MIN_PIXELS <= h * w <= KEPT_WINOGRAD_MAX_PIXELS:
-        kept = _kept(weight, x_shape, wino=1)
+        kept = _kept(weight, x_shape, wino=1, max_bytes=None if frozen else KEPT_WINOGRAD_MAX_BYTES)
         if kept is not None:
             return kept
     return weight if winograd_pays(x_shape, oc) else _kept(weight, x_shape, wino=0)
@@ -629,18 +649,33 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, resi
 
 class Conv2d(nn.Conv2d):
     """`jittor.nn.Conv2d` (same parameters and state names) whose 3x3, stride-1, padding-1 case runs by
-    Winograd (`conv2d` above); any other shape is Jittor's own convolution."""
+    Winograd (`conv2d` above); any other shape is Jittor's own convolution. `frozen`: its weight never
+    trains (VGG19's), so what `prepare` keeps of it is kept in training as well: a training forward then
+    reads Winograd's transformed weights instead of transforming the weight on every call (the backward
+    gives the input gradient only)."""
+
+    def __init__(self, *args, frozen=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.frozen = frozen
 
     def weight_for(self, x=None):
-        """The weight to convolve `x` with: while rendering, what `prepare` keeps of it (for x None, the
-        weight itself)."""
+        """The weight to convolve `x` with: while rendering (or for a frozen layer), what `prepare` keeps of
+        it (for x None, the weight itself)."""
         if x is None:
             return self.weight
         return kept_weights.kept(self, (self.weight,), lambda: prepare(
-            self.weight, x.shape, self.stride, self.padding, self.dilation, self.groups), x.shape)
+            self.weight, x.shape, self.stride, self.padding, self.dilation, self.groups, self.frozen), x.shape,
+            always=self.frozen)
 
-    def execute(self, x, residual=None):
-        """The convolution of x, + `residual` where given (in one pass when rendering)."""
-        return conv2d(x, self.weight_for(x), self.bias, self.stride, self.padding, self.dilation, self.groups,
-                      residual)
+    def execute(self, x, residual=None, varying=None):
+        """The convolution of x, + `residual` where given (in one pass when rendering). `varying`: only the
+        first `varying` images of x need an input gradient (`conv3x3`)."""
+        weight = self.weight_for(x)
+        if isinstance(weight, KeptWeights) and not jt.flags.no_grad:  # a frozen layer's training forward
+            varying = x.shape[0] if varying is None else varying
+            return _add(_FrozenConv3x3.apply(x, self.weight, weight, varying), self.bias, residual)
+        if varying is not None and weight is self.weight and _is_3x3_same(
+                weight.shape, self.stride, self.padding, self.dilation, self.groups):
+            return conv3x3(x, weight, self.bias, varying=varying, residual=residual)
+        return conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups, residual)
 
