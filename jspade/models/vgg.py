@@ -13,14 +13,18 @@ from jittor import nn
 _VGG19_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512]
 SLICE_ENDS = (2, 7, 12, 21, 30)  # features[0:2] -> relu1_1, [2:7] -> relu2_1, ...
 PAIRED_SLICES = 2  # the last ones (conv3_2 on), run on the fake and the real image as one batch (features_of_pair)
+# The 512 x 512 convolutions (conv4_2 .. conv5_1) keep their weights as oneDNN reads them (transformed, for
+# Winograd) in training too: the weights never train, and transforming them on every call is the costliest
+# part of these layers' forwards. Narrower layers gained 0-3 ms of a TSIT 256x128 step for 50 MB more.
+KEPT_FROM_WEIGHTS = 512 * 512  # in x out channels
 
 
 class VGG19(nn.Module):
     """Features at relu1_1..relu5_1. The input is used as given (SPADE feeds [-1, 1] images with no
-    ImageNet normalisation). Weights never train (all stop-grad), so the convolutions keep their weights
-    in the form oneDNN reads (`winograd.Conv2d(frozen=True)`): on the maps where that pays, Winograd's
-    transformed weights, which a training forward would otherwise compute on every call. TSIT 256x128
-    step -18 ms, SPADE ngf 16 128x96 batch 4 -28 ms, for about 180 MB (docs/performance.md)."""
+    ImageNet normalisation). Weights never train (all stop-grad), so the widest convolutions keep their
+    weights in the form oneDNN reads (`winograd.Conv2d(frozen=True)`, KEPT_FROM_WEIGHTS): Winograd's
+    transformed weights, which a training forward would otherwise compute on every call (about 130 MB;
+    docs/performance.md)."""
 
     def __init__(self):
         layers, c = [], 3
@@ -28,7 +32,7 @@ class VGG19(nn.Module):
             if v == "M":
                 layers.append(MaxPool2x2())
             else:
-                layers += [winograd.Conv2d(c, v, 3, padding=1, frozen=True), nn.ReLU()]
+                layers += [winograd.Conv2d(c, v, 3, padding=1, frozen=c * v >= KEPT_FROM_WEIGHTS), nn.ReLU()]
                 c = v
         self.features = nn.Sequential(*layers[: SLICE_ENDS[-1]])
         self.pretrained = False
