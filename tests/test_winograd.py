@@ -304,6 +304,22 @@ def test_the_perceptual_losss_pair_of_feature_stacks_equals_two_apart():
     assert max_rel_error(gp, ga) < 2e-5
 
 
+def test_the_perceptual_losss_frozen_layers_keep_their_weights_before_the_step():
+    """VGG19.keep_weights(image shape) makes what its frozen (512x512) layers keep for features_of_pair
+    on such images, before a training step's graph runs: the step then finds them, not new ones."""
+    from jspade.models.vgg import KEPT_FROM_WEIGHTS, VGG19
+    jt.set_global_seed(0, different_seed_for_mpi=False)
+    vgg = VGG19()
+    frozen = [layer for layer in vgg.features if isinstance(layer, winograd.Conv2d) and layer.frozen]
+    assert len(frozen) == 4 and all(layer.in_channels * layer.out_channels >= KEPT_FROM_WEIGHTS for layer in frozen)
+    vgg.keep_weights((1, 3, 64, 96))
+    made = [entry for entry in (winograd.kept_weights._kept.get(layer) for layer in frozen)]
+    assert all(entry is not None and isinstance(entry[1], winograd.KeptWeights) for entry in made)
+    fake = jt.array(np.random.default_rng(1).uniform(-1, 1, (1, 3, 64, 96)).astype(np.float32))
+    jt.sync(vgg.features_of_pair(fake, fake * 0.5)[0])
+    assert [winograd.kept_weights._kept.get(layer)[1] for layer in frozen] == [entry[1] for entry in made]
+
+
 @pytest.mark.parametrize("n,ic,oc,h,w,keep", [
     (1, 32, 64, 24, 32, False),   # Winograd on the weight itself (a large map)
     (1, 256, 512, 8, 16, True),   # Winograd's transformed weights kept

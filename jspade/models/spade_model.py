@@ -178,6 +178,8 @@ class SPADEModel:
         the VAE noise (tests); random otherwise. `clip`: the real images' CLIP embeddings (CLIP model)."""
         opt = self.opt
         g_losses = {}
+        if opt.use_vgg:
+            self.vgg.keep_weights(real_image.shape)  # before this step's activations (vgg.py says why)
         fake, kld, z = self.generate_fake(semantics, real_image, eps=eps, compute_kld=opt.use_vae, clip=clip)
         if kld is not None:
             g_losses["KLD"] = kld

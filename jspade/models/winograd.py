@@ -22,7 +22,8 @@ While rendering (`kept_weights.keeping_inference_weights`), a 3x3 convolution ke
 form oneDNN's inference primitive reads (`prepare`): on small maps in the direct algorithm's layout
 (Jittor's convolution reorders the weight on every call, which for SPADE's 1024-channel layers at ngf 64
 costs more than the convolution itself on a 6x8 map), and for wide layers on mid-size maps as Winograd's
-transformed weights (the training primitive transforms them on every call).
+transformed weights (the training primitive transforms them on every call). A layer whose weight never
+trains (`Conv2d(frozen=True)`: VGG19's widest) keeps them in training as well.
 
 1x1 convolutions (the learned shortcuts) are one oneDNN matrix product per image, forward and backward
 (`pointwise`): Jittor's convolution reorders their inputs and outputs into blocked layouts and back on
@@ -661,10 +662,12 @@ class Conv2d(nn.Conv2d):
     def weight_for(self, x=None):
         """The weight to convolve `x` with: while rendering (or for a frozen layer), what `prepare` keeps of
         it (for x None, the weight itself)."""
-        if x is None:
-            return self.weight
+        return self.weight if x is None else self.weight_for_shape(tuple(x.shape))
+
+    def weight_for_shape(self, x_shape):
+        """weight_for an input of `x_shape`."""
         return kept_weights.kept(self, (self.weight,), lambda: prepare(
-            self.weight, x.shape, self.stride, self.padding, self.dilation, self.groups, self.frozen), x.shape,
+            self.weight, x_shape, self.stride, self.padding, self.dilation, self.groups, self.frozen), x_shape,
             always=self.frozen)
 
     def execute(self, x, residual=None, varying=None):
