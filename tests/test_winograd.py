@@ -186,7 +186,7 @@ def test_a_frozen_layer_trains_from_weights_kept_once(n, ic, oc, h, w, wino):
     """A frozen layer (VGG19's) keeps what prepare keeps of its weight in training too, with no size bound
     on Winograd's transformed weights: made once, reused by every forward, remade when the weight
     changes (a load). Its forward and the input gradient of its first `varying` images are the unfrozen
-    layer's up to float32 rounding; its weight has no gradient."""
+    layer's up to float32 rounding; its weight has no gradient. A batch of many pixels keeps nothing."""
     x, weight, bias, conv, expected = conv_case(n, ic, oc, h, w)
     frozen = winograd.Conv2d(ic, oc, 3, padding=1, frozen=True)
     frozen.weight.update(weight)
@@ -216,6 +216,8 @@ def test_a_frozen_layer_trains_from_weights_kept_once(n, ic, oc, h, w, wino):
     frozen.weight.stop_grad()
     frozen.weight.update(weight * 2)
     assert frozen.weight_for(x) is not kept
+    many = (n, ic, h, winograd.FROZEN_KEPT_MAX_BATCH_PIXELS // (n * h) + 1)  # a batch of many pixels
+    assert frozen.weight_for_shape(many) is frozen.weight
     doubled = frozen(x).numpy() - bias.numpy()[:, None, None]
     assert max_rel_error(doubled, 2 * (expected - bias.numpy()[:, None, None])) < 2e-5
 
