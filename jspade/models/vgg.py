@@ -23,7 +23,7 @@ class VGG19(nn.Module):
     """Features at relu1_1..relu5_1. The input is used as given (SPADE feeds [-1, 1] images with no
     ImageNet normalisation). Weights never train (all stop-grad), so the widest convolutions keep their
     weights in the form oneDNN reads (`winograd.Conv2d(frozen=True)`, KEPT_FROM_WEIGHTS): Winograd's
-    transformed weights, which a training forward would otherwise compute on every call (about 130 MB;
+    transformed weights, which a training forward would otherwise compute on every call (up to 151 MB;
     docs/performance.md)."""
 
     def __init__(self):
